@@ -1,0 +1,35 @@
+"""The exceptions the library raises for problems a user can fix.
+
+The CLI turns each into one line on stderr and an exit code; a Python caller
+gets a normal exception with the same message.
+"""
+
+
+class SkyreelsError(Exception):
+    """A problem with the user's input or environment: message says what and how to fix it."""
+
+    exit_code = 2
+
+
+class UsageError(SkyreelsError):
+    """A bad option value or combination."""
+
+
+class ModelError(SkyreelsError):
+    """An unknown model, a model of the wrong kind, or one that cannot be found or loaded."""
+
+
+class InputFileError(SkyreelsError):
+    """An image or video given as input that is missing or unreadable."""
+
+
+class OutputError(SkyreelsError):
+    """An output path that exists already or cannot be written."""
+
+
+class DeviceError(SkyreelsError):
+    """A device that was asked for but is not there."""
+
+
+class ResumeError(SkyreelsError):
+    """A --resume that has no saved state or whose settings differ."""
