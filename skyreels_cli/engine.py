@@ -1,0 +1,219 @@
+"""The streaming diffusion forcing engine.
+
+Generates a video of any length window by window (REFERENCE.md §2): each window
+takes the last latents of the one before as a clean prefix (in latent space, no
+decode/re-encode round trip), runs the step matrix with per-frame solver state,
+and decodes only its new latents, continuing one causal VAE decode. Memory is
+that of one window whatever the length; after each window the engine hands out
+a small state from which the run can resume exactly.
+
+Noise is drawn in the same order and shapes as the diffusers DF pipelines, so
+for the same seed the frames equal theirs where they are correct. Where the
+reference code is faulty we differ on purpose: block layouts always cover every
+frame (windows.py), a start image stays clean in asynchronous mode (it is its
+own block of one frame), the end image is dropped in long mode too, the
+add-noise draw uses the run's seeded generator, and the causal-attention mask
+is applied per call without rewriting the transformer's config.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .schedule import step_matrix, timestep_rows
+from .vae_stream import StreamingDecoder, to_uint8
+from .windows import Window, WindowPlan
+
+
+@dataclass
+class Conditioning:
+    """What steers one window: text embeddings and guidance. May change from window to window."""
+
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor | None
+    guidance: float
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.negative_embeds is not None and self.guidance > 1.0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    steps: int
+    ar_step: int = 0
+    addnoise: float = 0.0
+    causal_attention: bool = False
+    fps: int = 24
+
+
+@dataclass
+class EngineState:
+    """Everything needed to continue after a finished window (all tensors on the CPU)."""
+
+    next_window: int
+    prefix: torch.Tensor | None
+    end_latent: torch.Tensor | None
+    decoder: dict
+    generator: torch.Tensor
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EngineState:
+        return cls(**data)
+
+
+@dataclass
+class WindowOutput:
+    window: Window
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    state: EngineState
+
+
+def block_causal_mask(block_sizes: tuple[int, ...], tokens_per_frame: int, device) -> torch.Tensor:
+    """Attention mask letting each token see its own and earlier causal blocks (any block sizes)."""
+    block_of_frame = torch.repeat_interleave(
+        torch.arange(len(block_sizes), device=device), torch.tensor(block_sizes, device=device)
+    )
+    frame_mask = block_of_frame.unsqueeze(0) <= block_of_frame.unsqueeze(1)
+    token_mask = frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+    return token_mask[None, None]
+
+
+@contextmanager
+def attention_mask_on(transformer, mask: torch.Tensor | None):
+    """Feed `mask` to every transformer block for the calls inside; leaves the model as it was."""
+    if mask is None:
+        yield
+        return
+
+    def with_mask(_module, args):
+        return (*args[:4], mask, *args[5:])
+
+    handles = [block.register_forward_pre_hook(with_mask) for block in transformer.blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class DiffusionForcingEngine:
+    """Runs a window plan with a DF transformer and the Wan VAE; yields decoded frames per window."""
+
+    def __init__(self, transformer, vae, scheduler, device: torch.device) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.scheduler = scheduler
+        self.device = device
+
+    def velocity(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, fps: int) -> torch.Tensor:
+        """One model evaluation with classifier-free guidance (memory plans may wrap the transformer)."""
+        fps_index = [0 if fps == 16 else 1] * latents.shape[0]
+
+        def call(embeds: torch.Tensor) -> torch.Tensor:
+            return self.transformer(
+                hidden_states=latents, timestep=timesteps, encoder_hidden_states=embeds,
+                enable_diffusion_forcing=True, fps=fps_index, return_dict=False,
+            )[0]
+
+        v = call(cond.prompt_embeds)
+        if cond.uses_cfg:
+            v_uncond = call(cond.negative_embeds)
+            v = v_uncond + cond.guidance * (v - v_uncond)
+        return v
+
+    def _schedulers(self, count: int, steps: int) -> list:
+        template = copy.deepcopy(self.scheduler)
+        template.set_timesteps(steps, device=self.device)
+        return [copy.deepcopy(template) for _ in range(count)]
+
+    @torch.no_grad()
+    def denoise_window(
+        self, latents: torch.Tensor, window: Window, cond: Conditioning, sampling: Sampling,
+        generator: torch.Generator, end_latent: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoise one window's latents in place (fp32, prefix already set); returns them."""
+        dtype = self.transformer.dtype
+        schedulers = self._schedulers(window.length, sampling.steps)
+        index, update = step_matrix(window.blocks, sampling.steps, sampling.ar_step, window.ready_blocks)
+        rows = timestep_rows(index, schedulers[0].timesteps).to(self.device)
+        extra = 0 if end_latent is None else end_latent.shape[2]
+        tokens = (latents.shape[3] // 2) * (latents.shape[4] // 2)
+        blocks = window.blocks + ((extra,) if extra else ())
+        mask = block_causal_mask(blocks, tokens, self.device) if sampling.causal_attention else None
+        with attention_mask_on(self.transformer, mask):
+            for row, t in enumerate(rows):
+                model_in = latents.to(dtype).clone()
+                timestep = t.expand(latents.shape[0], -1).clone()
+                if sampling.addnoise > 0 and window.prefix > 0:
+                    self._add_noise(model_in, timestep, window.prefix, sampling.addnoise, generator)
+                if extra:
+                    model_in = torch.cat([model_in, end_latent.to(dtype)], dim=2)
+                    timestep = torch.cat([timestep, timestep.new_zeros(timestep.shape[0], extra)], dim=1)
+                v = self.velocity(model_in, timestep, cond, sampling.fps)
+                for f in torch.nonzero(update[row]).flatten().tolist():
+                    latents[:, :, f] = schedulers[f].step(v[:, :, f], t[f], latents[:, :, f], return_dict=False)[0]
+        return latents
+
+    def _add_noise(self, model_in, timestep, prefix: int, amount: float, generator: torch.Generator) -> None:
+        # Lightly noising the clean prefix reduces error accumulation over windows; drawn from the
+        # run's generator (the reference code uses the global RNG, so its runs are not reproducible).
+        shape = model_in[:, :, :prefix].shape
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(model_in.device, model_in.dtype)
+        factor = amount / 1000
+        model_in[:, :, :prefix] = model_in[:, :, :prefix] * (1.0 - factor) + noise * factor
+        timestep[:, :prefix] = int(amount)
+
+    def run(
+        self, plan: WindowPlan, conditioning: Callable[[int], Conditioning], sampling: Sampling,
+        generator: torch.Generator, latent_hw: tuple[int, int], *,
+        start_latents: torch.Tensor | None = None, end_latent: torch.Tensor | None = None,
+        emit_start: bool = True, state: EngineState | None = None,
+    ) -> Iterator[WindowOutput]:
+        """Yield each window's decoded new frames, from `state.next_window` when resuming.
+
+        `start_latents` is the clean prefix of the first window (start image or input video);
+        `emit_start` says whether its frames belong to the output (an image: yes; a video
+        being continued: no, they are already there).
+        """
+        decoder = StreamingDecoder(self.vae)
+        if state is None:
+            prefix = start_latents
+        else:
+            generator.set_state(state.generator)
+            decoder.load_state_dict(state.decoder)
+            prefix, end_latent = state.prefix, state.end_latent
+        channels = self.vae.config.z_dim
+        first = 0 if state is None else state.next_window
+        for window in plan.windows[first:]:
+            shape = (1, channels, window.length, *latent_hw)
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+            if window.prefix:
+                latents[:, :, : window.prefix] = prefix.to(self.device, torch.float32)
+            end = end_latent.to(self.device) if window.end_image else None
+            self.denoise_window(latents, window, conditioning(window.index), sampling, generator, end)
+            frames = self._decode_new(decoder, latents, window, emit_start)
+            prefix = latents[:, :, window.length - plan.overlap :].cpu()
+            new_state = EngineState(window.index + 1, prefix, end_latent, decoder.state_dict(), generator.get_state())
+            yield WindowOutput(window, frames, new_state)
+
+    def _decode_new(self, decoder: StreamingDecoder, latents: torch.Tensor, window: Window, emit_start: bool):
+        if window.index == 0:
+            # The first window's prefix starts the timeline: decode it (the decoder is causal and
+            # needs it), and keep its frames only if they are not already in the output.
+            start = decoder.decode(latents[:, :, : window.prefix]) if window.prefix else None
+            new = decoder.decode(latents[:, :, window.prefix :])
+            if start is not None and emit_start:
+                new = torch.cat([start, new], dim=2)
+        else:
+            new = decoder.decode(latents[:, :, window.prefix :])
+        return to_uint8(new)

@@ -1,0 +1,46 @@
+"""Frame-count arithmetic and validation (pure functions).
+
+The Wan VAE compresses time 4x with a causal first frame, so a video has
+4k+1 frames and (F-1)//4+1 latent frames.
+"""
+
+from __future__ import annotations
+
+from .errors import UsageError
+
+TEMPORAL = 4
+SPATIAL = 16  # VAE 8x times transformer patch 2x
+
+
+def latent_frames(frames: int) -> int:
+    return (frames - 1) // TEMPORAL + 1
+
+
+def pixel_frames(latents: int) -> int:
+    return (latents - 1) * TEMPORAL + 1
+
+
+def nearest_valid_frames(frames: int) -> tuple[int, int]:
+    """The valid counts (4k+1) just below and just above `frames`."""
+    below = max(1, (frames - 1) // TEMPORAL * TEMPORAL + 1)
+    return below, below + TEMPORAL
+
+
+def check_frames(frames: int, option: str = "--frames") -> None:
+    if frames < 1 or (frames - 1) % TEMPORAL:
+        if frames < 1:
+            raise UsageError(f"{option} must be a positive count of the form 4k+1 (e.g. 97), got {frames}")
+        below, above = nearest_valid_frames(frames)
+        raise UsageError(f"{option} must be of the form 4k+1; {frames} is not: use {below} or {above}")
+
+
+def check_size(height: int, width: int) -> None:
+    for option, value in (("--height", height), ("--width", width)):
+        if value < SPATIAL or value % SPATIAL:
+            lower = max(SPATIAL, value // SPATIAL * SPATIAL)
+            raise UsageError(f"{option} must be a positive multiple of 16, got {value}: use {lower} or {lower + SPATIAL}")
+
+
+def check_positive(value: float, option: str) -> None:
+    if value <= 0:
+        raise UsageError(f"{option} must be positive, got {value}")

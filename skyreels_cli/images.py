@@ -1,0 +1,46 @@
+"""Reading input images and videos and fitting them to the output size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputFileError
+
+
+def load_image(path: str | Path, option: str = "IMAGE") -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{option} {path} does not exist; give the path of a PNG or JPEG file")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise InputFileError(f"{option} {path} is not a readable image; give a PNG or JPEG file") from None
+
+
+def oriented_size(image_size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """(height, width) turned to the image's orientation: a portrait image gives portrait video."""
+    img_w, img_h = image_size
+    if (img_h > img_w) != (height > width) and img_h != img_w:
+        return width, height
+    return height, width
+
+
+def fit_image(image: Image.Image, height: int, width: int) -> Image.Image:
+    """Scale to cover height x width, then crop the centre."""
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.Resampling.LANCZOS
+    )
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`fit_image` for each frame of a uint8 [T, H, W, 3] array (no-op when the size already matches)."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([np.asarray(fit_image(Image.fromarray(f), height, width)) for f in frames])

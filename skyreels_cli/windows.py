@@ -1,0 +1,137 @@
+"""How a diffusion forcing run splits into windows (pure arithmetic, REFERENCE.md §2).
+
+Counts here are latent frames. Each window holds a clean prefix (start image,
+input video, or the last `overlap` latents of the window before) followed by
+new frames; the new frames are grouped in causal blocks of `causal_block`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .frames import TEMPORAL, latent_frames
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    prefix: int            # clean latent frames at the start of the window
+    length: int            # latent frames in the window (prefix included, end image excluded)
+    blocks: tuple[int, ...]  # causal block sizes covering the window
+    ready_blocks: int      # how many leading blocks are the clean prefix
+    end_image: bool        # a clean end-image latent is appended after the window
+
+    @property
+    def new(self) -> int:
+        return self.length - self.prefix
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    total: int              # latent frames of the whole timeline, prefixes from inputs included
+    start_prefix: int       # clean latent frames taken from the start image or input video
+    base: int
+    overlap: int
+    causal_block: int
+    windows: tuple[Window, ...]
+
+
+def _blocks(prefix: int, new: int, causal_block: int) -> tuple[tuple[int, ...], int]:
+    """Prefix blocks then new blocks; a prefix not a multiple of the block (a start image) is one block."""
+    if prefix % causal_block == 0:
+        prefix_blocks = (causal_block,) * (prefix // causal_block)
+    else:
+        prefix_blocks = (prefix,)
+    return prefix_blocks + (causal_block,) * (new // causal_block), len(prefix_blocks)
+
+
+def plan_windows(
+    total: int, *, base: int, overlap: int, causal_block: int = 1, start_prefix: int = 0, end_image: bool = False
+) -> WindowPlan:
+    """Windows for `total` latent frames, or UsageError naming the setting that cannot work."""
+    c = causal_block
+    if c < 1:
+        raise UsageError(f"--causal-block must be at least 1, got {c}")
+    long = total > base
+    if base % c or (long and overlap % c):
+        raise UsageError(
+            f"--base-frames ({base} latent frames) and --overlap ({overlap} latent frames) must be multiples of "
+            f"--causal-block {c}; pick frame counts whose latent counts (frames-1)//4+1 are multiples of {c}"
+        )
+    if long and not 0 < overlap < base:
+        raise UsageError(f"--overlap must be smaller than --base-frames (got {overlap} vs {base} latent frames)")
+    if start_prefix >= base:
+        raise UsageError("the input video's overlap does not leave room for new frames; lower --overlap")
+    windows: list[Window] = []
+    done = start_prefix
+    prefix = start_prefix
+    while done < total or not windows:
+        room = min(base, prefix + total - done) - prefix
+        new = room - room % c
+        if new <= 0:
+            raise TailError(_frames_hint(total - done, c))
+        last = done + new >= total
+        blocks, ready = _blocks(prefix, new, c)
+        windows.append(Window(len(windows), prefix, prefix + new, blocks, ready, end_image and last))
+        done += new
+        prefix = overlap
+    if done != total:
+        raise TailError(_frames_hint(total, c))
+    return WindowPlan(total, start_prefix, base, overlap, c, tuple(windows))
+
+
+class TailError(UsageError):
+    """The last window's new frames do not fill whole causal blocks."""
+
+
+def _frames_hint(_: int, c: int) -> str:
+    return f"--frames leaves a last window whose new latent frames are not a multiple of --causal-block {c}"
+
+
+def plan_for_frames(
+    frames: int, *, base_frames: int, overlap_frames: int, causal_block: int = 1,
+    image: bool = False, video: bool = False, end_image: bool = False,
+) -> WindowPlan:
+    """The window plan for a run of `frames` pixel frames (new frames when continuing a video).
+
+    A length that would leave never-denoised frames at the tail (the reference
+    code's silent fault) is refused with the nearest lengths that work.
+    """
+    base, overlap = latent_frames(base_frames), latent_frames(overlap_frames)
+    start = overlap if video else (1 if image else 0)
+
+    def plan(n: int) -> WindowPlan:
+        total = start + new_latents_for_video(n) if video else latent_frames(n)
+        return plan_windows(
+            total, base=base, overlap=overlap, causal_block=causal_block, start_prefix=start, end_image=end_image
+        )
+
+    try:
+        return plan(frames)
+    except TailError:
+        pass
+    step = TEMPORAL
+    near = []
+    for candidates in (range(frames - step, 0, -step), range(frames + step, frames + step * 4 * base, step)):
+        for n in candidates:
+            try:
+                plan(n)
+                near.append(str(n))
+                break
+            except UsageError:
+                continue
+    raise UsageError(
+        f"--frames {frames} with --causal-block {causal_block} would leave frames that are never denoised "
+        f"(the last window's new latent frames must fill whole blocks); use --frames {' or '.join(near)}"
+    )
+
+
+def new_latents_for_video(new_frames: int) -> int:
+    """Latent frames that continue a video by `new_frames` pixel frames (4 per latent)."""
+    if new_frames < TEMPORAL or new_frames % TEMPORAL:
+        below = max(TEMPORAL, new_frames // TEMPORAL * TEMPORAL)
+        raise UsageError(
+            f"with --video, --frames counts the new frames and must be a multiple of 4; use {below} or {below + TEMPORAL}"
+        )
+    return new_frames // TEMPORAL
