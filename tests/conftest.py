@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random checkpoints in a private, offline Hugging Face cache.
+
+The environment is set before anything imports huggingface_hub, so the real Hub
+resolution code reads our cache (and never the network) in-process and in
+subprocesses alike.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+_HF_HOME = Path(tempfile.mkdtemp(prefix="skyreels-test-hf-"))
+os.environ["HF_HOME"] = str(_HF_HOME)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from skyreels_cli.tiny import place_in_hub_cache, save_checkpoint  # noqa: E402
+
+# Released repo ids the tests find in the cache, by tiny kind.
+HUB_REPOS = {
+    "t2v": "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers",
+    "i2v": "Skywork/SkyReels-V2-I2V-1.3B-540P-Diffusers",
+    "df": "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
+}
+ALIASES = {"t2v": "t2v-14b-540p", "i2v": "i2v-1.3b-540p", "df": "df-1.3b-540p"}
+# Small enough for a CPU: 64x64, 17 frames (5 latent frames), 4 steps.
+SMALL = ["--height", "64", "--width", "64", "--frames", "17", "--steps", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def hub_models() -> dict[str, Path]:
+    """Tiny checkpoints placed in the test cache under the released repo ids; returns their snapshot folders."""
+    build = _HF_HOME / "build"
+    snapshots = {}
+    for kind, repo in HUB_REPOS.items():
+        src = build / kind
+        if not src.exists():
+            save_checkpoint(kind, src)
+        snapshots[kind] = place_in_hub_cache(src, repo, _HF_HOME / "hub", commit=f"{hash(kind) & 0xffff:040x}")
+    return snapshots
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Path:
+    return _HF_HOME
+
+
+@pytest.fixture
+def image_file(tmp_path) -> Path:
+    """A smooth landscape test image (80x48)."""
+    y, x = np.mgrid[0:48, 0:80]
+    rgb = np.stack([x * 3, y * 5, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "start.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def read_png_frames(folder: Path) -> np.ndarray:
+    files = sorted(folder.glob("[0-9]*.png"))
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """diffusers' float output in [0, 1] to the levels we write."""
+    return (np.asarray(frames) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def assert_frames_match(ours: np.ndarray, theirs: np.ndarray) -> None:
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    diff = np.abs(ours.astype(int) - theirs.astype(int))
+    assert diff.max() <= 1, f"max difference {diff.max()} levels (mean {diff.mean():.3f})"
+    assert ours.std() > 1, "frames are flat: the comparison would prove nothing"

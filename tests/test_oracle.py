@@ -1,0 +1,130 @@
+"""Our frames against the diffusers SkyReels-V2 pipelines on the same tiny weights and seed."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    SkyReelsV2DiffusionForcingImageToVideoPipeline,
+    SkyReelsV2DiffusionForcingPipeline,
+    SkyReelsV2ImageToVideoPipeline,
+    SkyReelsV2Pipeline,
+    UniPCMultistepScheduler,
+)
+from typer.testing import CliRunner
+
+from skyreels_cli.cli import app
+from skyreels_cli.images import fit_image, load_image
+from skyreels_cli.settings import DEFAULT_NEGATIVE_PROMPT
+
+from .conftest import ALIASES, SMALL, assert_frames_match, read_png_frames, to_uint8
+
+SEED = 7
+
+
+class OfficialGrid(UniPCMultistepScheduler):
+    """diffusers' UniPC handed the official sigmas (REFERENCE.md §3), written independently of ours."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
+        sigmas = np.linspace(0.999, 0, num_inference_steps + 1)[:-1]
+        super().set_timesteps(device=device, sigmas=sigmas)
+
+
+def reference(pipeline_cls, folder, shift, grid="official"):
+    pipe = pipeline_cls.from_pretrained(folder, dtype=torch.float32)
+    cls = OfficialGrid if grid == "official" else UniPCMultistepScheduler
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, flow_shift=shift)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def common(**extra):
+    return dict(
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=64, width=64, num_inference_steps=4,
+        generator=torch.Generator("cpu").manual_seed(SEED), output_type="np", **extra,
+    )
+
+
+def ours(tmp_path, *args) -> np.ndarray:
+    out = tmp_path / "frames"
+    result = CliRunner().invoke(app, [*args, "--seed", str(SEED), "-o", f"{out}/", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return read_png_frames(out)
+
+
+@pytest.mark.parametrize("grid", ["official", "diffusers"])
+def test_t2v_checkpoint_matches_diffusers(hub_models, tmp_path, grid):
+    mine = ours(tmp_path, "t2v", "a red fox running through snow", "-m", ALIASES["t2v"], *SMALL, "--sigma-grid", grid)
+    pipe = reference(SkyReelsV2Pipeline, hub_models["t2v"], shift=8.0, grid=grid)
+    theirs = pipe("a red fox running through snow", num_frames=17, guidance_scale=6.0, **common()).frames[0]
+    assert_frames_match(mine, to_uint8(theirs))
+
+
+@pytest.mark.parametrize("grid", ["official", "diffusers"])
+def test_t2v_on_df_checkpoint_matches_diffusers(hub_models, tmp_path, grid):
+    mine = ours(tmp_path, "t2v", "a red fox", "-m", ALIASES["df"], *SMALL, "--sigma-grid", grid)
+    pipe = reference(SkyReelsV2DiffusionForcingPipeline, hub_models["df"], shift=8.0, grid=grid)
+    theirs = pipe("a red fox", num_frames=17, guidance_scale=6.0, **common()).frames[0]
+    assert_frames_match(mine, to_uint8(theirs))
+
+
+def test_grids_differ(hub_models, tmp_path):
+    """The two grids give different frames: the grid option is not a no-op."""
+    a = ours(tmp_path / "a", "t2v", "a red fox", "-m", ALIASES["df"], *SMALL, "--sigma-grid", "official")
+    b = ours(tmp_path / "b", "t2v", "a red fox", "-m", ALIASES["df"], *SMALL, "--sigma-grid", "diffusers")
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 1
+
+
+def test_i2v_matches_diffusers(hub_models, tmp_path, image_file):
+    mine = ours(tmp_path, "i2v", str(image_file), "the waves roll in", "-m", ALIASES["i2v"], *SMALL)
+    pipe = reference(SkyReelsV2ImageToVideoPipeline, hub_models["i2v"], shift=5.0)
+    image = fit_image(load_image(image_file), 64, 64)
+    theirs = pipe(image, "the waves roll in", num_frames=17, guidance_scale=5.0, **common()).frames[0]
+    assert_frames_match(mine, to_uint8(theirs))
+
+
+LONG = ["--frames", "57", "--base-frames", "17", "--overlap", "5", "--addnoise", "0"]
+
+
+def test_extend_long_synchronous_matches_diffusers(hub_models, tmp_path):
+    mine = ours(tmp_path, "extend", "a red fox", "-m", ALIASES["df"], *SMALL[:4], *SMALL[6:], *LONG)
+    assert len(mine) == 57
+    pipe = reference(SkyReelsV2DiffusionForcingPipeline, hub_models["df"], shift=8.0)
+    theirs = pipe("a red fox", num_frames=57, base_num_frames=17, overlap_history=5, addnoise_condition=0,
+                  guidance_scale=6.0, **common()).frames[0]
+    assert_frames_match(mine, to_uint8(theirs))
+
+
+def test_extend_long_asynchronous_matches_diffusers(hub_models, tmp_path):
+    # Window 8 latent frames, overlap 2, causal block 2: 16 latent frames in three windows.
+    args = ["--frames", "61", "--base-frames", "29", "--overlap", "5", "--addnoise", "0",
+            "--ar-step", "2", "--causal-block", "2", "--causal-attention"]
+    mine = ours(tmp_path, "extend", "a red fox", "-m", ALIASES["df"], *SMALL[:4], *SMALL[6:], *args)
+    pipe = reference(SkyReelsV2DiffusionForcingPipeline, hub_models["df"], shift=8.0)
+    theirs = pipe("a red fox", num_frames=61, base_num_frames=29, overlap_history=5, addnoise_condition=0,
+                  ar_step=2, causal_block_size=2, guidance_scale=6.0, **common()).frames[0]
+    assert_frames_match(mine, to_uint8(theirs))
+
+
+def test_extend_start_image_matches_diffusers_df_i2v(hub_models, tmp_path, image_file):
+    # 41 frames = 11 latent frames = windows of 5, 5, 5 with overlap 2: every window full, since
+    # diffusers' DF image-to-video pipeline crashes on a shorter last window.
+    long = ["--frames", "41", "--base-frames", "17", "--overlap", "5", "--addnoise", "0"]
+    mine = ours(tmp_path, "extend", "a red fox", "-m", ALIASES["df"], "--image", str(image_file),
+                *SMALL[:4], *SMALL[6:], *long, "--shift", "5", "--guidance", "5")
+    pipe = reference(SkyReelsV2DiffusionForcingImageToVideoPipeline, hub_models["df"], shift=5.0)
+    image = fit_image(load_image(image_file), 64, 64)
+    theirs = pipe(image, "a red fox", num_frames=41, base_num_frames=17, overlap_history=5, addnoise_condition=0,
+                  guidance_scale=5.0, **common()).frames[0]
+    assert_frames_match(mine, to_uint8(theirs))
+
+
+def test_extend_start_and_end_image_matches_diffusers_df_i2v(hub_models, tmp_path, image_file):
+    end = tmp_path / "end.png"
+    load_image(image_file).transpose(0).save(end)
+    mine = ours(tmp_path, "extend", "a red fox", "-m", ALIASES["df"], "--image", str(image_file),
+                "--end-image", str(end), *SMALL, "--addnoise", "0", "--shift", "5", "--guidance", "5")
+    pipe = reference(SkyReelsV2DiffusionForcingImageToVideoPipeline, hub_models["df"], shift=5.0)
+    theirs = pipe(fit_image(load_image(image_file), 64, 64), "a red fox", num_frames=17, addnoise_condition=0,
+                  last_image=fit_image(load_image(end), 64, 64), guidance_scale=5.0, **common()).frames[0]
+    assert len(mine) == 17
+    assert_frames_match(mine, to_uint8(theirs))
