@@ -1,0 +1,88 @@
+"""The sampler grid, the step matrix and the window plan: pure arithmetic."""
+
+import pytest
+import torch
+from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+from skyreels_cli.errors import UsageError
+from skyreels_cli.schedule import step_matrix, timestep_rows, timesteps_for
+from skyreels_cli.windows import plan_for_frames, plan_windows
+
+
+def test_official_grid_timesteps():
+    # REFERENCE.md §2/§3: N=30, shift 8.
+    assert timesteps_for(30, 8.0)[-4:].tolist() == [551, 470, 363, 216]
+    assert timesteps_for(30, 8.0, "diffusers")[-4:].tolist() == [553, 473, 367, 221]
+
+
+@pytest.mark.parametrize(
+    "frames,block,ar,ready,rows",
+    [(25, 5, 5, 0, 50), (25, 1, 0, 0, 30), (25, 5, 0, 0, 30), (25, 5, 5, 1, 45), (10, 1, 1, 0, 39)],
+)
+def test_row_counts(frames, block, ar, ready, rows):
+    index, update = step_matrix([block] * (frames // block), 30, ar, ready)
+    assert index.shape == update.shape == (rows, frames)
+
+
+@pytest.mark.parametrize("blocks,ar,ready", [([5] * 5, 5, 0), ([5] * 5, 5, 1), ([1] * 8, 3, 2), ([1, 4, 4, 4], 2, 1),
+                                              ([2] * 6, 0, 2)])
+def test_schedule_invariants(blocks, ar, ready):
+    steps = 12
+    index, update = step_matrix(blocks, steps, ar, ready)
+    ready_frames = sum(blocks[:ready])
+    # Noise never decreases from an earlier frame to a later one: a lower index is noisier.
+    assert (index[:, :-1] >= index[:, 1:]).all()
+    # Prefix frames are clean from the start and never updated.
+    assert not update[:, :ready_frames].any()
+    assert (index[:, :ready_frames] == steps + 1).all()
+    # Every other frame is updated exactly once per step and ends on the last step.
+    assert (update[:, ready_frames:].sum(0) == steps).all()
+    assert (index[-1] >= steps).all()
+    # Frames of one block move together.
+    start = 0
+    for size in blocks:
+        assert (index[:, start:start + size] == index[:, start:start + 1]).all()
+        start += size
+
+
+@pytest.mark.parametrize("frames,block,ar,ready", [(25, 5, 5, 0), (25, 1, 0, 0), (25, 5, 5, 5), (12, 2, 3, 2)])
+def test_step_matrix_equals_diffusers(frames, block, ar, ready):
+    timesteps = timesteps_for(10, 8.0)
+    theirs, _, their_update, _ = SkyReelsV2DiffusionForcingPipeline.generate_timestep_matrix(
+        None, frames, timesteps, frames, ar, ready, block
+    )
+    index, update = step_matrix([block] * (frames // block), 10, ar, ready // block)
+    assert torch.equal(timestep_rows(index, timesteps), theirs)
+    assert torch.equal(update, their_update)
+
+
+def test_long_plan_matches_reference_counts():
+    plan = plan_for_frames(1457, base_frames=97, overlap_frames=17)
+    assert len(plan.windows) == 18  # REFERENCE.md: a 60-second video is 18 windows
+    assert [w.prefix for w in plan.windows[:2]] == [0, 5]
+    assert sum(w.new for w in plan.windows) == (1457 - 1) // 4 + 1
+
+
+def test_start_image_is_its_own_block_in_async_mode():
+    plan = plan_for_frames(101, base_frames=97, overlap_frames=17, causal_block=5, image=True)
+    first = plan.windows[0]
+    assert first.blocks[:2] == (1, 5) and first.ready_blocks == 1 and first.prefix == 1
+
+
+def test_tail_that_would_stay_noisy_is_refused_with_lengths_that_work():
+    with pytest.raises(UsageError, match=r"use --frames (\d+) or (\d+)") as err:
+        plan_for_frames(249, base_frames=97, overlap_frames=17, causal_block=5)
+    for suggestion in err.value.args[0].split("use --frames ")[1].split(" or "):
+        plan_for_frames(int(suggestion), base_frames=97, overlap_frames=17, causal_block=5)
+
+
+def test_windows_cover_every_latent_frame_once():
+    plan = plan_windows(39, base=9, overlap=3, causal_block=3)
+    assert sum(w.new for w in plan.windows) == 39
+    for w in plan.windows:
+        assert sum(w.blocks) == w.length and w.new % 3 == 0
+
+
+def test_overlap_must_fit_causal_block():
+    with pytest.raises(UsageError, match="multiples of --causal-block"):
+        plan_windows(40, base=10, overlap=3, causal_block=5)
