@@ -77,10 +77,12 @@ def _generate(command: str, prompt: str, output: str | None, overwrite: bool, qu
     if resume and options.get("seed") is None:
         seed = saved_seed(target)
         settings = replace(settings, seed=settings.seed if seed is None else seed)
-    if not quiet:
-        typer.echo(f"{command}: {settings.model}, {settings.width}x{settings.height}, {settings.frames} frames, "
-                   f"seed {settings.seed}", err=True)
-    path = run(spec, settings, target, resume=resume, progress=not quiet)
+    def announce() -> None:
+        if not quiet:
+            typer.echo(f"{command}: {settings.model}, {settings.width}x{settings.height}, {settings.frames} frames, "
+                       f"seed {settings.seed}", err=True)
+
+    path = run(spec, settings, target, resume=resume, progress=not quiet, on_start=announce)
     typer.echo(str(path))
 
 

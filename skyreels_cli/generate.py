@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,12 +51,17 @@ def load_model(spec: ModelSpec, settings: RunSettings, timer: Timer, progress: b
 
 
 def run(spec: ModelSpec, settings: RunSettings, target: OutputTarget, *, resume: bool = False,
-        progress: bool = True) -> Path:
-    """Generate the video `settings` describe into `target`; returns the output path."""
+        progress: bool = True, on_start: Callable[[], None] | None = None) -> Path:
+    """Generate the video `settings` describe into `target`; returns the output path.
+
+    `on_start` is called once the model is loaded, when nothing can fail for lack of it.
+    """
     timer = Timer()
     saved = load_state(target, settings) if resume else None
     started = time.perf_counter()
     pipe, device = load_model(spec, settings, timer, progress)
+    if on_start is not None:
+        on_start()
     metadata = {**settings.to_dict(), "skyreels_version": __version__}
     sink = FrameSink(target, settings.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)
     with sink:

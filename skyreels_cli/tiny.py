@@ -58,7 +58,7 @@ def _transformer(kind: str):
     return SkyReelsV2Transformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
         in_channels=36 if i2v else 16, out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32,
-        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
         image_dim=8 if i2v else None, added_kv_proj_dim=24 if i2v else None,
         inject_sample_info=kind == "df",
     ).eval()

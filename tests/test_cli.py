@@ -1,0 +1,180 @@
+"""The CLI as a user calls it: outputs decoded back, sidecars read, bad input refused cleanly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from skyreels_cli.cli import app
+from skyreels_cli.writers import probe_video, read_video
+
+from .conftest import ALIASES, SMALL
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_t2v_writes_mp4_with_sidecar_and_metadata(hub_models, tmp_path):
+    out = tmp_path / "fox.mp4"
+    result = invoke("t2v", "a red fox", "-m", ALIASES["df"], *SMALL, "--seed", 5, "-o", out, "--fps", 16)
+    assert result.exit_code == 0, result.output
+    frames, fps = read_video(out)
+    assert frames.shape == (17, 64, 64, 3) and fps == 16
+    sidecar = json.loads((tmp_path / "fox.mp4.json").read_text())
+    assert sidecar["seed"] == 5 and sidecar["repo"] == "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers"
+    assert sidecar["frames_written"] == 17 and sidecar["timings_s"]["generate"] > 0
+    assert sidecar["dtype"] == "fp32" and sidecar["sigma_grid"] == "official"
+    assert json.loads(probe_video(out)["comment"])["prompt"] == "a red fox"
+    assert not list(tmp_path.glob(".*")), "work files left behind"
+
+
+def test_random_seed_is_drawn_and_reported(hub_models, tmp_path):
+    result = invoke("t2v", "a cat", "-m", ALIASES["df"], *SMALL, "-o", tmp_path / "a.mp4")
+    assert result.exit_code == 0, result.output
+    seed = json.loads((tmp_path / "a.mp4.json").read_text())["seed"]
+    assert f"seed {seed}" in result.output
+
+
+def test_default_output_goes_to_outputs_folder(hub_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("t2v", "a small red fox", "-m", ALIASES["df"], *SMALL, "--seed", 9, "-q")
+    assert result.exit_code == 0, result.output
+    [video] = (tmp_path / "outputs").glob("*.mp4")
+    assert "_9_a-small-red-fox" in video.name and video.with_name(video.name + ".json").is_file()
+
+
+def test_existing_output_needs_overwrite(hub_models, tmp_path):
+    out = tmp_path / "x.mp4"
+    args = ["t2v", "a cat", "-m", ALIASES["df"], *SMALL, "-o", out, "-q"]
+    assert invoke(*args, "--seed", 1).exit_code == 0
+    before = out.read_bytes()
+    refused = invoke(*args, "--seed", 2)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    assert out.read_bytes() == before
+    assert invoke(*args, "--seed", 2, "--overwrite").exit_code == 0
+    assert out.read_bytes() != before
+
+
+def test_i2v_portrait_image_gives_portrait_video(hub_models, tmp_path):
+    img = tmp_path / "tall.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 48, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "tall"
+    result = invoke("i2v", img, "a tower", "-m", "tiny", "--device", "cpu", "--steps", 2,
+                    "--frames", 5, "-o", f"{out}/", "-q")
+    assert result.exit_code == 0, result.output
+    first = Image.open(out / "000000.png")
+    assert first.height > first.width
+    assert json.loads((out / "settings.json").read_text())["image"] == str(img)
+
+
+def test_installed_command_runs_tiny_model_as_a_subprocess(tmp_path):
+    env = {**os.environ}
+    out = tmp_path / "cat.mp4"
+    exe = os.path.join(os.path.dirname(sys.executable), "skyreels")
+    done = subprocess.run([exe, "t2v", "a cat", "--model", "tiny", "--device", "cpu", "-o", str(out), "-q"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    assert probe_video(out)["frames"] == 17
+
+
+def test_models_lists_registry_and_cache(hub_models):
+    result = invoke("models")
+    assert result.exit_code == 0
+    for alias in ("df-1.3b-540p", "df-14b-720p", "t2v-14b-540p", "i2v-14b-720p", "flf2v-1.3b-540p", "tiny-df"):
+        assert alias in result.output
+    cached = next(line for line in result.output.splitlines() if line.startswith("df-1.3b-540p"))
+    uncached = next(line for line in result.output.splitlines() if line.startswith("df-14b-720p"))
+    assert " GB " in cached and " - " in uncached
+
+
+def test_download_cached_model_works_offline(hub_models):
+    result = invoke("download", "df-1.3b-540p", "-q")
+    assert result.exit_code == 0, result.output
+    assert str(hub_models["df"]) in result.output
+
+
+def test_doctor_reports_the_machine():
+    result = invoke("doctor")
+    assert "torch" in result.output and "ffmpeg" in result.output and "model cache" in result.output
+    assert result.exit_code in (0, 1)
+
+
+def test_help_shows_examples():
+    for command in ("t2v", "i2v", "extend"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Examples" in result.output and "skyreels " + command in result.output
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "notimage.png").write_text("hello")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "notvideo.mp4").write_text("nope")
+    return tmp_path
+
+
+T2V = ["t2v", "a cat", "-m", ALIASES["df"], "--device", "cpu"]
+EXT = ["extend", "a cat", "-m", ALIASES["df"], "--device", "cpu", "--frames", "45"]
+
+# (arguments, words the one-line message must contain); paths use {d} for the test folder.
+BAD_INPUT = [
+    (["t2v", "a cat", "-m", "nosuchmodel", "--device", "cpu"], ["unknown model", "df-1.3b-540p"]),
+    (["t2v", "   ", "-m", ALIASES["df"], "--device", "cpu"], ["prompt is empty"]),
+    ([*T2V, "--frames", "20"], ["4k+1", "17", "21"]),
+    ([*T2V, "--height", "100"], ["--height", "multiple of 16", "96", "112"]),
+    ([*T2V, "--steps", "0"], ["--steps", "positive"]),
+    (["t2v", "a cat", "-m", ALIASES["i2v"], "--device", "cpu"], ["i2v checkpoint", "cannot run `skyreels t2v`"]),
+    (["t2v", "a cat", "-m", ALIASES["df"]], ["CUDA", "--device cpu", "skyreels doctor"]),
+    (["t2v", "a cat", "-m", "df-14b-540p", "--device", "cpu"], ["not in the cache", "skyreels download df-14b-540p"]),
+    ([*T2V, "-o", "{d}/afile/x.mp4"], ["cannot"]),
+    ([*T2V, "-o", "{d}/x.avi"], ["x.avi", ".mp4"]),
+    ([*T2V, "--sigma-grid", "weird"], ["--sigma-grid", "official"]),
+    (["i2v", "{d}/missing.png", "go", "-m", ALIASES["i2v"], "--device", "cpu"], ["does not exist"]),
+    (["i2v", "{d}/notimage.png", "go", "-m", ALIASES["i2v"], "--device", "cpu"], ["not a readable image"]),
+    (["i2v", "{d}/notimage.png", "go", "-m", ALIASES["df"], "--device", "cpu"], ["cannot run `skyreels i2v`"]),
+    (["extend", "a cat", "-m", ALIASES["df"], "--device", "cpu"], ["needs --frames"]),
+    ([*EXT, "--base-frames", "30"], ["--base-frames", "4k+1", "29", "33"]),
+    ([*EXT, "--overlap", "18"], ["--overlap", "4k+1", "17", "21"]),
+    ([*EXT, "--base-frames", "17", "--overlap", "17"], ["--overlap 17", "smaller than --base-frames 17"]),
+    ([*EXT, "--base-frames", "29", "--overlap", "5", "--causal-block", "2", "--frames", "49"],
+     ["never denoised", "--frames 45 or 53"]),
+    ([*EXT, "--base-frames", "17", "--overlap", "5", "--causal-block", "2"], ["multiples of --causal-block 2"]),
+    ([*EXT, "--ar-step", "-1"], ["--ar-step"]),
+    ([*EXT, "--addnoise", "80"], ["--addnoise", "50"]),
+    ([*EXT, "--image", "{d}/a.png", "--video", "{d}/b.mp4"], ["--image and --video"]),
+    ([*EXT, "--video", "{d}/notvideo.mp4"], ["cannot read video"]),
+    ([*EXT, "--video", "{d}/missing.mp4"], ["does not exist"]),
+    ([*EXT, "--end-image", "{d}/missing.png"], ["--end-image", "does not exist"]),
+    (["extend", "a cat", "-m", ALIASES["t2v"], "--device", "cpu", "--frames", "45"], ["cannot run `skyreels extend`"]),
+    ([*EXT, "-o", "{d}/new.mp4", "--resume"], ["no saved run to resume"]),
+    ([*EXT, "--resume"], ["--resume needs the -o"]),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD_INPUT, ids=[" ".join(a[3:] if len(a) > 3 else a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_clear_line(hub_models, bad_files, args, words):
+    before = sorted(p.name for p in bad_files.rglob("*"))
+    result = invoke(*[a.format(d=bad_files) for a in args])
+    message = result.output.strip()
+    assert result.exit_code == 2, message
+    assert message.startswith("error: ") and "\n" not in message, message
+    assert "Traceback" not in message
+    for word in words:
+        assert word in message, (word, message)
+    assert sorted(p.name for p in bad_files.rglob("*")) == before, "something was written"
+
+
+def test_too_short_video_is_refused(hub_models, tmp_path):
+    short = tmp_path / "short.mp4"
+    assert invoke(*T2V, "--height", 64, "--width", 64, "--frames", 9, "--steps", 2, "-o", short, "-q").exit_code == 0
+    result = invoke(*EXT, "--video", short, "--overlap", 17, "--height", 64, "--width", 64)
+    assert result.exit_code == 2 and "fewer than --overlap 17" in result.output
