@@ -73,6 +73,8 @@ def run(spec: ModelSpec, settings: RunSettings, target: OutputTarget, *, resume:
         timer.marks["total"] = round(time.perf_counter() - started, 3)
         sidecar = {**metadata, "frames_written": sink.frames_written, "timings_s": timer.marks,
                    "output": str(target.path), "resumed": bool(saved)}
+        if device.type == "cuda":
+            sidecar["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
         return sink.finish(sidecar)
 
 

@@ -1,8 +1,12 @@
-"""Tiny random checkpoints in the released Diffusers layout.
+"""Random checkpoints in the released Diffusers layout.
 
-They make noise, not film, but exercise every code path (Hub layout, loading,
-generation, writing) on a CPU in seconds. The `tiny` model aliases and the test
-suite build them with the same function, so what users try is what we test.
+`tiny` ones make noise, not film, but exercise every code path (Hub layout,
+loading, generation, writing) on a CPU in seconds. The `tiny` model aliases and
+the test suite build them with the same function, so what users try is what we
+test. `1.3b` ones have the real 1.3B transformer and the real VAE (text and
+image encoders cut to two layers): a GPU check of speed and memory with no download.
+
+    python -m skyreels_cli.tiny 1.3b df /tmp/df-1.3b-random
 """
 
 from __future__ import annotations
@@ -13,7 +17,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TEXT_DIM = 32
+# Architecture sizes: tiny, and the released 1.3B (REFERENCE.md §1).
+ARCHS = {
+    "tiny": dict(heads=2, head_dim=12, layers=2, ffn=32, freq=32, text_dim=32, text_ff=64, text_heads=4, text_kv=8,
+                 clip_dim=8, clip_image=16, clip_patch=4, vae=dict(base_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1)),
+    "1.3b": dict(heads=12, head_dim=128, layers=30, ffn=8960, freq=256, text_dim=4096, text_ff=10240, text_heads=64,
+                 text_kv=64, clip_dim=1280, clip_image=224, clip_patch=14, vae={}),
+}
+TEXT_DIM = ARCHS["tiny"]["text_dim"]
 VOCAB = ["<pad>", "</s>", "<unk>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
     "a", "the", "cat", "dog", "fox", "red", "running", "through", "snow", "blurry", "noise",
 ]
@@ -33,33 +44,32 @@ def _tokenizer():
     )
 
 
-def _text_encoder(vocab_size: int):
+def _text_encoder(vocab_size: int, a: dict):
     from transformers import UMT5Config, UMT5EncoderModel
 
     config = UMT5Config(
-        vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        vocab_size=vocab_size, d_model=a["text_dim"], d_kv=a["text_kv"], d_ff=a["text_ff"], num_layers=2,
+        num_heads=a["text_heads"], relative_attention_num_buckets=8, relative_attention_max_distance=16,
     )
     return UMT5EncoderModel(config).eval()
 
 
-def _vae():
+def _vae(a: dict):
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(
-        base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    ).eval()
+    return AutoencoderKLWan(z_dim=16, temperal_downsample=[False, True, True], **a["vae"]).eval()
 
 
-def _transformer(kind: str):
+def _transformer(kind: str, a: dict):
     from diffusers import SkyReelsV2Transformer3DModel
 
     i2v = kind == "i2v"
+    inner = a["heads"] * a["head_dim"]
     return SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-        in_channels=36 if i2v else 16, out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32,
-        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
-        image_dim=8 if i2v else None, added_kv_proj_dim=24 if i2v else None,
+        patch_size=(1, 2, 2), num_attention_heads=a["heads"], attention_head_dim=a["head_dim"],
+        in_channels=36 if i2v else 16, out_channels=16, text_dim=a["text_dim"], freq_dim=a["freq"],
+        ffn_dim=a["ffn"], num_layers=a["layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024, image_dim=a["clip_dim"] if i2v else None, added_kv_proj_dim=inner if i2v else None,
         inject_sample_info=kind == "df",
     ).eval()
 
@@ -72,29 +82,31 @@ def _scheduler():
     )
 
 
-def build_components(kind: str, seed: int = 0) -> dict:
+def build_components(kind: str, seed: int = 0, arch: str = "tiny") -> dict:
     """Random components for one checkpoint kind (t2v, i2v or df), reproducible from `seed`."""
     import torch
 
     if kind not in KINDS:
         raise ValueError(f"unknown tiny kind {kind!r}; expected one of {KINDS}")
+    a = ARCHS[arch]
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     components = {
         "tokenizer": tokenizer,
-        "text_encoder": _text_encoder(len(tokenizer)),
-        "vae": _vae(),
-        "transformer": _transformer(kind),
+        "text_encoder": _text_encoder(len(tokenizer), a),
+        "vae": _vae(a),
+        "transformer": _transformer(kind, a),
         "scheduler": _scheduler(),
     }
     if kind == "i2v":
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
         components["image_encoder"] = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2,
-            image_size=16, intermediate_size=16, patch_size=4,
+            hidden_size=a["clip_dim"], projection_dim=a["clip_dim"], num_hidden_layers=2, num_attention_heads=2,
+            image_size=a["clip_image"], intermediate_size=2 * a["clip_dim"], patch_size=a["clip_patch"],
         )).eval()
-        components["image_processor"] = CLIPImageProcessor(crop_size=16, size=16)
+        size = a["clip_image"]
+        components["image_processor"] = CLIPImageProcessor(crop_size=size, size=size)
     return components
 
 
@@ -105,18 +117,19 @@ PIPELINE_CLASS = {
 }
 
 
-def save_checkpoint(kind: str, dest: Path, seed: int = 0) -> Path:
-    """Write a tiny checkpoint of `kind` to `dest` in the Diffusers layout, atomically."""
+def save_checkpoint(kind: str, dest: Path, seed: int = 0, arch: str = "tiny") -> Path:
+    """Write a random checkpoint of `kind` to `dest` in the Diffusers layout, atomically."""
     import diffusers
 
     dest = Path(dest)
     pipe_cls = getattr(diffusers, PIPELINE_CLASS[kind])
-    pipe = pipe_cls(**build_components(kind, seed))
+    pipe = pipe_cls(**build_components(kind, seed, arch))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "tiny.json").write_text(json.dumps({"kind": kind, "seed": seed}))
+        if arch == "tiny":  # marks a folder whose registry defaults are the tiny ones
+            (tmp / "tiny.json").write_text(json.dumps({"kind": kind, "seed": seed}))
         try:
             os.replace(tmp, dest)
         except OSError:  # another process finished first: keep theirs
@@ -137,3 +150,11 @@ def place_in_hub_cache(src: Path, repo_id: str, hub_cache: Path, commit: str = "
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / "main").write_text(commit)
     return snapshot
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] not in ARCHS or sys.argv[2] not in KINDS:
+        sys.exit(f"usage: python -m skyreels_cli.tiny {{{'|'.join(ARCHS)}}} {{{'|'.join(KINDS)}}} DEST")
+    print(save_checkpoint(sys.argv[2], Path(sys.argv[3]), arch=sys.argv[1]))

@@ -21,11 +21,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
 from .errors import InputFileError, OutputError, UsageError
+
+
+def _ffmpeg() -> Any:
+    # Imported on first use, so PNG output works where imageio-ffmpeg is not installed.
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg
 
 FRAME_DIGITS = 6
 SLUG_MAX = 40
@@ -294,7 +300,7 @@ class _Mp4Segments:
         self.frames_written += len(frames)
 
     def _open_segment(self, width: int, height: int) -> None:
-        self._encoder = imageio_ffmpeg.write_frames(
+        self._encoder = _ffmpeg().write_frames(
             str(self._open_path()),
             (width, height),
             fps=self.fps,
@@ -339,7 +345,7 @@ class _Mp4Segments:
         """Join the finished segments without re-encoding into dest, replacing it atomically."""
         listing = self.work_dir / "concat.txt"
         listing.write_text("".join(f"file '{s['file']}'\n" for s in self.segments))
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "concat", "-i", str(listing)]
+        cmd = [_ffmpeg().get_ffmpeg_exe(), "-y", "-v", "error", "-f", "concat", "-i", str(listing)]
         cmd += ["-map", "0:v", "-c", "copy", "-movflags", "+faststart"]
         cmd += ["-metadata", f"comment={self.comment}", "-f", "mp4"]
         _replace_atomically(dest, lambda tmp: _run_ffmpeg([*cmd, str(tmp)]))
@@ -457,7 +463,7 @@ def probe_video(path: Path) -> dict:
     if first is None:
         raise InputFileError(f"video {path} has no frames; choose another video")
     try:
-        count, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+        count, _ = _ffmpeg().count_frames_and_secs(str(path))
     except RuntimeError as err:
         raise _unreadable(path, err) from err
     height, width = first.shape[:2]
@@ -468,7 +474,7 @@ def _stream(path: Path) -> tuple[float, Generator[np.ndarray, None, None]]:
     """The fps and a lazy iterator over RGB frames; ffmpeg failures become InputFileError."""
     if not path.is_file():
         raise InputFileError(f"video {path} does not exist; check the path")
-    reader = imageio_ffmpeg.read_frames(str(path))
+    reader = _ffmpeg().read_frames(str(path))
     try:
         meta = next(reader)
     except (OSError, RuntimeError, StopIteration) as err:
@@ -494,7 +500,7 @@ def _unreadable(path: Path, err: BaseException) -> InputFileError:
 
 
 def _comment(path: Path) -> str | None:
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    cmd = [_ffmpeg().get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
     result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
     if result.returncode != 0:
         raise _unreadable(path, RuntimeError(result.stderr.decode(errors="replace")))

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on a machine with a CUDA GPU and no network:
+# every command on CUDA in bf16, with tiny weights and with random weights of the
+# real 1.3B architecture (no downloads), then the memory benchmark.
+#
+# On the lent device (its image lacks diffusers and ftfy, and imageio-ffmpeg is too big
+# to carry, so outputs are PNG frames), first, here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 ftfy==6.3.1 wcwidth
+# then run, carrying .whl:   bash benchmarks/gpu_check.sh
+# Each run's settings.json records timings and peak VRAM; they are printed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export HF_HOME="${HF_HOME_CHECK:-$(mktemp -d)}"
+out="${OUT:-/tmp/gpu-check}"
+mkdir -p "$out"
+sk() { python3 -m skyreels_cli "$@" --device cuda --dtype bf16 -q --overwrite; }
+
+python3 -m skyreels_cli doctor || true
+python3 - "$out/start.png" <<'PY'
+import sys, numpy as np
+from PIL import Image
+y, x = np.mgrid[0:544, 0:960]
+Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(sys.argv[1])
+PY
+
+echo "== tiny weights"
+sk t2v "a red fox" -m tiny -o "$out/tiny-t2v/"
+sk i2v "$out/start.png" "waves" -m tiny -o "$out/tiny-i2v/"
+sk extend "a red fox" -m tiny --frames 149 --base-frames 17 --overlap 5 -o "$out/tiny-extend/"
+sk extend "a red fox" -m tiny --frames 101 --base-frames 41 --overlap 9 --ar-step 2 --causal-block 3 \
+  --causal-attention --image "$out/start.png" -o "$out/tiny-async/" || true  # prints why if refused
+
+echo "== random weights, real 1.3B architecture"
+python3 -m skyreels_cli.tiny 1.3b df "$HF_HOME/df-1.3b"
+python3 -m skyreels_cli.tiny 1.3b i2v "$HF_HOME/i2v-1.3b"
+sk t2v "a red fox" -m "$HF_HOME/df-1.3b" --steps 4 -o "$out/real-t2v/"
+sk i2v "$out/start.png" "waves" -m "$HF_HOME/i2v-1.3b" --steps 4 -o "$out/real-i2v/"
+sk extend "a red fox" -m "$HF_HOME/df-1.3b" --steps 4 --frames 257 -o "$out/real-extend/"
+sk extend "a red fox" -m "$HF_HOME/df-1.3b" --steps 4 --frames 257 --ar-step 5 --causal-block 5 \
+  --base-frames 97 --overlap 17 -o "$out/real-async/"
+
+for f in "$out"/*/settings.json; do
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d['frames_written'], 'frames', d['timings_s'], 'peak VRAM', d.get('peak_vram_gb'), 'GB')" "$f"
+done
+
+echo "== benchmark"
+python3 benchmarks/extend_memory.py --quick || true
