@@ -189,14 +189,11 @@ def download(
       skyreels download df-1.3b-540p i2v-1.3b-540p
     """
     from .hub import disk_size, ensure_model
-    from .registry import COMMAND_KINDS, load_registry, resolve_model
+    from .registry import resolve_model
 
     with user_errors():
-        registry = load_registry()
         for name in names:
-            command = next((c for c in COMMAND_KINDS if name not in registry.models
-                            or registry.models[name].kind in COMMAND_KINDS[c]), "t2v")
-            spec = resolve_model(name, command)
+            spec = resolve_model(name, None)
             path = ensure_model(spec, progress=not quiet)
             typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB)")
 

@@ -108,15 +108,17 @@ def _unregistered(name: str, kind: str, local_path: Path | None) -> ModelSpec:
     )
 
 
-def resolve_model(name: str | None, command: str) -> ModelSpec:
+def resolve_model(name: str | None, command: str | None) -> ModelSpec:
     """Turn a `--model` value (alias, Hub repo id or local folder; None for the default) into a spec.
 
-    Hub repo ids outside the registry get their kind once downloaded (see hub.ensure_model).
+    `command` is the command that will run it (its kind is checked), or None to accept any kind.
+    Hub repo ids outside the registry get their kind once downloaded (see `with_kind`).
     """
     registry = load_registry()
-    name = name or registry.defaults[command]
+    name = name or registry.defaults[command or "t2v"]
     if name in registry.families:
-        name = registry.families[name][command]
+        family = registry.families[name]
+        name = family[command] if command else next(iter(family.values()))
     spec = registry.models.get(name)
     if spec is None:
         spec = next((s for s in registry.models.values() if s.repo.lower() == name.lower()), None)
@@ -132,7 +134,7 @@ def resolve_model(name: str | None, command: str) -> ModelSpec:
     if spec is None:
         known = ", ".join(registry.names())
         raise ModelError(f"unknown model {name!r}; use one of: {known} (or a Hub repo id, or a local folder)")
-    if spec.kind != "?":
+    if spec.kind != "?" and command:
         check_kind(spec, command)
     return spec
 
@@ -148,11 +150,12 @@ def check_kind(spec: ModelSpec, command: str) -> None:
         )
 
 
-def with_kind(spec: ModelSpec, folder: Path, command: str) -> ModelSpec:
+def with_kind(spec: ModelSpec, folder: Path, command: str | None) -> ModelSpec:
     """Fill in the kind (and kind defaults) of a Hub repo outside the registry once it is local."""
     if spec.kind != "?":
         return spec
     kind = kind_of_folder(folder)
     spec = replace(spec, kind=kind, **_KIND_DEFAULTS[kind])
-    check_kind(spec, command)
+    if command:
+        check_kind(spec, command)
     return spec

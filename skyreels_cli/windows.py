@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .frames import TEMPORAL, latent_frames
+from .frames import TEMPORAL, latent_frames, pixel_frames
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,13 @@ def plan_windows(
     if c < 1:
         raise UsageError(f"--causal-block must be at least 1, got {c}")
     long = total > base
-    if base % c or (long and overlap % c):
+    if long and overlap % c:
+        # A carried-over prefix must fill whole blocks. (Window lengths need not: each window's
+        # new frames are rounded down to whole blocks, so no frame is ever left undenoised.)
+        below = max(c, overlap // c * c)
         raise UsageError(
-            f"--base-frames ({base} latent frames) and --overlap ({overlap} latent frames) must be multiples of "
-            f"--causal-block {c}; pick frame counts whose latent counts (frames-1)//4+1 are multiples of {c}"
+            f"--overlap is {overlap} latent frames, not a multiple of --causal-block {c}; "
+            f"use --overlap {pixel_frames(below)} or {pixel_frames(below + c)}"
         )
     if long and not 0 < overlap < base:
         raise UsageError(f"--overlap must be smaller than --base-frames (got {overlap} vs {base} latent frames)")

@@ -84,5 +84,5 @@ def test_windows_cover_every_latent_frame_once():
 
 
 def test_overlap_must_fit_causal_block():
-    with pytest.raises(UsageError, match="multiples of --causal-block"):
+    with pytest.raises(UsageError, match="use --overlap 17 or 37"):
         plan_windows(40, base=10, overlap=3, causal_block=5)

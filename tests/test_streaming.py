@@ -86,3 +86,45 @@ def test_causal_attention_mask_is_scoped_to_the_call(hub_models):
     assert seen[0] is mask and seen[1] is None
     assert mask.shape[-1] == 64 and not mask[0, 0, 0, 63] and mask[0, 0, 63, 0]
     assert dict(model.config) == before
+
+
+def test_video_continuation_keeps_the_input_and_adds_new_frames(hub_models, tmp_path):
+    # A lossless input video, so the copied frames can be compared exactly.
+    import imageio_ffmpeg
+
+    frames_in = run(tmp_path, "source", "--frames", "21", "--seed", "1")
+    video = tmp_path / "in.mp4"
+    writer = imageio_ffmpeg.write_frames(str(video), (64, 64), fps=24, codec="libx264rgb",
+                                         output_params=["-qp", "0"], macro_block_size=1)
+    writer.send(None)
+    writer.send(frames_in.tobytes())
+    writer.close()
+    out = run(tmp_path, "continued", "--video", str(video), "--frames", "24", "--seed", "2")
+    assert out.shape == (21 + 24, 64, 64, 3)
+    assert np.array_equal(out[:21], frames_in)
+    assert not np.array_equal(out[21:25], out[17:21]), "the seam repeats frames"
+
+
+def test_end_image_is_dropped_in_long_mode(hub_models, tmp_path, image_file):
+    out = run(tmp_path, "ends", "--image", str(image_file), "--end-image", str(image_file), "--seed", "2")
+    assert out.shape[0] == 45
+
+
+def test_start_image_stays_clean_in_async_mode(hub_models):
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+    from skyreels_cli.engine import Conditioning, DiffusionForcingEngine, Sampling
+    from skyreels_cli.schedule import make_scheduler
+    from skyreels_cli.windows import plan_windows
+
+    pipe = SkyReelsV2DiffusionForcingPipeline.from_pretrained(hub_models["df"])
+    engine = DiffusionForcingEngine(pipe.transformer, pipe.vae, make_scheduler(pipe.scheduler.config, 8.0), "cpu")
+    window = plan_windows(5, base=5, overlap=2, causal_block=2, start_prefix=1).windows[0]
+    assert window.blocks == (1, 2, 2) and window.ready_blocks == 1
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 16, 5, 8, 8, generator=gen)
+    start = latents[:, :, :1].clone()
+    cond = Conditioning(torch.randn(1, 512, 32), None, 1.0)
+    engine.denoise_window(latents, window, cond, Sampling(steps=3, ar_step=1, causal_attention=True), gen)
+    assert torch.equal(latents[:, :, :1], start)
+    assert not torch.equal(latents[:, :, 1:], torch.randn(1, 16, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
