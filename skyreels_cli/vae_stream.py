@@ -22,22 +22,24 @@ def _decoder_cache_size(vae) -> int:
     return sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
 
 
+def _stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Built exactly as the diffusers pipelines build them, so results match theirs bit for bit.
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)
+    return mean, inv_std
+
+
 def denormalize(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Model latents to VAE latents, with the same operations as the diffusers pipelines."""
+    """Model latents to VAE latents."""
     latents = latents.to(vae.dtype)
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
-        latents.device, latents.dtype
-    )
+    mean, inv_std = _stats(vae, latents)
     return latents / inv_std + mean
 
 
 def normalize(vae, latents: torch.Tensor) -> torch.Tensor:
-    """VAE latents to model latents (inverse of `denormalize`), as the diffusers pipelines do."""
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
-        latents.device, latents.dtype
-    )
+    """VAE latents to model latents (inverse of `denormalize`)."""
+    mean, inv_std = _stats(vae, latents)
     return (latents - mean) * inv_std
 
 
