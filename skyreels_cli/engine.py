@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tqdm.auto import tqdm
+
 from .schedule import step_matrix, timestep_rows
 from .vae_stream import StreamingDecoder, to_uint8
 from .windows import Window, WindowPlan
@@ -109,11 +111,12 @@ def attention_mask_on(transformer, mask: torch.Tensor | None):
 class DiffusionForcingEngine:
     """Runs a window plan with a DF transformer and the Wan VAE; yields decoded frames per window."""
 
-    def __init__(self, transformer, vae, scheduler, device: torch.device) -> None:
+    def __init__(self, transformer, vae, scheduler, device: torch.device, progress: bool = False) -> None:
         self.transformer = transformer
         self.vae = vae
         self.scheduler = scheduler
         self.device = device
+        self.progress = progress
 
     def velocity(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, fps: int) -> torch.Tensor:
         """One model evaluation with classifier-free guidance (memory plans may wrap the transformer)."""
@@ -151,7 +154,8 @@ class DiffusionForcingEngine:
         blocks = window.blocks + ((extra,) if extra else ())
         mask = block_causal_mask(blocks, tokens, self.device) if sampling.causal_attention else None
         with attention_mask_on(self.transformer, mask):
-            for row, t in enumerate(rows):
+            for row, t in enumerate(tqdm(rows, desc=f"window {window.index + 1} steps", leave=False,
+                                         disable=not self.progress)):
                 model_in = latents.to(dtype).clone()
                 timestep = t.expand(latents.shape[0], -1).clone()
                 if sampling.addnoise > 0 and window.prefix > 0:
@@ -185,7 +189,7 @@ class DiffusionForcingEngine:
         `emit_start` says whether its frames belong to the output (an image: yes; a video
         being continued: no, they are already there).
         """
-        decoder = StreamingDecoder(self.vae)
+        decoder = StreamingDecoder(self.vae, progress=self.progress)
         if state is None:
             prefix = start_latents
         else:

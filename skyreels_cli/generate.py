@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import __version__
 from .engine import Conditioning, DiffusionForcingEngine, EngineState, Sampling
@@ -149,7 +150,7 @@ def _video_prefix(pipe, settings: RunSettings, sink: FrameSink, copy_input: bool
 def _run_diffusion_forcing(pipe, settings, sink, target, device, saved, progress) -> None:
     plan = plan_run(settings)
     cond = encode_conditioning(pipe, settings, device)
-    engine = DiffusionForcingEngine(pipe.transformer, pipe.vae, pipe.scheduler, device)
+    engine = DiffusionForcingEngine(pipe.transformer, pipe.vae, pipe.scheduler, device, progress)
     sampling = Sampling(settings.steps, settings.ar_step, settings.addnoise, settings.causal_attention, settings.fps)
     state = EngineState.from_dict(saved["engine"]) if saved else None
     start = end = None
@@ -163,8 +164,6 @@ def _run_diffusion_forcing(pipe, settings, sink, target, device, saved, progress
     latent_hw = (settings.height // 8, settings.width // 8)
     windows = engine.run(plan, lambda _: cond, sampling, torch.Generator("cpu").manual_seed(settings.seed),
                          latent_hw, start_latents=start, end_latent=end, emit_start=not settings.video, state=state)
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(plan.windows), initial=state.next_window if state else 0, desc="windows",
                disable=not progress or len(plan.windows) == 1, unit="window")
     for out in windows:

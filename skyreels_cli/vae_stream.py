@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 def _decoder_cache_size(vae) -> int:
@@ -46,8 +47,9 @@ def normalize(vae, latents: torch.Tensor) -> torch.Tensor:
 class StreamingDecoder:
     """Decodes consecutive chunks of one latent video; `decode` calls continue where the last stopped."""
 
-    def __init__(self, vae) -> None:
+    def __init__(self, vae, progress: bool = False) -> None:
         self.vae = vae
+        self.progress = progress
         self.cache: list = [None] * _decoder_cache_size(vae)
         self.latents_seen = 0
 
@@ -59,7 +61,7 @@ class StreamingDecoder:
         vae = self.vae
         x = vae.post_quant_conv(denormalize(vae, latents))
         outs = []
-        for i in range(x.shape[2]):
+        for i in tqdm(range(x.shape[2]), desc="decoding", leave=False, disable=not self.progress):
             first = self.latents_seen == 0
             outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=self.cache, feat_idx=[0], first_chunk=first))
             self.latents_seen += 1
