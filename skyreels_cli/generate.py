@@ -59,6 +59,8 @@ def run(spec: ModelSpec, settings: RunSettings, target: OutputTarget, *, resume:
     """
     timer = Timer()
     saved = load_state(target, settings) if resume else None
+    if not resume:  # a fresh run must never be mistaken later for the one it replaces
+        (target.work_dir / STATE_FILE).unlink(missing_ok=True)
     started = time.perf_counter()
     pipe, device = load_model(spec, settings, timer, progress)
     if on_start is not None:
