@@ -158,58 +158,6 @@ def _grid(value: str) -> str:
 
 
 @app.command()
-def models() -> None:
-    """List the known models, whether each is in the cache, and its size on disk."""
-    from .hub import cached_snapshot, disk_size
-    from .registry import load_registry
-
-    registry = load_registry()
-    typer.echo(f"{'alias':<16} {'kind':<6} {'size':<5} {'native':<14} {'VRAM':>7}  {'cached':<10} repo")
-    for alias, spec in registry.models.items():
-        snapshot = cached_snapshot(spec)
-        cached = f"{disk_size(snapshot) / 1e9:.2f} GB" if snapshot else "-"
-        vram = f"{spec.vram_gb:.1f} GB" if spec.vram_gb else "-"
-        native = f"{spec.width}x{spec.height}x{spec.frames}"
-        typer.echo(f"{alias:<16} {spec.kind:<6} {spec.size:<5} {native:<14} {vram:>7}  {cached:<10} {spec.repo}")
-    families = ", ".join(f"{name} ({', '.join(f'{c}: {a}' for c, a in m.items())})"
-                         for name, m in registry.families.items())
-    typer.echo(f"\nfamilies: {families}")
-    typer.echo("defaults: " + ", ".join(f"{c}: {a}" for c, a in registry.defaults.items()))
-
-
-@app.command()
-def download(
-    names: Annotated[list[str], typer.Argument(help="Aliases or Hub repo ids to fetch.")],
-    quiet: Quiet = False,
-) -> None:
-    """Fetch models into the Hugging Face cache ahead of time (only the files skyreels loads).
-
-    Example:
-
-      skyreels download df-1.3b-540p i2v-1.3b-540p
-    """
-    from .hub import disk_size, ensure_model
-    from .registry import resolve_model
-
-    with user_errors():
-        for name in names:
-            spec = resolve_model(name, None)
-            path = ensure_model(spec, progress=not quiet)
-            typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB)")
-
-
-@app.command()
-def doctor() -> None:
-    """Check this machine: torch and CUDA, GPUs and free memory, ffmpeg, diffusers, the model cache."""
-    from .doctor import report
-
-    lines, ok = report()
-    for line in lines:
-        typer.echo(line)
-    raise typer.Exit(0 if ok else 1)
-
-
-@app.command()
 def extend(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")] = "",
     frames: Frames = None,
@@ -270,6 +218,58 @@ def _extend_defaults(settings, options):
         settings = _orient_to_image("image")(settings, options)
     validate_extend(settings)
     return settings
+
+
+@app.command()
+def models() -> None:
+    """List the known models, whether each is in the cache, and its size on disk."""
+    from .hub import cached_snapshot, disk_size
+    from .registry import load_registry
+
+    registry = load_registry()
+    typer.echo(f"{'alias':<16} {'kind':<6} {'size':<5} {'native':<14} {'VRAM':>7}  {'cached':<10} repo")
+    for alias, spec in registry.models.items():
+        snapshot = cached_snapshot(spec)
+        cached = f"{disk_size(snapshot) / 1e9:.2f} GB" if snapshot else "-"
+        vram = f"{spec.vram_gb:.1f} GB" if spec.vram_gb else "-"
+        native = f"{spec.width}x{spec.height}x{spec.frames}"
+        typer.echo(f"{alias:<16} {spec.kind:<6} {spec.size:<5} {native:<14} {vram:>7}  {cached:<10} {spec.repo}")
+    families = ", ".join(f"{name} ({', '.join(f'{c}: {a}' for c, a in m.items())})"
+                         for name, m in registry.families.items())
+    typer.echo(f"\nfamilies: {families}")
+    typer.echo("defaults: " + ", ".join(f"{c}: {a}" for c, a in registry.defaults.items()))
+
+
+@app.command()
+def download(
+    names: Annotated[list[str], typer.Argument(help="Aliases or Hub repo ids to fetch.")],
+    quiet: Quiet = False,
+) -> None:
+    """Fetch models into the Hugging Face cache ahead of time (only the files skyreels loads).
+
+    Example:
+
+      skyreels download df-1.3b-540p i2v-1.3b-540p
+    """
+    from .hub import disk_size, ensure_model
+    from .registry import resolve_model
+
+    with user_errors():
+        for name in names:
+            spec = resolve_model(name, None)
+            path = ensure_model(spec, progress=not quiet)
+            typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB)")
+
+
+@app.command()
+def doctor() -> None:
+    """Check this machine: torch and CUDA, GPUs and free memory, ffmpeg, diffusers, the model cache."""
+    from .doctor import report
+
+    lines, ok = report()
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(0 if ok else 1)
 
 
 def main() -> None:
