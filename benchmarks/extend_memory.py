@@ -14,7 +14,7 @@ the ffmpeg children's own peak, the kernel's exact high-water mark of the larges
 single process in the tree (wait4 ru_maxrss: catches spikes between samples), and
 the tree's CPU time (less sensitive than wall time on a busy machine).
 
-    python benchmarks/extend_memory.py                  # full run, ~12-15 min on 2 cores
+    python benchmarks/extend_memory.py                  # full run: ~11 min on 2 idle cores
     python benchmarks/extend_memory.py --quick          # ~1-2 min smoke run
     python benchmarks/extend_memory.py --steady-malloc  # take glibc's heap slack out of the peaks
 """
@@ -164,9 +164,10 @@ def median(runs: list[dict], key: str) -> float:
 
 def report(results: dict[str, dict[str, list[dict]]], args: argparse.Namespace) -> bool:
     """Print the medians as a Markdown table; True when ours meets the target."""
-    rows = [("peak RSS, tree (MB)", "peak_rss_mb", ".0f"), ("peak RSS, ffmpeg children (MB)", "peak_rss_children_mb", ".0f"),
-            ("peak RSS, kernel max (MB)", "maxrss_mb", ".0f"), ("wall time (s)", "wall_s", ".1f"),
-            ("CPU time (s)", "cpu_s", ".1f")]
+    rows = [("peak RSS, tree (MB)", "peak_rss_mb", ".0f"),
+            ("peak RSS, ffmpeg children (MB)", "peak_rss_children_mb", ".0f"),
+            ("peak RSS, kernel max (MB)", "maxrss_mb", ".0f"),
+            ("wall time (s)", "wall_s", ".1f"), ("CPU time (s)", "cpu_s", ".1f")]
     print(f"\nmedians of {args.repeats} run(s): {args.width}x{args.height}, base {args.base_frames}, overlap "
           f"{args.overlap}, {args.steps} step(s), short {args.short_frames} / long {args.long_frames} frames"
           f"{', steady malloc' if args.steady_malloc else ''}\n")
@@ -192,9 +193,8 @@ def report(results: dict[str, dict[str, list[dict]]], args: argparse.Namespace) 
               f"({'grows' if growth('diffusers') > 1 + args.tolerance else 'does not grow'} with length)")
     if len(results) == 2:
         ours, ref = results["ours"]["long"], results["diffusers"]["long"]
-        print(f"long run, ours/diffusers: peak memory {median(ours, 'peak_rss_mb') / median(ref, 'peak_rss_mb'):.2f}x, "
-              f"wall time {median(ours, 'wall_s') / median(ref, 'wall_s'):.2f}x, "
-              f"CPU time {median(ours, 'cpu_s') / median(ref, 'cpu_s'):.2f}x")
+        mem, wall, cpu = (median(ours, key) / median(ref, key) for key in ("peak_rss_mb", "wall_s", "cpu_s"))
+        print(f"long run, ours/diffusers: peak memory {mem:.2f}x, wall time {wall:.2f}x, CPU time {cpu:.2f}x")
     return ok
 
 
