@@ -150,6 +150,7 @@ def _video_prefix(pipe, settings: RunSettings, sink: FrameSink, copy_input: bool
 
 
 def _run_diffusion_forcing(pipe, settings, sink, target, device, saved, progress) -> None:
+    keep_host_memory_flat()
     plan = plan_run(settings)
     cond = encode_conditioning(pipe, settings, device)
     engine = DiffusionForcingEngine(pipe.transformer, pipe.vae, pipe.scheduler, device, progress)
@@ -179,22 +180,36 @@ def _run_diffusion_forcing(pipe, settings, sink, target, device, saved, progress
     bar.close()
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed by the last window back to the system.
-
-    Each window allocates and frees the same large decode buffers; glibc keeps
-    freed blocks of that size for reuse, so without a trim the resident size
-    creeps up by a few hundred MB over a long run although live memory is flat
-    (benchmarks/RESULTS.md).
-    """
+def _glibc():
     import ctypes
     import sys
 
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
-            pass
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return None
+
+
+def keep_host_memory_flat() -> None:
+    """Large host buffers (a window's decoded frames) go straight back to the system when freed.
+
+    glibc raises its mmap threshold after a large free and then keeps blocks of
+    that size for reuse, so the resident size of a long run creeps up by a few
+    hundred MB although live memory is flat (benchmarks/RESULTS.md). A fixed
+    threshold of 1 MiB turns that off.
+    """
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free tail to the system after a window (small blocks left by its work)."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def save_state(target: OutputTarget, settings: RunSettings, state: EngineState, frames_written: int) -> None:
