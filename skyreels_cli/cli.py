@@ -6,7 +6,6 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -86,20 +85,15 @@ def _generate(command: str, prompt: str, output: str | None, overwrite: bool, qu
     typer.echo(str(path))
 
 
-def _orient_to_image(image_option: str):
-    """Without --height/--width, portrait input images give portrait video."""
+def _orient_to_image(settings, options):
+    """Without --height/--width, a portrait start image gives a portrait video."""
+    from .images import load_image, oriented_size
 
-    def adjust(settings, options):
-        from .images import load_image, oriented_size
-
-        path = getattr(settings, image_option)
-        if path is None or options.get("height") is not None or options.get("width") is not None:
-            return settings
-        img = load_image(path, "IMAGE" if image_option == "image" and settings.command == "i2v" else "--image")
-        height, width = oriented_size(img.size, settings.height, settings.width)
-        return replace(settings, height=height, width=width)
-
-    return adjust
+    if settings.image is None or options.get("height") is not None or options.get("width") is not None:
+        return settings
+    img = load_image(settings.image, "IMAGE" if settings.command == "i2v" else "--image")
+    height, width = oriented_size(img.size, settings.height, settings.width)
+    return replace(settings, height=height, width=width)
 
 
 @app.command()
@@ -146,7 +140,7 @@ def i2v(
         _generate("i2v", prompt, output, overwrite, quiet, False, dict(
             model=model, seed=seed, steps=steps, guidance=guidance, shift=shift, height=height, width=width,
             frames=frames, fps=fps, negative_prompt=negative_prompt, device=device, dtype=dtype,
-            sigma_grid=_grid(sigma_grid), image=image), adjust=_orient_to_image("image"))
+            sigma_grid=_grid(sigma_grid), image=image), adjust=_orient_to_image)
 
 
 def _grid(value: str) -> str:
@@ -215,7 +209,7 @@ def _extend_defaults(settings, options):
     if settings.video:
         settings = video_defaults(settings, options)
     elif settings.image:
-        settings = _orient_to_image("image")(settings, options)
+        settings = _orient_to_image(settings, options)
     validate_extend(settings)
     return settings
 

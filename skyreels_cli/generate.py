@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,10 +19,9 @@ from .hub import ensure_model
 from .images import fit_frames, fit_image, load_image
 from .loading import check_device, load_pipeline, pick_dtype
 from .registry import ModelSpec, with_kind
-from .settings import RunSettings
+from .settings import RunSettings, plan_run
 from .vae_stream import normalize
-from .windows import WindowPlan, plan_for_frames
-from .writers import FrameSink, OutputTarget, read_last_frames
+from .writers import FrameSink, OutputTarget, iter_video_frames, read_last_frames
 
 STATE_FILE = "state.pt"
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -111,15 +111,6 @@ def encode_conditioning(pipe, settings: RunSettings, device: torch.device) -> Co
     return Conditioning(positive.to(dtype), negative.to(dtype) if cfg else None, settings.guidance)
 
 
-def plan_run(settings: RunSettings) -> WindowPlan:
-    base = settings.base_frames or settings.frames
-    return plan_for_frames(
-        settings.frames, base_frames=base, overlap_frames=settings.overlap or 17,
-        causal_block=settings.causal_block, image=bool(settings.image), video=bool(settings.video),
-        end_image=bool(settings.end_image),
-    )
-
-
 @torch.no_grad()
 def _encode_pixels(pipe, frames: torch.Tensor) -> torch.Tensor:
     """Pixels [1, 3, T, H, W] in [-1, 1] to clean model latents (the distribution's mode, as diffusers does)."""
@@ -137,8 +128,6 @@ def _image_latent(pipe, path: str, settings: RunSettings) -> torch.Tensor:
 
 def _video_prefix(pipe, settings: RunSettings, sink: FrameSink, copy_input: bool) -> torch.Tensor:
     """Copy the input video into the output (streaming) and encode its last `overlap` frames as the prefix."""
-    from .writers import iter_video_frames
-
     if copy_input:
         for chunk in iter_video_frames(Path(settings.video), chunk=16):
             sink.write(fit_frames(chunk, settings.height, settings.width))
@@ -214,8 +203,6 @@ def release_freed_memory() -> None:
 
 def save_state(target: OutputTarget, settings: RunSettings, state: EngineState, frames_written: int) -> None:
     """Write the resume state atomically next to the partial output."""
-    import os
-
     target.work_dir.mkdir(parents=True, exist_ok=True)
     path = target.work_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")

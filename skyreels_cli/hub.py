@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import ModelError
@@ -65,7 +64,9 @@ def _snapshot(spec: ModelSpec, progress: bool) -> Path:
     )
 
     if not progress:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     try:
         return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=ALLOW_PATTERNS))
     except LocalEntryNotFoundError:

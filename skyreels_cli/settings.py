@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .errors import UsageError
 from .frames import check_frames, check_positive, check_size
 from .registry import ModelSpec
+from .windows import WindowPlan, plan_for_frames
 
 # The official negative prompt (SkyReels-V2 / Wan2.1): artefacts to steer away from.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -77,6 +78,16 @@ def fill(spec: ModelSpec, command: str, prompt: str, options: dict) -> RunSettin
     return replace(settings, **given)
 
 
+def plan_run(settings: RunSettings) -> WindowPlan:
+    """The window plan of a diffusion forcing run (t2v on a DF model: one window of all its frames)."""
+    base = settings.base_frames or settings.frames
+    return plan_for_frames(
+        settings.frames, base_frames=base, overlap_frames=settings.overlap or 17,
+        causal_block=settings.causal_block, image=bool(settings.image), video=bool(settings.video),
+        end_image=bool(settings.end_image),
+    )
+
+
 def validate(settings: RunSettings) -> None:
     """Raise UsageError for settings no run can use (checked before any model is loaded)."""
     if not settings.prompt.strip() and settings.command != "i2v":
@@ -119,7 +130,6 @@ def video_defaults(settings: RunSettings, options: dict) -> RunSettings:
 
 def validate_extend(settings: RunSettings) -> None:
     """Diffusion forcing settings that cannot work, refused before any model is loaded."""
-    from .generate import plan_run
     from .images import load_image
 
     check_frames(settings.base_frames, "--base-frames")

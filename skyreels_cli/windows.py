@@ -73,14 +73,14 @@ def plan_windows(
         room = min(base, prefix + total - done) - prefix
         new = room - room % c
         if new <= 0:
-            raise TailError(_frames_hint(total - done, c))
+            raise TailError(TAIL_MESSAGE.format(c=c))
         last = done + new >= total
         blocks, ready = _blocks(prefix, new, c)
         windows.append(Window(len(windows), prefix, prefix + new, blocks, ready, end_image and last))
         done += new
         prefix = overlap
     if done != total:
-        raise TailError(_frames_hint(total, c))
+        raise TailError(TAIL_MESSAGE.format(c=c))
     return WindowPlan(total, start_prefix, base, overlap, c, tuple(windows))
 
 
@@ -88,8 +88,7 @@ class TailError(UsageError):
     """The last window's new frames do not fill whole causal blocks."""
 
 
-def _frames_hint(_: int, c: int) -> str:
-    return f"--frames leaves a last window whose new latent frames are not a multiple of --causal-block {c}"
+TAIL_MESSAGE = "--frames leaves a last window whose new latent frames are not a multiple of --causal-block {c}"
 
 
 def plan_for_frames(

@@ -37,11 +37,11 @@ def hub_models() -> dict[str, Path]:
     """Tiny checkpoints placed in the test cache under the released repo ids; returns their snapshot folders."""
     build = _HF_HOME / "build"
     snapshots = {}
-    for kind, repo in HUB_REPOS.items():
+    for i, (kind, repo) in enumerate(HUB_REPOS.items(), start=1):
         src = build / kind
         if not src.exists():
             save_checkpoint(kind, src)
-        snapshots[kind] = place_in_hub_cache(src, repo, _HF_HOME / "hub", commit=f"{hash(kind) & 0xffff:040x}")
+        snapshots[kind] = place_in_hub_cache(src, repo, _HF_HOME / "hub", commit=f"{i:040x}")
     return snapshots
 
 

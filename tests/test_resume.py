@@ -1,14 +1,12 @@
 """A long run killed with SIGKILL and resumed gives exactly the uninterrupted output."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from skyreels_cli.cli import app

@@ -123,8 +123,8 @@ def test_start_image_stays_clean_in_async_mode(hub_models):
     assert window.blocks == (1, 2, 2) and window.ready_blocks == 1
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 16, 5, 8, 8, generator=gen)
-    start = latents[:, :, :1].clone()
+    before = latents.clone()
     cond = Conditioning(torch.randn(1, 512, 32), None, 1.0)
     engine.denoise_window(latents, window, cond, Sampling(steps=3, ar_step=1, causal_attention=True), gen)
-    assert torch.equal(latents[:, :, :1], start)
-    assert not torch.equal(latents[:, :, 1:], torch.randn(1, 16, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(latents[:, :, :1], before[:, :, :1])
+    assert not torch.equal(latents[:, :, 1:], before[:, :, 1:])

@@ -215,13 +215,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert np.array_equal(read_video(resumed)[0], read_video(straight)[0])
 
 
-def test_resume_drops_windows_after_the_resume_point(tmp_path):
+def aborted_after_two_windows(tmp_path):
+    """An MP4 run interrupted after its second window: what a resume starts from."""
     t = target(tmp_path)
     sink = FrameSink(t, FPS, META)
     for frames in windows(2):
         sink.write(frames)
         sink.end_window()
     sink.abort()
+    return t
+
+
+def test_resume_drops_windows_after_the_resume_point(tmp_path):
+    t = aborted_after_two_windows(tmp_path)
     with FrameSink(t, FPS, META, resume_frames=WINDOW) as sink:
         assert probe_video(t.preview)["frames"] == WINDOW
         sink.write(gradient(0, 2))
@@ -231,23 +237,13 @@ def test_resume_drops_windows_after_the_resume_point(tmp_path):
 
 @pytest.mark.parametrize("resume_frames", [WINDOW - 1, WINDOW + 1, 3 * WINDOW])
 def test_resume_that_does_not_match_saved_segments_fails(tmp_path, resume_frames):
-    t = target(tmp_path)
-    sink = FrameSink(t, FPS, META)
-    for frames in windows(2):
-        sink.write(frames)
-        sink.end_window()
-    sink.abort()
+    t = aborted_after_two_windows(tmp_path)
     with pytest.raises(OutputError, match="does not match.*without --resume"):
         FrameSink(t, FPS, META, resume_frames=resume_frames)
 
 
 def test_fresh_run_discards_old_segments(tmp_path):
-    t = target(tmp_path)
-    sink = FrameSink(t, FPS, META)
-    for frames in windows(2):
-        sink.write(frames)
-        sink.end_window()
-    sink.abort()
+    t = aborted_after_two_windows(tmp_path)
     with FrameSink(t, FPS, META) as sink:
         sink.write(gradient(0, 3))
         sink.finish({})
