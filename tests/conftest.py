@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from skyreels_cli.tiny import place_in_hub_cache, save_checkpoint  # noqa: E402
+from skyreels_cli.models.tiny import place_in_hub_cache, save_checkpoint  # noqa: E402
 
 # Released repo ids the tests find in the cache, by tiny kind.
 HUB_REPOS = {

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skyreels_cli.cli import app
-from skyreels_cli.writers import probe_video, read_video
+from skyreels_cli.media.videos import probe_video, read_video
 
 from .conftest import ALIASES, SMALL
 
@@ -29,17 +29,17 @@ def test_t2v_writes_mp4_with_sidecar_and_metadata(hub_models, tmp_path):
     frames, fps = read_video(out)
     assert frames.shape == (17, 64, 64, 3) and fps == 16
     sidecar = json.loads((tmp_path / "fox.mp4.json").read_text())
-    assert sidecar["seed"] == 5 and sidecar["repo"] == "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers"
-    assert sidecar["frames_written"] == 17 and sidecar["timings_s"]["generate"] > 0
-    assert sidecar["dtype"] == "fp32" and sidecar["sigma_grid"] == "official"
-    assert json.loads(probe_video(out)["comment"])["prompt"] == "a red fox"
+    assert sidecar["request"]["seed"] == 5 and sidecar["model"]["repo"] == "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers"
+    assert sidecar["run"]["frames_written"] == 17 and sidecar["run"]["timings_s"]["generate"] > 0
+    assert sidecar["model"]["dtype"] == "fp32" and sidecar["request"]["sigma_grid"] == "official"
+    assert json.loads(probe_video(out)["comment"])["request"]["prompt"] == "a red fox"
     assert not list(tmp_path.glob(".*")), "work files left behind"
 
 
 def test_random_seed_is_drawn_and_reported(hub_models, tmp_path):
     result = invoke("t2v", "a cat", "-m", ALIASES["df"], *SMALL, "-o", tmp_path / "a.mp4")
     assert result.exit_code == 0, result.output
-    seed = json.loads((tmp_path / "a.mp4.json").read_text())["seed"]
+    seed = json.loads((tmp_path / "a.mp4.json").read_text())["request"]["seed"]
     assert f"seed {seed}" in result.output
 
 
@@ -72,7 +72,7 @@ def test_i2v_portrait_image_gives_portrait_video(hub_models, tmp_path):
     assert result.exit_code == 0, result.output
     first = Image.open(out / "000000.png")
     assert first.height > first.width
-    assert json.loads((out / "settings.json").read_text())["image"] == str(img)
+    assert json.loads((out / "settings.json").read_text())["request"]["image"] == str(img)
 
 
 def test_installed_command_runs_tiny_model_as_a_subprocess(tmp_path):

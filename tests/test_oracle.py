@@ -13,8 +13,8 @@ from diffusers import (
 from typer.testing import CliRunner
 
 from skyreels_cli.cli import app
-from skyreels_cli.images import fit_image, load_image
-from skyreels_cli.settings import DEFAULT_NEGATIVE_PROMPT
+from skyreels_cli.media.images import fit_image, load_image
+from skyreels_cli import DEFAULT_NEGATIVE_PROMPT
 
 from .conftest import ALIASES, SMALL, assert_frames_match, read_png_frames, to_uint8
 

@@ -10,7 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from skyreels_cli.cli import app
-from skyreels_cli.writers import read_video
+from skyreels_cli.media.videos import read_video
 
 from .conftest import ALIASES, read_png_frames
 
@@ -52,7 +52,7 @@ def test_killed_png_run_resumes_to_identical_frames(hub_models, tmp_path):
     uninterrupted(f"{tmp_path / 'straight'}/")
     ours, reference = read_png_frames(out), read_png_frames(tmp_path / "straight")
     assert ours.shape[0] == 149 and np.array_equal(ours, reference)
-    assert json.loads((out / "settings.json").read_text())["resumed"] is True
+    assert json.loads((out / "settings.json").read_text())["run"]["resumed"] is True
     assert not (out / ".skyreels").exists()
 
 

@@ -5,8 +5,8 @@ import torch
 from diffusers import SkyReelsV2DiffusionForcingPipeline
 
 from skyreels_cli.errors import UsageError
-from skyreels_cli.schedule import step_matrix, timestep_rows, timesteps_for
-from skyreels_cli.windows import plan_for_frames, plan_windows
+from skyreels_cli.forcing.schedule import step_matrix, timestep_rows, timesteps_for
+from skyreels_cli.forcing.windows import plan_for_frames, plan_windows
 
 
 def test_official_grid_timesteps():

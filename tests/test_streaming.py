@@ -7,7 +7,7 @@ from diffusers import AutoencoderKLWan
 from typer.testing import CliRunner
 
 from skyreels_cli.cli import app
-from skyreels_cli.vae_stream import StreamingDecoder, denormalize
+from skyreels_cli.forcing.decoding import StreamingDecoder, denormalize
 
 from .conftest import ALIASES, read_png_frames
 
@@ -66,7 +66,7 @@ def test_addnoise_changes_the_continuation(hub_models, tmp_path):
 
 
 def test_causal_attention_mask_is_scoped_to_the_call(hub_models):
-    from skyreels_cli.engine import attention_mask_on, block_causal_mask
+    from skyreels_cli.forcing.attention import attention_mask_on, block_causal_mask
     from diffusers import SkyReelsV2Transformer3DModel
 
     model = SkyReelsV2Transformer3DModel.from_pretrained(hub_models["df"] / "transformer")
@@ -113,9 +113,9 @@ def test_end_image_is_dropped_in_long_mode(hub_models, tmp_path, image_file):
 def test_start_image_stays_clean_in_async_mode(hub_models):
     from diffusers import SkyReelsV2DiffusionForcingPipeline
 
-    from skyreels_cli.engine import Conditioning, DiffusionForcingEngine, Sampling
-    from skyreels_cli.schedule import make_scheduler
-    from skyreels_cli.windows import plan_windows
+    from skyreels_cli.forcing.engine import Conditioning, DiffusionForcingEngine, Sampling
+    from skyreels_cli.forcing.schedule import make_scheduler
+    from skyreels_cli.forcing.windows import plan_windows
 
     pipe = SkyReelsV2DiffusionForcingPipeline.from_pretrained(hub_models["df"])
     engine = DiffusionForcingEngine(pipe.transformer, pipe.vae, make_scheduler(pipe.scheduler.config, 8.0), "cpu")

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
+from .attention import attention_mask_on, block_causal_mask
+from .decoding import StreamingDecoder, to_uint8
 from .schedule import step_matrix, timestep_rows
-from .vae_stream import StreamingDecoder, to_uint8
 from .windows import Window, WindowPlan
 
 
@@ -57,12 +56,12 @@ class Sampling:
 
 @dataclass
 class EngineState:
-    """Everything needed to continue after a finished window (all tensors on the CPU)."""
+    """Everything needed to continue after a finished window (all tensors on the CPU, a few tens of MB)."""
 
     next_window: int
     prefix: torch.Tensor | None
     end_latent: torch.Tensor | None
-    decoder: dict
+    decoder: dict  # StreamingDecoder.state_dict(): the last latents decoded, not the decoder's cache
     generator: torch.Tensor
 
     def to_dict(self) -> dict:
@@ -77,35 +76,8 @@ class EngineState:
 class WindowOutput:
     window: Window
     frames: np.ndarray  # uint8 [T, H, W, 3]
+    latents: torch.Tensor  # the model-space latents these frames were decoded from, on the CPU
     state: EngineState
-
-
-def block_causal_mask(block_sizes: tuple[int, ...], tokens_per_frame: int, device) -> torch.Tensor:
-    """Attention mask letting each token see its own and earlier causal blocks (any block sizes)."""
-    block_of_frame = torch.repeat_interleave(
-        torch.arange(len(block_sizes), device=device), torch.tensor(block_sizes, device=device)
-    )
-    frame_mask = block_of_frame.unsqueeze(0) <= block_of_frame.unsqueeze(1)
-    token_mask = frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
-    return token_mask[None, None]
-
-
-@contextmanager
-def attention_mask_on(transformer, mask: torch.Tensor | None):
-    """Feed `mask` to every transformer block for the calls inside; leaves the model as it was."""
-    if mask is None:
-        yield
-        return
-
-    def with_mask(_module, args):
-        return (*args[:4], mask, *args[5:])
-
-    handles = [block.register_forward_pre_hook(with_mask) for block in transformer.blocks]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class DiffusionForcingEngine:
@@ -117,6 +89,7 @@ class DiffusionForcingEngine:
         self.scheduler = scheduler
         self.device = device
         self.progress = progress
+        self.replayed = 0  # latent frames decoded again to rebuild the decoder's state on resume
 
     def velocity(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, fps: int) -> torch.Tensor:
         """One model evaluation with classifier-free guidance (memory plans may wrap the transformer)."""
@@ -152,7 +125,7 @@ class DiffusionForcingEngine:
         extra = 0 if end_latent is None else end_latent.shape[2]
         tokens = (latents.shape[3] // 2) * (latents.shape[4] // 2)
         blocks = window.blocks + ((extra,) if extra else ())
-        mask = block_causal_mask(blocks, tokens, self.device) if sampling.causal_attention else None
+        mask = block_causal_mask(blocks, tokens, self.device, extra) if sampling.causal_attention else None
         with attention_mask_on(self.transformer, mask):
             for row, t in enumerate(tqdm(rows, desc=f"window {window.index + 1} steps", leave=False,
                                          disable=not self.progress)):
@@ -194,7 +167,7 @@ class DiffusionForcingEngine:
             prefix = start_latents
         else:
             generator.set_state(state.generator)
-            decoder.load_state_dict(state.decoder)
+            self.replayed = decoder.load_state_dict(state.decoder)
             prefix, end_latent = state.prefix, state.end_latent
         channels = self.vae.config.z_dim
         first = 0 if state is None else state.next_window
@@ -205,19 +178,21 @@ class DiffusionForcingEngine:
                 latents[:, :, : window.prefix] = prefix.to(self.device, torch.float32)
             end = end_latent.to(self.device) if window.end_image else None
             self.denoise_window(latents, window, conditioning(window.index), sampling, generator, end)
-            frames = self._decode_new(decoder, latents, window, emit_start)
+            frames, emitted = self._decode_new(decoder, latents, window, emit_start)
+            decoder.park()
             prefix = latents[:, :, window.length - plan.overlap :].cpu()
             new_state = EngineState(window.index + 1, prefix, end_latent, decoder.state_dict(), generator.get_state())
-            yield WindowOutput(window, frames, new_state)
+            yield WindowOutput(window, frames, emitted, new_state)
 
     def _decode_new(self, decoder: StreamingDecoder, latents: torch.Tensor, window: Window, emit_start: bool):
-        if window.index == 0:
+        """This window's new frames, and the latents they come from."""
+        new = latents[:, :, window.prefix :]
+        if window.index == 0 and window.prefix:
             # The first window's prefix starts the timeline: decode it (the decoder is causal and
             # needs it), and keep its frames only if they are not already in the output.
-            start = decoder.decode(latents[:, :, : window.prefix]) if window.prefix else None
-            new = decoder.decode(latents[:, :, window.prefix :])
-            if start is not None and emit_start:
-                new = torch.cat([start, new], dim=2)
-        else:
-            new = decoder.decode(latents[:, :, window.prefix :])
-        return to_uint8(new)
+            start = decoder.decode(latents[:, :, : window.prefix])
+            pixels = decoder.decode(new)
+            if emit_start:
+                return to_uint8(torch.cat([start, pixels], dim=2)), latents.cpu()
+            return to_uint8(pixels), new.cpu()
+        return to_uint8(decoder.decode(new)), new.cpu()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ModelError
-from .registry import ModelSpec
+from ..errors import ModelError
+from .registry import ModelSpec, kind_of_index
 
 # Only what the pipelines load: Diffusers-format weights and configs, never the
 # original .pth checkpoints or sample media that some repos also hold.
@@ -56,38 +58,60 @@ def _ensure_tiny(spec: ModelSpec) -> Path:
 
 def _snapshot(spec: ModelSpec, progress: bool) -> Path:
     from huggingface_hub import snapshot_download
+
+    if not progress:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    with _hub_errors(spec.alias, spec.repo, spec.revision):
+        return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=ALLOW_PATTERNS))
+
+
+def peek_kind(repo: str, revision: str = "main") -> str:
+    """The kind of a Hub repo outside the registry, from its model_index.json (cached, or one small download)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "model_index.json", revision=revision)
+    if not isinstance(found, str):
+        with _hub_errors(repo, repo, revision):
+            found = hf_hub_download(repo, "model_index.json", revision=revision)
+    return kind_of_index(Path(found), repo)
+
+
+@contextmanager
+def _hub_errors(alias: str, repo: str, revision: str) -> Iterator[None]:
+    """The Hub's exceptions as one-line ModelErrors that say what to do."""
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    if not progress:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
     try:
-        return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=ALLOW_PATTERNS))
+        yield
     except LocalEntryNotFoundError:
         if is_offline():
             raise ModelError(
-                f"model {spec.alias} is not in the cache ({hf_home() / 'hub'}) and HF_HUB_OFFLINE is set; "
-                f"run `skyreels download {spec.alias}` with network access first"
+                f"model {alias} is not in the cache ({hf_home() / 'hub'}) and HF_HUB_OFFLINE is set; "
+                f"run `skyreels download {alias}` with network access first"
             ) from None
         raise ModelError(
-            f"could not download {spec.repo}: the Hub is unreachable; check the network or run "
-            f"`skyreels download {spec.alias}` where there is one"
+            f"could not download {repo}: the Hub is unreachable; check the network or run "
+            f"`skyreels download {alias}` where there is one"
         ) from None
     except GatedRepoError:
-        raise ModelError(f"{spec.repo} needs you to accept its terms on huggingface.co and set HF_TOKEN") from None
+        raise ModelError(f"{repo} needs you to accept its terms on huggingface.co and set HF_TOKEN") from None
     except RepositoryNotFoundError:
         raise ModelError(
-            f"no model {spec.repo} on the Hugging Face Hub (or it is private: set HF_TOKEN); "
+            f"no model {repo} on the Hugging Face Hub (or it is private: set HF_TOKEN); "
             "run `skyreels models` for the known ones"
         ) from None
     except RevisionNotFoundError:
-        raise ModelError(f"{spec.repo} has no revision {spec.revision!r}") from None
+        raise ModelError(f"{repo} has no revision {revision!r}") from None
+    except EntryNotFoundError:
+        raise ModelError(f"{repo} has no model_index.json: it is not a Diffusers checkpoint") from None
 
 
 def cached_snapshot(spec: ModelSpec) -> Path | None:

@@ -6,7 +6,7 @@ The Wan VAE compresses time 4x with a causal first frame, so a video has
 
 from __future__ import annotations
 
-from .errors import UsageError
+from ..errors import UsageError
 
 TEMPORAL = 4
 SPATIAL = 16  # VAE 8x times transformer patch 2x

@@ -8,19 +8,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ModelError
-
-KINDS = ("t2v", "i2v", "df", "flf2v")
-# Which checkpoint kinds each command can run.
-COMMAND_KINDS = {"t2v": ("t2v", "df", "flf2v"), "i2v": ("i2v",), "extend": ("df", "flf2v")}
-# Diffusers pipeline class name -> kind, for repos and folders that are not in the registry.
-PIPELINE_KINDS = {
-    "SkyReelsV2Pipeline": "t2v",
-    "SkyReelsV2ImageToVideoPipeline": "i2v",
-    "SkyReelsV2DiffusionForcingPipeline": "df",
-    "SkyReelsV2DiffusionForcingImageToVideoPipeline": "flf2v",
-    "SkyReelsV2DiffusionForcingVideoToVideoPipeline": "df",
-}
+from ..errors import ModelError
+from .kinds import KINDS, kind_of_pipeline, kinds_for
 
 
 @dataclass(frozen=True)
@@ -46,6 +35,11 @@ class ModelSpec:
     def is_tiny(self) -> bool:
         return self.size == "tiny"
 
+    @property
+    def forcing(self) -> bool:
+        """Generated window by window by the diffusion forcing engine."""
+        return KINDS[self.kind].forcing
+
 
 @dataclass(frozen=True)
 class Registry:
@@ -59,8 +53,8 @@ class Registry:
 
 def _registry_file() -> Path:
     # Installed wheels carry the file inside the package; a source checkout has it at the top.
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "weights.toml", here.parent / "weights.toml"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "weights.toml", package.parent / "weights.toml"):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("weights.toml is missing from the installation; reinstall skyreels")
@@ -76,43 +70,39 @@ def load_registry(path: Path | None = None) -> Registry:
     return Registry(models=models, defaults=dict(data["defaults"]), families=dict(data.get("families", {})))
 
 
-# Defaults for checkpoints outside the registry, by kind (official recommendations).
-_KIND_DEFAULTS = {
-    "t2v": dict(guidance=6.0, shift=8.0),
-    "df": dict(guidance=6.0, shift=8.0),
-    "i2v": dict(guidance=5.0, shift=5.0),
-    "flf2v": dict(guidance=5.0, shift=5.0),
-}
-
-
 def kind_of_folder(folder: Path) -> str:
     """The checkpoint kind of a Diffusers-layout folder, read from its model_index.json."""
-    index = folder / "model_index.json"
+    return kind_of_index(folder / "model_index.json", str(folder))
+
+
+def kind_of_index(index: Path, where: str) -> str:
     try:
-        class_name = json.loads(index.read_text())["_class_name"]
-    except (OSError, ValueError, KeyError):
-        raise ModelError(f"{folder} is not a Diffusers checkpoint folder (no readable model_index.json)") from None
-    if class_name not in PIPELINE_KINDS:
-        raise ModelError(f"{folder} holds a {class_name}, not a SkyReels-V2 checkpoint")
-    return PIPELINE_KINDS[class_name]
+        class_name = json.loads(Path(index).read_text())["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelError(f"{where} is not a Diffusers checkpoint (no readable model_index.json)") from None
+    kind = kind_of_pipeline(class_name)
+    if kind is None:
+        raise ModelError(f"{where} holds a {class_name}, not a SkyReels-V2 checkpoint")
+    return kind.name
 
 
-def _unregistered(name: str, kind: str, local_path: Path | None) -> ModelSpec:
-    tiny = local_path is not None and (local_path / "tiny.json").is_file()
-    if tiny:
+def unregistered(name: str, kind: str, local_path: Path | None = None) -> ModelSpec:
+    """A checkpoint outside the registry: the official recommendations for its kind, 540P size."""
+    if local_path is not None and (local_path / "tiny.json").is_file():
         base = load_registry().models[f"tiny-{'df' if kind == 'flf2v' else kind}"]
-        return replace(base, alias=name, repo=name, local_path=local_path)
+        return replace(base, alias=name, repo=name, kind=kind, local_path=local_path)
+    k = KINDS[kind]
     return ModelSpec(
         alias=name, repo=name, revision="main", kind=kind, size="?", height=544, width=960, frames=97,
-        steps=30, fps=24, local_path=local_path, **_KIND_DEFAULTS[kind],
+        steps=30, fps=24, guidance=k.guidance, shift=k.shift, local_path=local_path,
     )
 
 
-def resolve_model(name: str | None, command: str | None) -> ModelSpec:
+def resolve_model(name: str | None, command: str | None = None) -> ModelSpec:
     """Turn a `--model` value (alias, Hub repo id or local folder; None for the default) into a spec.
 
     `command` is the command that will run it (its kind is checked), or None to accept any kind.
-    Hub repo ids outside the registry get their kind once downloaded (see `with_kind`).
+    The kind of a Hub repo outside the registry is read from its model_index.json (one small file).
     """
     registry = load_registry()
     name = name or registry.defaults[command or "t2v"]
@@ -124,23 +114,21 @@ def resolve_model(name: str | None, command: str | None) -> ModelSpec:
         spec = next((s for s in registry.models.values() if s.repo.lower() == name.lower()), None)
     if spec is None and Path(name).expanduser().is_dir():
         folder = Path(name).expanduser().resolve()
-        spec = _unregistered(str(folder), kind_of_folder(folder), folder)
-    if spec is None and name.count("/") == 1 and not name.startswith((".", "/")):
-        # A Hub repo outside the registry: its kind is known once it is local (with_kind).
-        spec = ModelSpec(
-            alias=name, repo=name, revision="main", kind="?", size="?", height=544, width=960, frames=97,
-            guidance=6.0, shift=8.0, steps=30, fps=24,
-        )
+        spec = unregistered(str(folder), kind_of_folder(folder), folder)
+    if spec is None and name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        from .hub import peek_kind
+
+        spec = unregistered(name, peek_kind(name))
     if spec is None:
         known = ", ".join(registry.names())
         raise ModelError(f"unknown model {name!r}; use one of: {known} (or a Hub repo id, or a local folder)")
-    if spec.kind != "?" and command:
+    if command:
         check_kind(spec, command)
     return spec
 
 
 def check_kind(spec: ModelSpec, command: str) -> None:
-    allowed = COMMAND_KINDS[command]
+    allowed = kinds_for(command)
     if spec.kind not in allowed:
         registry = load_registry()
         fits = ", ".join(a for a, s in registry.models.items() if s.kind in allowed and not s.is_tiny)
@@ -148,14 +136,3 @@ def check_kind(spec: ModelSpec, command: str) -> None:
             f"model {spec.alias} is a {spec.kind} checkpoint and cannot run `skyreels {command}`; "
             f"use one of: {fits}"
         )
-
-
-def with_kind(spec: ModelSpec, folder: Path, command: str | None) -> ModelSpec:
-    """Fill in the kind (and kind defaults) of a Hub repo outside the registry once it is local."""
-    if spec.kind != "?":
-        return spec
-    kind = kind_of_folder(folder)
-    spec = replace(spec, kind=kind, **_KIND_DEFAULTS[kind])
-    if command:
-        check_kind(spec, command)
-    return spec

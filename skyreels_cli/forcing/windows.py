@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UsageError
+from ..errors import UsageError
 from .frames import TEMPORAL, latent_frames, pixel_frames
 
 
@@ -63,7 +63,10 @@ def plan_windows(
             f"use --overlap {pixel_frames(below)} or {pixel_frames(below + c)}"
         )
     if long and not 0 < overlap < base:
-        raise UsageError(f"--overlap must be smaller than --base-frames (got {overlap} vs {base} latent frames)")
+        raise UsageError(
+            f"--overlap {pixel_frames(overlap)} must be smaller than --base-frames {pixel_frames(base)}; "
+            f"use --overlap {pixel_frames(max(1, (base - 1) // 2))} or a longer --base-frames"
+        )
     if start_prefix >= base:
         raise UsageError("the input video's overlap does not leave room for new frames; lower --overlap")
     windows: list[Window] = []

@@ -6,7 +6,7 @@ the test suite build them with the same function, so what users try is what we
 test. `1.3b` ones have the real 1.3B transformer and the real VAE (text and
 image encoders cut to two layers): a GPU check of speed and memory with no download.
 
-    python -m skyreels_cli.tiny 1.3b df /tmp/df-1.3b-random
+    python -m skyreels_cli.models.tiny 1.3b df /tmp/df-1.3b-random
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from .kinds import KINDS
 
 # Architecture sizes: tiny, and the released 1.3B (REFERENCE.md §1).
 ARCHS = {
@@ -28,7 +30,7 @@ TEXT_DIM = ARCHS["tiny"]["text_dim"]
 VOCAB = ["<pad>", "</s>", "<unk>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
     "a", "the", "cat", "dog", "fox", "red", "running", "through", "snow", "blurry", "noise",
 ]
-KINDS = ("t2v", "i2v", "df")
+TINY_KINDS = ("t2v", "i2v", "df")
 
 
 def _tokenizer():
@@ -86,8 +88,8 @@ def build_components(kind: str, seed: int = 0, arch: str = "tiny") -> dict:
     """Random components for one checkpoint kind (t2v, i2v or df), reproducible from `seed`."""
     import torch
 
-    if kind not in KINDS:
-        raise ValueError(f"unknown tiny kind {kind!r}; expected one of {KINDS}")
+    if kind not in TINY_KINDS:
+        raise ValueError(f"unknown tiny kind {kind!r}; expected one of {TINY_KINDS}")
     a = ARCHS[arch]
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
@@ -110,19 +112,12 @@ def build_components(kind: str, seed: int = 0, arch: str = "tiny") -> dict:
     return components
 
 
-PIPELINE_CLASS = {
-    "t2v": "SkyReelsV2Pipeline",
-    "i2v": "SkyReelsV2ImageToVideoPipeline",
-    "df": "SkyReelsV2DiffusionForcingPipeline",
-}
-
-
 def save_checkpoint(kind: str, dest: Path, seed: int = 0, arch: str = "tiny") -> Path:
     """Write a random checkpoint of `kind` to `dest` in the Diffusers layout, atomically."""
     import diffusers
 
     dest = Path(dest)
-    pipe_cls = getattr(diffusers, PIPELINE_CLASS[kind])
+    pipe_cls = getattr(diffusers, KINDS[kind].pipeline)
     pipe = pipe_cls(**build_components(kind, seed, arch))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -155,6 +150,6 @@ def place_in_hub_cache(src: Path, repo_id: str, hub_cache: Path, commit: str = "
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 4 or sys.argv[1] not in ARCHS or sys.argv[2] not in KINDS:
-        sys.exit(f"usage: python -m skyreels_cli.tiny {{{'|'.join(ARCHS)}}} {{{'|'.join(KINDS)}}} DEST")
+    if len(sys.argv) != 4 or sys.argv[1] not in ARCHS or sys.argv[2] not in TINY_KINDS:
+        sys.exit(f"usage: python -m skyreels_cli.models.tiny {{{'|'.join(ARCHS)}}} {{{'|'.join(TINY_KINDS)}}} DEST")
     print(save_checkpoint(sys.argv[2], Path(sys.argv[3]), arch=sys.argv[1]))

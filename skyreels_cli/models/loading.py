@@ -1,4 +1,4 @@
-"""Loading a checkpoint into a diffusers pipeline on the chosen device and dtype."""
+"""Loading a checkpoint's components on the CPU, in the dtypes the run needs."""
 
 from __future__ import annotations
 
@@ -6,29 +6,23 @@ from pathlib import Path
 
 import torch
 
-from .errors import DeviceError, ModelError, UsageError
-from .schedule import make_scheduler
+from ..errors import DeviceError, ModelError, UsageError
+from .kinds import KINDS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-PIPELINE_CLASSES = {
-    "t2v": "SkyReelsV2Pipeline",
-    "i2v": "SkyReelsV2ImageToVideoPipeline",
-    "df": "SkyReelsV2DiffusionForcingPipeline",
-    "flf2v": "SkyReelsV2DiffusionForcingImageToVideoPipeline",
-}
 
 
-def check_device(device: str) -> torch.device:
+def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise UsageError(f"--device {device!r} is not a device name; use cuda, cuda:N or cpu") from None
+    if dev.type not in ("cuda", "cpu"):
+        raise UsageError(f"--device {device!r} is not supported; use cuda, cuda:N or cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("CUDA was asked for but no CUDA GPU is visible; pass --device cpu, or run `skyreels doctor`")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; run `skyreels doctor`")
-    if dev.type not in ("cuda", "cpu"):
-        raise UsageError(f"--device {device!r} is not supported; use cuda, cuda:N or cpu")
     return dev
 
 
@@ -45,15 +39,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 
 
-def load_pipeline(folder: Path, kind: str, device: torch.device, dtype: torch.dtype, shift: float, grid: str):
-    """The diffusers pipeline for `kind`, VAE in fp32, the rest in `dtype`, scheduler shift set explicitly."""
+def load_components(folder: Path, kind: str, dtype: torch.dtype) -> dict:
+    """Every component of the checkpoint on the CPU: the VAE in fp32, the rest in `dtype`."""
     import diffusers
 
-    pipeline_cls = getattr(diffusers, PIPELINE_CLASSES[kind])
+    pipeline_cls = getattr(diffusers, KINDS[kind].pipeline)
     try:
         pipe = pipeline_cls.from_pretrained(folder, dtype={"vae": torch.float32, "default": dtype})
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"could not load the checkpoint in {folder}: {str(exc).splitlines()[0]}") from None
-    pipe.scheduler = make_scheduler(pipe.scheduler.config, shift, grid)
-    pipe.set_progress_bar_config(leave=False)
-    return pipe.to(device)
+    return dict(pipe.components)

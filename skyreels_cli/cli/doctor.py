@@ -10,7 +10,7 @@ def report() -> tuple[list[str], bool]:
     import torch
 
     lines, ok = [], True
-    from . import __version__
+    from .. import __version__
 
     lines.append(f"skyreels     {__version__}")
     lines.append(f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
@@ -31,7 +31,7 @@ def report() -> tuple[list[str], bool]:
     except (ImportError, RuntimeError) as exc:
         ok = False
         lines.append(f"ffmpeg       missing ({exc}): reinstall imageio-ffmpeg")
-    from .hub import hf_home, is_offline
+    from ..models.hub import hf_home, is_offline
 
     cache = hf_home()
     free = shutil.disk_usage(cache if cache.exists() else cache.parent).free if cache.parent.exists() else 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputFileError
+from ..errors import InputFileError
 
 
 def load_image(path: str | Path, option: str = "IMAGE") -> Image.Image:

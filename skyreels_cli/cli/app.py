@@ -1,0 +1,41 @@
+"""The Typer application, and the one place where library errors become one-line messages."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from ..errors import SkyreelsError
+
+app = typer.Typer(
+    name="skyreels",
+    help="Turn the released SkyReels-V2 checkpoints into video files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# What Ctrl-C leaves behind, by command: only extend saves state to continue from.
+INTERRUPTED = {
+    "extend": "interrupted; the finished windows are kept: run the same command with --resume to continue",
+}
+INTERRUPTED_DEFAULT = "interrupted; nothing was written"
+
+
+@contextmanager
+def user_errors(command: str = "") -> Iterator[None]:
+    """Library errors become one line on stderr and an exit code; SKYREELS_DEBUG=1 shows the traceback."""
+    try:
+        yield
+    except SkyreelsError as exc:
+        if os.environ.get("SKYREELS_DEBUG"):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo(INTERRUPTED.get(command, INTERRUPTED_DEFAULT), err=True)
+        raise typer.Exit(130) from None

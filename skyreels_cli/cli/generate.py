@@ -1,0 +1,142 @@
+"""`skyreels t2v`, `i2v` and `extend`: flags to a Request, then the library does the rest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app, user_errors
+from .options import (
+    Device, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Output, Overwrite, Quiet, Seed, Shift,
+    Steps, Width,
+)
+
+
+def _spec(model: str | None, command: str):
+    from ..models.registry import resolve_model
+
+    return resolve_model(model, command)
+
+
+def _run(command: str, spec, device: str, dtype: str | None, output: str | None, overwrite: bool,
+         quiet: bool, resume: bool = False, **fields) -> None:
+    """Check everything, load the model, generate, print the output path."""
+    from .. import Request, load, prepare
+    from ..models.loading import check_device, dtype_name, pick_dtype
+    from .memory import keep_host_memory_flat, release_freed_memory
+
+    dev = check_device(device)
+    dtype = dtype_name(pick_dtype(dtype, dev))
+    job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
+    loaded = load(spec, device=device, dtype=dtype, progress=not quiet)
+    if not quiet:
+        r = job.request
+        typer.echo(f"{command}: {spec.alias}, {r.width}x{r.height}, {r.frames} frames, seed {r.seed}", err=True)
+    on_window = None
+    if command == "extend":
+        keep_host_memory_flat()
+        on_window = release_freed_memory
+    result = loaded.run(job, on_window=on_window)
+    if result.resumed and not quiet:
+        typer.echo(f"resumed: the decoder's state was rebuilt by decoding {result.replayed_latents} latent frames "
+                   "again", err=True)
+    typer.echo(str(result.path))
+
+
+@app.command()
+def t2v(
+    prompt: Annotated[str, typer.Argument(help="What the video shows.")],
+    model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
+    shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, fps: Fps = None,
+    negative_prompt: Negative = None, device: Device = "cuda", dtype: Dtype = None, sigma_grid: Grid = None,
+    overwrite: Overwrite = False, quiet: Quiet = False,
+) -> None:
+    """Text to video: one clip from a prompt.
+
+    Examples:
+
+      skyreels t2v "a red fox running through snow"
+
+      skyreels t2v "a cat" --model tiny --device cpu -o cat.mp4
+    """
+    with user_errors("t2v"):
+        spec = _spec(model, "t2v")
+        # On a diffusion forcing checkpoint, a clip is one window of all its frames.
+        window = (frames or spec.frames) if spec.forcing else None
+        _run("t2v", spec, device, dtype, output, overwrite, quiet, prompt=prompt, seed=seed, steps=steps,
+             guidance=guidance, shift=shift, height=height, width=width, frames=frames, fps=fps,
+             negative_prompt=negative_prompt, sigma_grid=sigma_grid, base_frames=window)
+
+
+@app.command()
+def i2v(
+    image: Annotated[str, typer.Argument(help="First frame: resized and centre-cropped to the video size.")],
+    prompt: Annotated[str, typer.Argument(help="What happens next.")] = "",
+    model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
+    shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, fps: Fps = None,
+    negative_prompt: Negative = None, device: Device = "cuda", dtype: Dtype = None, sigma_grid: Grid = None,
+    overwrite: Overwrite = False, quiet: Quiet = False,
+) -> None:
+    """Image to video: animate a still image. A portrait image gives a portrait video.
+
+    Examples:
+
+      skyreels i2v photo.png "the waves roll in"
+
+      skyreels i2v photo.png --model tiny --device cpu -o frames/
+    """
+    with user_errors("i2v"):
+        _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, prompt=prompt, image=image, seed=seed,
+             steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, fps=fps,
+             negative_prompt=negative_prompt, sigma_grid=sigma_grid)
+
+
+@app.command()
+def extend(
+    prompt: Annotated[str, typer.Argument(help="What the video shows.")] = "",
+    frames: Frames = None,
+    base_frames: Annotated[Optional[int], typer.Option("--base-frames", help="Window length in frames, 4k+1 (model default: 97 at 540P, 121 at 720P).")] = None,
+    overlap: Annotated[Optional[int], typer.Option("--overlap", help="Frames each window shares with the one before, 4k+1 (17, less for short windows).")] = None,
+    ar_step: Annotated[Optional[int], typer.Option("--ar-step", help="Asynchronous lag between causal blocks in steps (0: synchronous).")] = None,
+    causal_block: Annotated[Optional[int], typer.Option("--causal-block", help="Latent frames per causal block (1; 5 with --ar-step 5).")] = None,
+    addnoise: Annotated[Optional[float], typer.Option("--addnoise", help="Noise on the carried-over frames, 0-50 (20; reduces drift).")] = None,
+    causal_attention: Annotated[Optional[bool], typer.Option("--causal-attention", help="Block-causal attention inside a window.")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Start frame.")] = None,
+    end_image: Annotated[Optional[str], typer.Option("--end-image", help="Last frame.")] = None,
+    video: Annotated[Optional[str], typer.Option("--video", help="Continue this video; --frames then counts new frames (a multiple of 4).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run writing to the same -o.")] = False,
+    model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
+    shift: Shift = None, height: Height = None, width: Width = None, fps: Fps = None,
+    negative_prompt: Negative = None, device: Device = "cuda", dtype: Dtype = None, sigma_grid: Grid = None,
+    overwrite: Overwrite = False, quiet: Quiet = False,
+) -> None:
+    """Long video with diffusion forcing, window by window, streamed to disk as it is made.
+
+    Memory stays that of one window however long the video. After each window the
+    state is saved beside the output; if the run is interrupted, the same command
+    with --resume continues it and gives the same result.
+
+    Unlike the reference code, lengths that would leave undenoised tail frames are
+    refused with lengths that work, a start image stays fixed in asynchronous mode,
+    the end image is not repeated in the output (and is seen by every frame under
+    --causal-attention), and --addnoise is reproducible from the seed.
+
+    Examples:
+
+      skyreels extend "a sailboat crossing the bay at dusk" --frames 737
+
+      skyreels extend "the fox keeps running" --video fox.mp4 --frames 240 -o fox-long.mp4
+
+      skyreels extend "a city at night" --frames 257 --ar-step 5 --causal-block 5 --causal-attention
+    """
+    with user_errors("extend"):
+        from ..errors import UsageError
+
+        if frames is None:
+            raise UsageError("extend needs --frames: the length of the video (e.g. 257 for about 10 s at 24 fps)")
+        _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, resume, prompt=prompt, frames=frames,
+             base_frames=base_frames, overlap=overlap, ar_step=ar_step, causal_block=causal_block,
+             addnoise=addnoise, causal_attention=causal_attention, image=image, end_image=end_image, video=video,
+             seed=seed, steps=steps, guidance=guidance, shift=shift, height=height, width=width, fps=fps,
+             negative_prompt=negative_prompt, sigma_grid=sigma_grid)

@@ -1,0 +1,62 @@
+"""`skyreels models`, `download` and `doctor`: what is known, what is here, what this machine offers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .app import app, user_errors
+from .options import Quiet
+
+
+@app.command()
+def models() -> None:
+    """List the known models, whether each is in the cache, and its size on disk."""
+    from ..models.hub import cached_snapshot, disk_size
+    from ..models.registry import load_registry
+
+    registry = load_registry()
+    typer.echo(f"{'alias':<16} {'kind':<6} {'size':<5} {'native':<14} {'VRAM':>7}  {'cached':<10} repo")
+    for alias, spec in registry.models.items():
+        snapshot = cached_snapshot(spec)
+        cached = f"{disk_size(snapshot) / 1e9:.2f} GB" if snapshot else "-"
+        vram = f"{spec.vram_gb:.1f} GB" if spec.vram_gb else "-"
+        native = f"{spec.width}x{spec.height}x{spec.frames}"
+        typer.echo(f"{alias:<16} {spec.kind:<6} {spec.size:<5} {native:<14} {vram:>7}  {cached:<10} {spec.repo}")
+    families = ", ".join(f"{name} ({', '.join(f'{c}: {a}' for c, a in m.items())})"
+                         for name, m in registry.families.items())
+    typer.echo(f"\nfamilies: {families}")
+    typer.echo("defaults: " + ", ".join(f"{c}: {a}" for c, a in registry.defaults.items()))
+
+
+@app.command()
+def download(
+    names: Annotated[list[str], typer.Argument(help="Aliases or Hub repo ids to fetch.")],
+    quiet: Quiet = False,
+) -> None:
+    """Fetch models into the Hugging Face cache ahead of time (only the files skyreels loads).
+
+    Example:
+
+      skyreels download df-1.3b-540p i2v-1.3b-540p
+    """
+    from ..models.hub import disk_size, ensure_model
+    from ..models.registry import resolve_model
+
+    with user_errors("download"):
+        for name in names:
+            spec = resolve_model(name, None)
+            path = ensure_model(spec, progress=not quiet)
+            typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB)")
+
+
+@app.command()
+def doctor() -> None:
+    """Check this machine: torch and CUDA, GPUs and free memory, ffmpeg, diffusers, the model cache."""
+    from .doctor import report
+
+    lines, ok = report()
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(0 if ok else 1)

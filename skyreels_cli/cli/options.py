@@ -1,0 +1,24 @@
+"""Options shared by the generating commands: declared once, used by each."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry alias, Hub repo id or local folder.")]
+Output = Annotated[Optional[str], typer.Option("--output", "-o", help="NAME.mp4, or DIR/ for PNG frames.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Random seed (default: drawn and reported).")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps (model default).")]
+Guidance = Annotated[Optional[float], typer.Option("--guidance", "-g", help="Classifier-free guidance scale.")]
+Shift = Annotated[Optional[float], typer.Option("--shift", help="Flow-matching time shift.")]
+Height = Annotated[Optional[int], typer.Option("--height", "-H", help="Height in pixels, a multiple of 16.")]
+Width = Annotated[Optional[int], typer.Option("--width", "-W", help="Width in pixels, a multiple of 16.")]
+Frames = Annotated[Optional[int], typer.Option("--frames", "-f", help="Number of frames, 4k+1 (e.g. 97).")]
+Fps = Annotated[Optional[int], typer.Option("--fps", help="Frames per second of the output.")]
+Negative = Annotated[Optional[str], typer.Option("--negative-prompt", "-n", help="What to avoid (official list by default).")]
+Device = Annotated[str, typer.Option("--device", "-d", help="cuda, cuda:N or cpu.")]
+Dtype = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU).")]
+Grid = Annotated[Optional[str], typer.Option("--sigma-grid", help="official (SkyReels-V2 sampler, default) or diffusers (as shipped).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages; print only the output path.")]

@@ -1,0 +1,37 @@
+"""T2V and I2V checkpoints: one fixed-length clip through the diffusers pipeline, decoded by us."""
+
+from __future__ import annotations
+
+import torch
+
+from ..forcing.decoding import StreamingDecoder, to_uint8
+from ..forcing.engine import Conditioning
+from ..forcing.schedule import make_scheduler
+from ..media.images import fit_image, load_image
+from .request import Request
+from .results import WindowFrames
+
+
+def clip_pipeline(pipeline_cls, components: dict, request: Request):
+    """A pipeline over the loaded components for one request: its own scheduler, and no text encoder
+    (embeddings are given), so that the execution device is the transformer's."""
+    scheduler = make_scheduler(components["scheduler"].config, request.shift, request.sigma_grid)
+    pipe = pipeline_cls(**{**components, "text_encoder": None, "tokenizer": None, "scheduler": scheduler})
+    pipe.set_progress_bar_config(leave=False)
+    return pipe
+
+
+@torch.no_grad()
+def generate_clip(pipe, request: Request, cond: Conditioning, progress: bool) -> WindowFrames:
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    kwargs = dict(
+        prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=cond.negative_embeds, height=request.height,
+        width=request.width, num_frames=request.frames, num_inference_steps=request.steps,
+        guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed),
+        output_type="latent",
+    )
+    if request.image:
+        kwargs["image"] = fit_image(load_image(request.image), request.height, request.width)
+    latents = pipe(**kwargs).frames
+    frames = to_uint8(StreamingDecoder(pipe.vae, progress=progress).decode(latents))
+    return WindowFrames(0, 1, 0, frames, latents.cpu())

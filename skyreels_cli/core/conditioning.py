@@ -1,0 +1,73 @@
+"""What steers a generation, computed from a request: text embeddings, and image or video latents."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from ..forcing.decoding import normalize
+from ..forcing.engine import Conditioning
+from ..media.images import fit_frames, fit_image, load_image
+from ..media.videos import read_last_frames
+from ..models.placement import Placement
+from .request import Request
+
+MAX_SEQUENCE_LENGTH = 512
+
+
+class PromptEncoder:
+    """Text embeddings through the pipeline's own `encode_prompt`, remembered for the prompts used last.
+
+    The text encoder comes to the device only while it encodes, so it never holds memory
+    the transformer needs; a prompt seen again costs nothing.
+    """
+
+    def __init__(self, pipe, placement: Placement, keep: int = 8) -> None:
+        self.pipe = pipe
+        self.placement = placement
+        self.keep = keep
+        self._known: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+
+    def __call__(self, prompt: str, negative: str, guidance: float, dtype: torch.dtype) -> Conditioning:
+        cfg = guidance > 1.0
+        key = (prompt, negative if cfg else None)
+        if key not in self._known:
+            self._known[key] = self._encode(prompt, negative, cfg)
+            while len(self._known) > self.keep:
+                self._known.popitem(last=False)
+        self._known.move_to_end(key)
+        positive, negative_embeds = self._known[key]
+        return Conditioning(positive.to(dtype), None if negative_embeds is None else negative_embeds.to(dtype), guidance)
+
+    @torch.no_grad()
+    def _encode(self, prompt: str, negative: str, cfg: bool):
+        with self.placement.text_encoder():
+            positive, negative_embeds = self.pipe.encode_prompt(
+                prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
+                max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.placement.device,
+            )
+        return positive, negative_embeds if cfg else None
+
+
+@torch.no_grad()
+def encode_pixels(vae, frames: torch.Tensor) -> torch.Tensor:
+    """Pixels [1, 3, T, H, W] in [-1, 1] to clean model latents (the distribution's mode, as diffusers does)."""
+    latents = vae.encode(frames.to(vae.device, vae.dtype)).latent_dist.mode()
+    return normalize(vae, latents.float())
+
+
+def image_latent(pipe, path: str, option: str, request: Request) -> torch.Tensor:
+    """A start or end image as one clean latent frame."""
+    image = fit_image(load_image(path, option), request.height, request.width)
+    pixels = pipe.video_processor.preprocess(image, height=request.height, width=request.width)
+    return encode_pixels(pipe.vae, pixels.unsqueeze(2).float())
+
+
+def video_prefix(vae, request: Request) -> torch.Tensor:
+    """The last `overlap` frames of the video being continued, as clean latents."""
+    tail, _ = read_last_frames(Path(request.video), request.overlap)
+    tail = fit_frames(tail, request.height, request.width)
+    pixels = torch.from_numpy(tail).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
+    return encode_pixels(vae, pixels)

@@ -1,0 +1,62 @@
+"""A job: a resolved request, the model it is for, where it goes, and (for --resume) the saved state.
+
+Everything a run needs is checked here before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import ResumeError, UsageError
+from ..forcing.resume import discard_state, load_state
+from ..media.targets import OutputTarget, resolve_output
+from ..models.registry import ModelSpec
+from .request import Request
+from .resolve import resolve
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: ModelSpec
+    request: Request  # resolved: every field that applies is set
+    target: OutputTarget
+    saved: dict | None = None  # the resume state, for --resume
+
+    @property
+    def model_identity(self) -> dict:
+        return {"alias": self.spec.alias, "repo": self.spec.repo, "revision": self.spec.revision,
+                "kind": self.spec.kind}
+
+
+def prepare(spec: ModelSpec, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
+            resume: bool = False, dtype: str | None = None) -> Job:
+    """Resolve and check a request for `spec` and its output; with `resume`, read and match the saved state."""
+    output = None if output is None else str(output)
+    saved = None
+    if resume:
+        if output is None:
+            raise UsageError("--resume needs the -o path of the interrupted run")
+        probe = resolve_output(output, prompt=request.prompt, seed=0, overwrite=overwrite, resume=True)
+        saved = load_state(probe.work_dir, probe.path)
+        if request.seed is None:  # continue with the interrupted run's seed
+            request = replace(request, seed=int(saved["request"]["seed"]))
+    resolved = resolve(request, spec)
+    target = resolve_output(output, prompt=resolved.prompt, seed=resolved.seed, overwrite=overwrite, resume=resume)
+    job = Job(spec, resolved, target, saved)
+    if saved is not None:
+        _check_matches(job, saved, dtype)
+    else:  # a fresh run must never be mistaken later for the one it replaces
+        discard_state(target.work_dir)
+    return job
+
+
+def _check_matches(job: Job, saved: dict, dtype: str | None) -> None:
+    differ = job.request.differences(Request.from_dict(saved["request"]))
+    model = saved["model"]
+    differ += [f"model {name}" for name in ("repo", "kind") if model.get(name) != job.model_identity[name]]
+    if dtype is not None and model.get("dtype") != dtype:
+        differ.append("dtype")
+    if differ:
+        raise ResumeError(f"cannot resume {job.target.path}: these settings differ from the saved run: "
+                          f"{', '.join(differ)}; repeat the original options, or start over with --overwrite")

@@ -1,0 +1,191 @@
+"""`Model`: a checkpoint loaded once, generating any number of videos.
+
+    import skyreels_cli as sk
+    model = sk.load("df-1.3b-540p", device="cuda")
+    result = model.generate(sk.Request(prompt="a fox in the snow", frames=257, seed=42), output="fox.mp4")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__, faults
+from ..forcing.engine import DiffusionForcingEngine, EngineState, Sampling
+from ..forcing.resume import save_state
+from ..forcing.schedule import make_scheduler
+from ..media.images import fit_frames
+from ..media.sinks import FrameSink
+from ..media.videos import iter_video_frames
+from ..models.hub import ensure_model
+from ..models.kinds import KINDS
+from ..models.loading import check_device, dtype_name, load_components, pick_dtype
+from ..models.placement import Placement
+from ..models.registry import ModelSpec, resolve_model
+from ..quiet import third_party_quiet
+from .clips import clip_pipeline, generate_clip
+from .conditioning import PromptEncoder, image_latent, video_prefix
+from .job import Job, prepare
+from .request import Request
+from .resolve import resolve, window_plan
+from .results import Result, WindowFrames
+from .timer import Timer
+
+
+def load(model: str | ModelSpec | None = None, *, device: str = "cuda", dtype: str | None = None,
+         progress: bool = True, command: str | None = None) -> Model:
+    """Load a checkpoint (registry alias, Hub repo id or local folder; downloaded if needed) onto `device`.
+
+    `dtype` is the transformer's and text encoder's (bf16 on CUDA, fp32 on the CPU by default); the VAE
+    runs in fp32. `command` ("t2v", "i2v", "extend") checks that the checkpoint can run it.
+    """
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model, command)
+    dev = check_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    started = time.perf_counter()
+    with third_party_quiet(not progress):
+        folder = ensure_model(spec, progress=progress)
+        components = load_components(folder, spec.kind, torch_dtype)
+    return Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3))
+
+
+class Model:
+    def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, dtype: torch.dtype,
+                 progress: bool = True, load_seconds: float = 0.0) -> None:
+        import diffusers
+
+        self.spec = spec
+        self.folder = folder
+        self.device = device
+        self.dtype = dtype
+        self.progress = progress
+        self.load_seconds = load_seconds
+        self.components = components
+        self.placement = Placement(components, device)
+        self._pipeline_cls = getattr(diffusers, KINDS[spec.kind].pipeline)
+        self._pipe = self._pipeline_cls(**components)  # its encode_prompt and video_processor
+        self._prompts = PromptEncoder(self._pipe, self.placement)
+        self._replayed = 0  # latent frames the last resumed run decoded again
+
+    def __repr__(self) -> str:
+        return f"<skyreels Model {self.spec.alias} ({self.spec.kind}) on {self.device}, {self.dtype_name}>"
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+    # ------------------------------------------------------------ requests
+
+    def resolve(self, request: Request) -> Request:
+        """`request` with this model's defaults filled in and validated (the seed drawn if unset)."""
+        return resolve(request, self.spec)
+
+    def prepare(self, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
+                resume: bool = False) -> Job:
+        return prepare(self.spec, request, output, overwrite=overwrite, resume=resume, dtype=self.dtype_name)
+
+    def generate(self, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
+                 resume: bool = False, on_window: Callable[[WindowFrames], None] | None = None) -> Result:
+        """Make the video `request` describes into `output` (NAME.mp4 or DIR/ for PNG frames) with its sidecar.
+
+        Without `output` it goes to outputs/<time>_<seed>_<prompt>.mp4. Frames are written window by
+        window as they are made; a diffusion forcing run saves its state after each window, and
+        `resume=True` continues an interrupted run exactly. `on_window` is called after each window.
+        """
+        return self.run(self.prepare(request, output, overwrite=overwrite, resume=resume), on_window)
+
+    def stream(self, request: Request) -> Iterator[WindowFrames]:
+        """Each window's new frames as they are made, writing nothing. A continued `video` is not repeated."""
+        resolved = self.resolve(request)
+        for window, _ in self._windows(resolved, None):
+            yield window
+
+    # ------------------------------------------------------------ running
+
+    def run(self, job: Job, on_window: Callable[[WindowFrames], None] | None = None) -> Result:
+        """Carry out a prepared job (see `prepare`)."""
+        if job.spec != self.spec:
+            raise ValueError(f"job for {job.spec.alias} given to model {self.spec.alias}")
+        request, target, saved = job.request, job.target, job.saved
+        timer = Timer()
+        self._replayed = 0
+        started = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        metadata = {"skyreels": __version__, "request": request.to_dict(),
+                    "model": {**job.model_identity, "dtype": self.dtype_name, "device": str(self.device)}}
+        sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)
+        state = saved["engine"] if saved else None
+        with sink, third_party_quiet(not self.progress), timer("generate"):
+            if request.video and state is None:
+                self._copy_input_video(request, sink)
+            windows = self._windows(request, state)
+            bar = self._window_bar(request, state)
+            for window, new_state in windows:
+                sink.write(window.frames)
+                sink.end_window()
+                if new_state is not None and window.index + 1 < window.windows:
+                    save_state(target.work_dir, metadata["request"], metadata["model"], new_state,
+                               sink.frames_written)
+                faults.point("window_saved")
+                bar.update()
+                if on_window is not None:
+                    on_window(window)
+                del window
+            bar.close()
+        timer.marks["load"] = self.load_seconds
+        timer.marks["total"] = round(time.perf_counter() - started, 3)
+        peak = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2) if self.device.type == "cuda" else None
+        run = {"frames_written": sink.frames_written, "timings_s": timer.marks, "output": str(target.path),
+               "resumed": bool(saved), "replayed_latents": self._replayed, "peak_vram_gb": peak}
+        path = sink.finish({**metadata, "run": run})
+        return Result(path, target.sidecar, request, sink.frames_written, timer.marks, peak, bool(saved),
+                      self._replayed)
+
+    def _window_bar(self, request: Request, state: EngineState | None):
+        total = len(window_plan(request).windows) if self.spec.forcing else 1
+        done = state.next_window if state else 0
+        return tqdm(total=total, initial=done, desc="windows", unit="window",
+                    disable=not self.progress or total == 1)
+
+    def _windows(self, request: Request, state: EngineState | None) -> Iterator[tuple[WindowFrames, EngineState | None]]:
+        cond = self._prompts(request.prompt, request.negative_prompt, request.guidance,
+                             self.components["transformer"].dtype)
+        if not self.spec.forcing:
+            pipe = clip_pipeline(self._pipeline_cls, self.components, request)
+            yield generate_clip(pipe, request, cond, self.progress), None
+            return
+        yield from self._forcing_windows(request, cond, state)
+
+    def _forcing_windows(self, request: Request, cond, state: EngineState | None):
+        c = self.components
+        scheduler = make_scheduler(c["scheduler"].config, request.shift, request.sigma_grid)
+        engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self.progress)
+        plan = window_plan(request)
+        sampling = Sampling(request.steps, request.ar_step, request.addnoise, request.causal_attention, request.fps)
+        start = end = None
+        if state is None:
+            if request.image:
+                start = image_latent(self._pipe, request.image, "--image", request)
+            elif request.video:
+                start = video_prefix(c["vae"], request)
+            if request.end_image:
+                end = image_latent(self._pipe, request.end_image, "--end-image", request)
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        outputs = engine.run(plan, lambda _: cond, sampling, generator, (request.height // 8, request.width // 8),
+                             start_latents=start, end_latent=end, emit_start=not request.video, state=state)
+        first = 0
+        for out in outputs:
+            self._replayed = engine.replayed
+            yield WindowFrames(out.window.index, len(plan.windows), first, out.frames, out.latents), out.state
+            first += len(out.frames)
+
+    def _copy_input_video(self, request: Request, sink: FrameSink) -> None:
+        """The video being continued goes into the output first, streamed in chunks."""
+        for chunk in iter_video_frames(Path(request.video), chunk=16):
+            sink.write(fit_frames(chunk, request.height, request.width))
+        sink.end_window()

@@ -1,0 +1,67 @@
+"""`Request`: one video, described completely enough to make it again.
+
+The same object is what a Python caller passes, what the CLI builds from its
+flags, what the sidecar records and what `--resume` compares. Unset fields
+(None) take the model's defaults when the request is resolved against a model
+(`resolve.py`); a resolved request has every field that applies filled in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import UsageError
+
+REQUEST_VERSION = 1
+PATH_FIELDS = ("image", "end_image", "video")
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str = ""
+    negative_prompt: str | None = None  # None: the official list of artefacts to avoid
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None  # with `video`: the number of new frames
+    steps: int | None = None
+    guidance: float | None = None
+    shift: float | None = None
+    fps: int | None = None
+    seed: int | None = None  # None: drawn when resolved, and recorded
+    sigma_grid: str | None = None  # "official" (SkyReels-V2 sampler) or "diffusers"
+    image: str | None = None  # start frame (i2v, or diffusion forcing)
+    end_image: str | None = None  # last frame (diffusion forcing)
+    video: str | None = None  # a video to continue (diffusion forcing)
+    # diffusion forcing windows
+    base_frames: int | None = None
+    overlap: int | None = None
+    ar_step: int | None = None
+    causal_block: int | None = None
+    addnoise: float | None = None
+    causal_attention: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, os.fspath(value))
+
+    def to_dict(self) -> dict:
+        return {"version": REQUEST_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Request:
+        data = dict(data)
+        version = data.pop("version", REQUEST_VERSION)
+        if version != REQUEST_VERSION:
+            raise UsageError(f"request version {version} is not supported (this skyreels reads {REQUEST_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown request field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def differences(self, other: Request) -> list[str]:
+        """Names of the fields whose values differ."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]

@@ -1,0 +1,171 @@
+"""A request resolved against a model: its defaults filled in, then every setting checked.
+
+All defaulting and validation happens here, before any model is loaded, the same
+for the CLI and for Python callers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import UsageError
+from ..forcing.frames import check_frames, check_positive, check_size, latent_frames, pixel_frames
+from ..forcing.schedule import GRIDS
+from ..forcing.windows import WindowPlan, plan_for_frames
+from ..media.images import load_image, oriented_size
+from ..models.registry import ModelSpec
+from .request import Request
+
+# The official negative prompt (SkyReels-V2 / Wan2.1): artefacts to steer away from.
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+FORCING_FIELDS = ("end_image", "video", "base_frames", "overlap", "ar_step", "causal_block", "addnoise",
+                  "causal_attention")
+# Official recommendations for diffusion forcing (REFERENCE.md §2).
+OVERLAP_LATENTS = 5  # 17 frames
+ADDNOISE = 20.0
+
+
+def draw_seed() -> int:
+    return random.SystemRandom().randrange(2**31)
+
+
+def resolve(request: Request, spec: ModelSpec) -> Request:
+    """`request` with the model's defaults for every unset field, validated; UsageError if it cannot run."""
+    _check_fields_for_kind(request, spec)
+    r = request
+    height, width, fps = r.height, r.width, r.fps
+    if r.video:
+        height, width, fps = _video_defaults(r, spec)
+    elif r.image and height is None and width is None:
+        height, width = oriented_size(load_image(r.image, _image_option(spec)).size, spec.height, spec.width)
+    filled = replace(
+        r,
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt,
+        height=spec.height if height is None else height,
+        width=spec.width if width is None else width,
+        frames=_default(r.frames, (spec.frames - 1) if r.video else spec.frames),
+        steps=_default(r.steps, spec.steps),
+        guidance=_default(r.guidance, spec.guidance),
+        shift=_default(r.shift, spec.shift),
+        fps=_default(fps, spec.fps),
+        seed=draw_seed() if r.seed is None else r.seed,
+        sigma_grid=_default(r.sigma_grid, "official"),
+    )
+    if spec.forcing:
+        filled = _forcing_defaults(filled, spec)
+    validate(filled, spec)
+    return filled
+
+
+def _default(value, fallback):
+    return fallback if value is None else value
+
+
+def _image_option(spec: ModelSpec) -> str:
+    return "--image" if spec.forcing else "IMAGE"
+
+
+def _check_fields_for_kind(r: Request, spec: ModelSpec) -> None:
+    if spec.kind == "i2v" and not r.image:
+        raise UsageError(f"model {spec.alias} animates an image: give one (skyreels i2v IMAGE PROMPT)")
+    if spec.kind == "t2v" and r.image:
+        raise UsageError(f"model {spec.alias} is text to video and takes no image; use an i2v or df model")
+    if not spec.forcing:
+        given = [name for name in FORCING_FIELDS if getattr(r, name) is not None]
+        if given:
+            raise UsageError(
+                f"{given[0]} applies to diffusion forcing models only, and {spec.alias} is a {spec.kind} model; "
+                "use skyreels extend with a df model"
+            )
+    if r.image and r.video:
+        raise UsageError("--image and --video cannot be used together: a continued video already has its start")
+
+
+def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, int]:
+    """Continuing a video: its size (when a multiple of 16) and frame rate unless given."""
+    from ..media.videos import probe_video
+
+    info = probe_video(Path(r.video))
+    height, width = r.height, r.width
+    if height is None and width is None:
+        if info["height"] % 16 == 0 and info["width"] % 16 == 0:
+            height, width = info["height"], info["width"]
+        else:
+            height, width = oriented_size((info["width"], info["height"]), spec.height, spec.width)
+    fps = r.fps if r.fps is not None else max(1, round(info["fps"]))
+    overlap = r.overlap if r.overlap is not None else pixel_frames(OVERLAP_LATENTS)
+    if info["frames"] < overlap:
+        raise UsageError(
+            f"--video {r.video} has {info['frames']} frames, fewer than --overlap {overlap}; "
+            "give a longer video or a smaller --overlap"
+        )
+    return _default(height, spec.height), _default(width, spec.width), fps
+
+
+def _forcing_defaults(r: Request, spec: ModelSpec) -> Request:
+    base = _default(r.base_frames, spec.frames)
+    block = _default(r.causal_block, 1)
+    overlap = r.overlap
+    if overlap is None:
+        # The recommended 17 frames, or less where the window is short (the tiny models' is 17).
+        window = latent_frames(base) if base > 0 else 1
+        latents = min(OVERLAP_LATENTS, max(1, (window - 1) // 2))
+        if block > 1:
+            latents = max(block, latents // block * block)
+        overlap = pixel_frames(latents)
+    return replace(
+        r, base_frames=base, overlap=overlap, causal_block=block, ar_step=_default(r.ar_step, 0),
+        addnoise=_default(r.addnoise, ADDNOISE), causal_attention=_default(r.causal_attention, False),
+    )
+
+
+def validate(r: Request, spec: ModelSpec) -> None:
+    """Raise UsageError for a resolved request no run can use."""
+    if not r.prompt.strip() and spec.kind != "i2v":
+        raise UsageError('the prompt is empty; describe the video, e.g. skyreels t2v "a red fox running through snow"')
+    check_size(r.height, r.width)
+    if not r.video:
+        check_frames(r.frames)
+    check_positive(r.steps, "--steps")
+    check_positive(r.fps, "--fps")
+    if not math.isfinite(r.guidance) or r.guidance < 0:
+        raise UsageError(f"--guidance must be a finite number, 0 or more, got {r.guidance}")
+    if not math.isfinite(r.shift) or r.shift <= 0:
+        raise UsageError(f"--shift must be a positive finite number, got {r.shift}")
+    if not 0 <= r.seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and 2**63-1, got {r.seed}")
+    if r.sigma_grid not in GRIDS:
+        raise UsageError(f"--sigma-grid must be one of {', '.join(GRIDS)}, got {r.sigma_grid!r}")
+    if r.image:
+        load_image(r.image, _image_option(spec))
+    if spec.forcing:
+        _validate_forcing(r)
+
+
+def _validate_forcing(r: Request) -> None:
+    check_frames(r.base_frames, "--base-frames")
+    check_frames(r.overlap, "--overlap")
+    if r.ar_step < 0:
+        raise UsageError(f"--ar-step must be 0 (synchronous) or more, got {r.ar_step}; 5 is recommended")
+    if r.causal_block < 1:
+        raise UsageError(f"--causal-block must be 1 or more, got {r.causal_block}")
+    if not math.isfinite(r.addnoise) or not 0 <= r.addnoise <= 50:
+        raise UsageError(f"--addnoise must be between 0 and 50, got {r.addnoise}; 20 is recommended")
+    if r.end_image:
+        load_image(r.end_image, "--end-image")
+    window_plan(r)
+
+
+def window_plan(r: Request) -> WindowPlan:
+    """The window plan of a resolved diffusion forcing request."""
+    return plan_for_frames(
+        r.frames, base_frames=r.base_frames, overlap_frames=r.overlap, causal_block=r.causal_block,
+        image=bool(r.image), video=bool(r.video), end_image=bool(r.end_image),
+    )

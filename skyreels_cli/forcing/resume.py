@@ -1,0 +1,53 @@
+"""The resume state of a diffusion forcing run: written after each window, read by `--resume`.
+
+It holds what is needed to continue exactly: the request and model it belongs to,
+the engine's state (prefix latents, the latents that rebuild the decoder's cache,
+the generator) and how many frames are already in the output. A few tens of MB at
+544x960 however long the video (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import ResumeError
+from ..media.files import fsync_file
+from .engine import EngineState
+
+STATE_FILE = "state.pt"
+
+
+def state_path(work_dir: Path) -> Path:
+    return work_dir / STATE_FILE
+
+
+def save_state(work_dir: Path, request: dict, model: dict, state: EngineState, frames_written: int) -> Path:
+    """Write the state atomically: a reader sees the previous window's state or this one's, whole."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = state_path(work_dir)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"request": request, "model": model, "engine": state.to_dict(), "frames_written": frames_written,
+                "version": __version__}, tmp)
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(work_dir: Path, output: Path) -> dict:
+    path = state_path(work_dir)
+    if not path.is_file():
+        raise ResumeError(f"no saved run to resume for {output}; run the same command without --resume")
+    try:
+        saved = torch.load(path, weights_only=True)
+        saved["engine"] = EngineState.from_dict(saved["engine"])
+        return saved
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError):
+        raise ResumeError(f"the saved state {path} is unreadable; start over with --overwrite") from None
+
+
+def discard_state(work_dir: Path) -> None:
+    state_path(work_dir).unlink(missing_ok=True)

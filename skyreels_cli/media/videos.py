@@ -1,0 +1,112 @@
+"""Reading input videos: frames, lengths, frame rate and the comment tag, through imageio-ffmpeg."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import deque
+from pathlib import Path
+from typing import Generator, Iterator
+
+import numpy as np
+
+from ..errors import InputFileError
+from .ffmpeg import ffmpeg
+
+
+def read_video(path: Path) -> tuple[np.ndarray, float]:
+    """All frames as uint8 (T, H, W, 3), and the frame rate."""
+    fps, frames = _stream(Path(path))
+    stacked = list(frames)
+    if not stacked:
+        raise InputFileError(f"video {path} has no frames; choose another video")
+    return np.stack(stacked), fps
+
+
+def iter_video_frames(path: Path, chunk: int = 16) -> Iterator[np.ndarray]:
+    """Frames in uint8 arrays of at most `chunk` frames, holding no more than that at a time."""
+    _, frames = _stream(Path(path))
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == chunk:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def read_last_frames(path: Path, n: int) -> tuple[np.ndarray, float]:
+    """The last n frames, decoding the whole video but holding only n frames at a time."""
+    fps, frames = _stream(Path(path))
+    tail = deque(frames, maxlen=n)
+    if len(tail) < n:
+        raise InputFileError(f"video {path} has {len(tail)} frames but {n} are needed; use a longer video")
+    return np.stack(list(tail)), fps
+
+
+def probe_video(path: Path) -> dict:
+    """Frame count (exact, by decoding), size, fps and the comment tag of a video."""
+    path = Path(path)
+    fps, frames = _stream(path)
+    first = next(frames, None)
+    frames.close()
+    if first is None:
+        raise InputFileError(f"video {path} has no frames; choose another video")
+    try:
+        count, _ = ffmpeg().count_frames_and_secs(str(path))
+    except RuntimeError as err:
+        raise _unreadable(path, err) from err
+    height, width = first.shape[:2]
+    return {"frames": count, "width": width, "height": height, "fps": fps, "comment": _comment(path)}
+
+
+def _stream(path: Path) -> tuple[float, Generator[np.ndarray, None, None]]:
+    """The fps and a lazy iterator over RGB frames; ffmpeg failures become InputFileError."""
+    if not path.is_file():
+        raise InputFileError(f"video {path} does not exist; check the path")
+    reader = ffmpeg().read_frames(str(path))
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as err:
+        reader.close()
+        raise _unreadable(path, err) from err
+    width, height = meta["size"]
+
+    def frames() -> Generator[np.ndarray, None, None]:
+        try:
+            for buf in reader:
+                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+        except (OSError, RuntimeError) as err:
+            raise _unreadable(path, err) from err
+        finally:
+            reader.close()
+
+    return float(meta["fps"]), frames()
+
+
+def _unreadable(path: Path, err: BaseException) -> InputFileError:
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return InputFileError(f"cannot read video {path} ({first_line}); check that it is a video ffmpeg can decode")
+
+
+def _comment(path: Path) -> str | None:
+    cmd = [ffmpeg().get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+    if result.returncode != 0:
+        raise _unreadable(path, RuntimeError(result.stderr.decode(errors="replace")))
+    return _global_tags(result.stdout.decode("utf-8", errors="replace")).get("comment")
+
+
+def _global_tags(text: str) -> dict[str, str]:
+    """Parse ffmpeg's ffmetadata format up to its first [SECTION]; `\\` escapes = ; # \\ and newline."""
+    tags = {}
+    for match in re.finditer(r"((?:\\.|[^\\\n])*)\n", text, re.S):
+        line = match.group(1)
+        if line.startswith("["):
+            break
+        pair = re.fullmatch(r"((?:\\.|[^\\=])*)=(.*)", line, re.S)
+        if pair and not line.startswith((";", "#")):
+            key, value = (re.sub(r"\\(.)", r"\1", part, flags=re.S) for part in pair.groups())
+            tags[key] = value
+    return tags
