@@ -84,6 +84,32 @@ def _scheduler():
     )
 
 
+def _make_responsive(components: dict) -> None:
+    """Amplify the paths by which prompts and images steer a tiny random model.
+
+    With plain random weights a different prompt or end image moves the frames by about one
+    level, so a test that fed the wrong one would still pass. Padded text tokens are zeros, so
+    the text projection without its first bias leaves them constant while real tokens grow;
+    stronger, sharper self-attention lets start and end frames reach the others; a stronger
+    VAE encoder mean makes different images give different latents. Each input then moves the
+    frames by several levels on average (tests/test_api.py shows it).
+    """
+    import torch
+
+    with torch.no_grad():
+        text = components["transformer"].condition_embedder.text_embedder
+        text.linear_1.bias.zero_()
+        text.linear_2.weight.mul_(10)
+        for block in components["transformer"].blocks:
+            block.attn2.to_out[0].weight.mul_(4)
+            block.attn1.to_out[0].weight.mul_(8)
+            block.attn1.norm_q.weight.mul_(4)
+        quant = components["vae"].quant_conv
+        z_dim = quant.out_channels // 2  # mean, then log-variance
+        quant.weight[:z_dim].mul_(20)
+        quant.bias[:z_dim].mul_(20)
+
+
 def build_components(kind: str, seed: int = 0, arch: str = "tiny") -> dict:
     """Random components for one checkpoint kind (t2v, i2v or df), reproducible from `seed`."""
     import torch
@@ -109,6 +135,8 @@ def build_components(kind: str, seed: int = 0, arch: str = "tiny") -> dict:
         )).eval()
         size = a["clip_image"]
         components["image_processor"] = CLIPImageProcessor(crop_size=size, size=size)
+    if arch == "tiny":
+        _make_responsive(components)
     return components
 
 
