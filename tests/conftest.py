@@ -28,6 +28,8 @@ HUB_REPOS = {
     "df": "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
 }
 ALIASES = {"t2v": "t2v-14b-540p", "i2v": "i2v-1.3b-540p", "df": "df-1.3b-540p"}
+# Hub repo ids outside the registry: their kind comes from model_index.json.
+CUSTOM_REPOS = {"t2v": "tester/custom-t2v", "i2v": "tester/custom-i2v", "df": "tester/custom-df"}
 # Small enough for a CPU: 64x64, 17 frames (5 latent frames), 4 steps.
 SMALL = ["--height", "64", "--width", "64", "--frames", "17", "--steps", "4", "--device", "cpu"]
 
@@ -42,6 +44,7 @@ def hub_models() -> dict[str, Path]:
         if not src.exists():
             save_checkpoint(kind, src)
         snapshots[kind] = place_in_hub_cache(src, repo, _HF_HOME / "hub", commit=f"{i:040x}")
+        place_in_hub_cache(src, CUSTOM_REPOS[kind], _HF_HOME / "hub", commit=f"{i + 10:040x}")
     return snapshots
 
 
