@@ -38,6 +38,38 @@ def test_streaming_decode_resumes_from_saved_state(hub_models):
     assert torch.equal(torch.cat([head, second.decode(z[:, :, 4:])], dim=2), expected)
 
 
+def test_decoder_state_is_rebuilt_exactly_from_its_last_latents(hub_models):
+    """Past the replay length, a fresh decoder fed only the last latents continues bit for bit;
+    one latent fewer than the receptive field would not (so the margin is real, not luck)."""
+    from skyreels_cli.forcing.decoding import replay_length
+
+    vae = AutoencoderKLWan.from_pretrained(hub_models["df"] / "vae").eval()
+    keep = replay_length(vae)
+    assert keep == 32  # 29.5 latent frames of receptive field, rounded up, plus 2
+    z = torch.randn(1, 16, 50, 4, 4, generator=torch.Generator().manual_seed(2))
+    straight = StreamingDecoder(vae)
+    straight.decode(z[:, :, :40])
+    expected = straight.decode(z[:, :, 40:])
+    first = StreamingDecoder(vae)
+    first.decode(z[:, :, :40])
+    saved = first.state_dict()
+    assert saved["history"].shape[2] == keep and saved["latents_seen"] == 40
+    resumed = StreamingDecoder(vae)
+    assert resumed.load_state_dict(saved) == keep
+    assert torch.equal(resumed.decode(z[:, :, 40:]), expected)
+    short = StreamingDecoder(vae)
+    short.load_state_dict({"history": saved["history"][:, :, -29:], "latents_seen": 40})
+    assert not torch.equal(short.decode(z[:, :, 40:]), expected)
+
+
+def test_end_image_is_seen_by_every_frame_under_causal_attention():
+    from skyreels_cli.forcing.attention import block_causal_mask
+
+    mask = block_causal_mask((2, 2, 1), 1, "cpu", visible_tail=1)[0, 0]
+    assert mask[:, -1].all(), "every frame attends to the end image"
+    assert not mask[0, 2] and mask[2, 0], "otherwise block-causal"
+
+
 EXTEND = ["extend", "a red fox", "-m", ALIASES["df"], "--device", "cpu", "--height", "64", "--width", "64",
           "--steps", "3", "--frames", "45", "--base-frames", "17", "--overlap", "5", "--quiet"]
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import faults
 from .attention import attention_mask_on, block_causal_mask
 from .decoding import StreamingDecoder, to_uint8
 from .schedule import step_matrix, timestep_rows
@@ -136,6 +137,7 @@ class DiffusionForcingEngine:
                 if extra:
                     model_in = torch.cat([model_in, end_latent.to(dtype)], dim=2)
                     timestep = torch.cat([timestep, timestep.new_zeros(timestep.shape[0], extra)], dim=1)
+                faults.point("denoise_row")
                 v = self.velocity(model_in, timestep, cond, sampling.fps)
                 for f in torch.nonzero(update[row]).flatten().tolist():
                     latents[:, :, f] = schedulers[f].step(v[:, :, f], t[f], latents[:, :, f], return_dict=False)[0]
