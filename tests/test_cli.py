@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from skyreels_cli.cli import app
 from skyreels_cli.media.videos import probe_video, read_video
 
-from .conftest import ALIASES, SMALL
+from .conftest import ALIASES, SMALL, read_png_frames
 
 runner = CliRunner()
 
@@ -84,6 +84,39 @@ def test_installed_command_runs_tiny_model_as_a_subprocess(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out)
     assert probe_video(out)["frames"] == 17
+
+
+@pytest.mark.parametrize("command", ["t2v", "i2v", "extend"])
+def test_quiet_prints_only_the_output_path(tmp_path, image_file, command):
+    """No third-party bars, log lines or warnings: stdout is the path, stderr is empty (a fresh
+    HF_HOME, so the tiny model is built in the run too)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
+    out = tmp_path / "q.mp4"
+    args = {"t2v": ["t2v", "a cat"], "i2v": ["i2v", str(image_file), "a cat"],
+            "extend": ["extend", "a cat", "--frames", "29"]}[command]
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", *args, "-m", "tiny", "--device", "cpu",
+                           "--steps", "2", "-o", str(out), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{out}\n" and done.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["t2v", "i2v", "extend"])
+def test_bf16_runs_on_the_cpu(hub_models, tmp_path, image_file, command):
+    """The CUDA runs are bf16: the same code path in bf16 on the CPU stays close to fp32."""
+    args = {"t2v": ["t2v", "a red fox", "-m", ALIASES["df"]],
+            "i2v": ["i2v", image_file, "a red fox", "-m", ALIASES["i2v"]],
+            "extend": ["extend", "a red fox", "-m", ALIASES["df"], "--base-frames", "17", "--overlap", "5",
+                       "--frames", "29"]}[command]
+    small = SMALL[:4] + SMALL[6:] if command == "extend" else SMALL
+    runs = {}
+    for dtype in ("bf16", "fp32"):
+        out = tmp_path / dtype
+        result = invoke(*args, *small, "--seed", 3, "--dtype", dtype, "-o", f"{out}/", "-q")
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "settings.json").read_text())["model"]["dtype"] == dtype
+        runs[dtype] = read_png_frames(out).astype(int)
+    assert runs["bf16"].shape == runs["fp32"].shape and runs["bf16"].std() > 5
+    assert np.abs(runs["bf16"] - runs["fp32"]).mean() < 8
 
 
 def test_models_lists_registry_and_cache(hub_models):
@@ -162,7 +195,11 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("args,words", BAD_INPUT, ids=[" ".join(a[3:] if len(a) > 3 else a) for a, _ in BAD_INPUT])
-def test_bad_input_is_one_clear_line(hub_models, bad_files, args, words):
+def test_bad_input_is_one_clear_line(hub_models, bad_files, args, words, monkeypatch):
+    import torch
+
+    # The row that asks for CUDA must find none, even on a machine with a GPU (no full-size run).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     before = sorted(p.name for p in bad_files.rglob("*"))
     result = invoke(*[a.format(d=bad_files) for a in args])
     message = result.output.strip()
