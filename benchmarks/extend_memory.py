@@ -140,20 +140,27 @@ def measure(cmd: list[str], interval: float, env: dict[str, str]) -> dict:
 def command(impl: str, frames: int, args: argparse.Namespace, model: Path, output: Path) -> list[str]:
     shape = ["--height", str(args.height), "--width", str(args.width), "--base-frames", str(args.base_frames),
              "--overlap", str(args.overlap), "--steps", str(args.steps), "--frames", str(frames)]
-    if impl == "ours":
+    if impl in ("ours", "ours-plain"):
         # Shift 1 on the diffusers sigma grid is the scheduler the diffusers pipeline uses on this
         # checkpoint, and addnoise 0 its default: the same sampling, so the same amount of work.
-        return [sys.executable, "-m", "skyreels_cli", "extend", PROMPT, "--model", str(model), "--device", "cpu",
+        runner = ["-m", "skyreels_cli"] if impl == "ours" else ["-c", PLAIN_ALLOCATOR]
+        return [sys.executable, *runner, "extend", PROMPT, "--model", str(model), "--device", "cpu",
                 "--negative-prompt", NEGATIVE, "--guidance", "6", "--shift", "1", "--sigma-grid", "diffusers",
                 "--addnoise", "0", "--seed", "0", "-o", str(output), "--overwrite", "--quiet", *shape]
     return [sys.executable, os.path.abspath(__file__), "--run-diffusers", "--model", str(model),
             "--output", str(output), *shape]
 
 
+# ours with the command's allocator policy (skyreels_cli/cli/memory.py) switched off.
+PLAIN_ALLOCATOR = ("import sys; import skyreels_cli.cli.memory as m; "
+                   "m.keep_host_memory_flat = m.release_freed_memory = lambda *a: None; "
+                   "sys.argv[0] = 'skyreels'; from skyreels_cli.cli import main; main()")
+
+
 def build_checkpoint(folder: Path, env: dict[str, str]) -> Path:
     """The tiny DF checkpoint both sides load; built in a subprocess so this one never imports torch."""
     model = folder / "tiny-df"
-    code = f"from skyreels_cli.tiny import save_checkpoint; save_checkpoint('df', {str(model)!r})"
+    code = f"from skyreels_cli.models.tiny import save_checkpoint; save_checkpoint('df', {str(model)!r})"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
     return model
 
@@ -188,13 +195,15 @@ def report(results: dict[str, dict[str, list[dict]]], args: argparse.Namespace) 
         ok = growth("ours") <= 1 + args.tolerance
         print(f"ours: long/short peak memory {growth('ours'):.3f} -> {'PASS' if ok else 'FAIL'} "
               f"(target: long within {args.tolerance:.0%} of short)")
-    if "diffusers" in results:
-        print(f"diffusers: long/short peak memory {growth('diffusers'):.3f} "
-              f"({'grows' if growth('diffusers') > 1 + args.tolerance else 'does not grow'} with length)")
-    if len(results) == 2:
-        ours, ref = results["ours"]["long"], results["diffusers"]["long"]
-        mem, wall, cpu = (median(ours, key) / median(ref, key) for key in ("peak_rss_mb", "wall_s", "cpu_s"))
-        print(f"long run, ours/diffusers: peak memory {mem:.2f}x, wall time {wall:.2f}x, CPU time {cpu:.2f}x")
+    for other in ("ours-plain", "diffusers"):
+        if other not in results:
+            continue
+        print(f"{other}: long/short peak memory {growth(other):.3f} "
+              f"({'grows' if growth(other) > 1 + args.tolerance else 'does not grow'} with length)")
+        if "ours" in results:
+            ours, ref = results["ours"]["long"], results[other]["long"]
+            mem, wall, cpu = (median(ours, key) / median(ref, key) for key in ("peak_rss_mb", "wall_s", "cpu_s"))
+            print(f"long run, ours/{other}: peak memory {mem:.2f}x, wall time {wall:.2f}x, CPU time {cpu:.2f}x")
     return ok
 
 
@@ -206,7 +215,7 @@ def machine() -> dict:
 
 def benchmark(args: argparse.Namespace) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", **(STEADY_MALLOC if args.steady_malloc else {})}
-    impls = ["ours", "diffusers"] if args.impl == "both" else [args.impl]
+    impls = {"both": ["ours", "diffusers"], "allocator": ["ours", "ours-plain"]}.get(args.impl, [args.impl])
     results: dict[str, dict[str, list[dict]]] = {impl: {"short": [], "long": []} for impl in impls}
     with tempfile.TemporaryDirectory(prefix="extend-memory-", dir=args.workdir) as tmp:
         folder = Path(tmp)
@@ -250,7 +259,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlap", type=int, default=5, help="frames shared between windows, 4k+1")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--impl", choices=("both", "ours", "diffusers"), default="both")
+    p.add_argument("--impl", choices=("both", "ours", "diffusers", "allocator"), default="both",
+                   help="allocator: ours with and without the command's glibc policy")
     p.add_argument("--interval", type=float, default=0.025, help="memory sampling period, seconds")
     p.add_argument("--tolerance", type=float, default=0.10, help="allowed long:short peak memory growth of ours")
     p.add_argument("--steady-malloc", action="store_true",

@@ -70,8 +70,8 @@ def main() -> None:
     args = p.parse_args()
 
     from skyreels_cli import cli
-    from skyreels_cli.tiny import save_checkpoint
-    from skyreels_cli.writers import FrameSink
+    from skyreels_cli.media.sinks import FrameSink
+    from skyreels_cli.models.tiny import save_checkpoint
 
     tmp = tempfile.TemporaryDirectory(prefix="extend-profile-")
     model = save_checkpoint("df", os.path.join(tmp.name, "tiny-df"))

@@ -33,13 +33,14 @@ PY
 echo "== tiny weights"
 sk t2v "a red fox" -m tiny -o "$out/tiny-t2v/"
 sk i2v "$out/start.png" "waves" -m tiny -o "$out/tiny-i2v/"
-sk extend "a red fox" -m tiny --frames 149 --base-frames 17 --overlap 5 -o "$out/tiny-extend/"
+sk extend "a red fox" -m tiny --frames 149 -o "$out/tiny-extend/"
+python3 -m pytest -q tests/test_api.py -k cuda || true  # two requests on CUDA, the text encoder stepping aside
 sk extend "a red fox" -m tiny --frames 101 --base-frames 41 --overlap 9 --ar-step 2 --causal-block 3 \
   --causal-attention --image "$out/start.png" -o "$out/tiny-async/" || true  # prints why if refused
 
 echo "== random weights, real 1.3B architecture"
-python3 -m skyreels_cli.tiny 1.3b df "$HF_HOME/df-1.3b"
-python3 -m skyreels_cli.tiny 1.3b i2v "$HF_HOME/i2v-1.3b"
+python3 -m skyreels_cli.models.tiny 1.3b df "$HF_HOME/df-1.3b"
+python3 -m skyreels_cli.models.tiny 1.3b i2v "$HF_HOME/i2v-1.3b"
 sk t2v "a red fox" -m "$HF_HOME/df-1.3b" --steps 4 -o "$out/real-t2v/"
 sk i2v "$out/start.png" "waves" -m "$HF_HOME/i2v-1.3b" --steps 4 -o "$out/real-i2v/"
 sk extend "a red fox" -m "$HF_HOME/df-1.3b" --steps 4 --frames 257 -o "$out/real-extend/"
@@ -47,7 +48,7 @@ sk extend "a red fox" -m "$HF_HOME/df-1.3b" --steps 4 --frames 257 --ar-step 5 -
   --base-frames 97 --overlap 17 -o "$out/real-async/"
 
 for f in "$out"/*/settings.json; do
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d['frames_written'], 'frames', d['timings_s'], 'peak VRAM', d.get('peak_vram_gb'), 'GB')" "$f"
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['run']; print(sys.argv[1], r['frames_written'], 'frames', r['timings_s'], 'peak VRAM', r['peak_vram_gb'], 'GB')" "$f"
 done
 
 echo "== benchmark"

@@ -36,3 +36,15 @@ def test_readme_has_the_commands_it_promises():
 def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README and "python -m pytest -q" in ci
+
+
+def test_readme_python_example_runs(hub_models, tmp_path, monkeypatch):
+    """The README's Python example, on the tiny model and the CPU instead of the default model on CUDA."""
+    [block] = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert 'sk.load("df-1.3b-540p", device="cuda")' in block
+    code = block.replace('sk.load("df-1.3b-540p", device="cuda")', 'sk.load("tiny", device="cpu", progress=False)')
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "fox.mp4").is_file() and (tmp_path / "cat.mp4.json").is_file()
+    assert scope["result"].frames == 257
