@@ -216,3 +216,21 @@ def test_too_short_video_is_refused(hub_models, tmp_path):
     assert invoke(*T2V, "--height", 64, "--width", 64, "--frames", 9, "--steps", 2, "-o", short, "-q").exit_code == 0
     result = invoke(*EXT, "--video", short, "--overlap", 17, "--height", 64, "--width", 64)
     assert result.exit_code == 2 and "fewer than --overlap 17" in result.output
+
+
+@pytest.mark.parametrize("command,message", [
+    (["t2v", "a cat"], "interrupted; nothing was written"),
+    (["extend", "a cat", "--frames", "29", "--base-frames", "17"], "run the same command with --resume"),
+])
+def test_ctrl_c_says_what_fits_the_command(hub_models, tmp_path, monkeypatch, command, message):
+    from skyreels_cli.forcing.engine import DiffusionForcingEngine
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffusionForcingEngine, "velocity", interrupted)
+    result = invoke(*command, "-m", ALIASES["df"], *SMALL[:4], "--device", "cpu", "--steps", 2,
+                    "-o", tmp_path / "x.mp4", "-q")
+    assert result.exit_code == 130 and message in result.output
+    assert "--resume" not in result.output or command[0] == "extend"
+    assert not (tmp_path / "x.mp4").exists()

@@ -126,7 +126,7 @@ class StreamingDecoder:
     def park(self) -> None:
         """Move the cache to the host while the transformer works (4.9 GB at 544x960 on a GPU)."""
         if self.device.type != "cpu":
-            self.cache = [c.to("cpu", non_blocking=True) if isinstance(c, torch.Tensor) else c for c in self.cache]
+            self.cache = [c.to("cpu") if isinstance(c, torch.Tensor) else c for c in self.cache]
 
     def _unpark(self) -> None:
         device = self.device
