@@ -168,7 +168,7 @@ BAD_INPUT = [
     (["t2v", "a cat", "-m", ALIASES["i2v"], "--device", "cpu"], ["i2v checkpoint", "cannot run `skyreels t2v`"]),
     (["t2v", "a cat", "-m", ALIASES["df"]], ["CUDA", "--device cpu", "skyreels doctor"]),
     (["t2v", "a cat", "-m", "df-14b-540p", "--device", "cpu"], ["not in the cache", "skyreels download df-14b-540p"]),
-    ([*T2V, "-o", "{d}/afile/x.mp4"], ["cannot"]),
+    ([*T2V, "-o", "{d}/afile/x.mp4"], ["afile is a file, not a folder"]),
     ([*T2V, "-o", "{d}/x.avi"], ["x.avi", ".mp4"]),
     ([*T2V, "--sigma-grid", "weird"], ["--sigma-grid", "official"]),
     (["i2v", "{d}/missing.png", "go", "-m", ALIASES["i2v"], "--device", "cpu"], ["does not exist"]),

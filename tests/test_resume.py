@@ -50,8 +50,8 @@ def uninterrupted(output: str) -> None:
 def test_killed_png_run_resumes_to_identical_frames(hub_models, tmp_path):
     out = tmp_path / "killed"
     killed_run(f"{out}/", during_window(14))  # past the decoder's replay length (32 latents)
-    assert not (out / "settings.json").exists()
-    written = len(list(out.glob("[0-9]*.png")))
+    assert not out.exists(), "frames are built in killed.partial/ and put in place when complete"
+    written = len(list((tmp_path / "killed.partial").glob("[0-9]*.png")))
     assert written == 17 + 12 * 12  # windows 1-13 finished
     resume(f"{out}/")
     uninterrupted(f"{tmp_path / 'straight'}/")
@@ -59,7 +59,7 @@ def test_killed_png_run_resumes_to_identical_frames(hub_models, tmp_path):
     assert ours.shape[0] == 197 and np.array_equal(ours, reference)
     run = json.loads((out / "settings.json").read_text())["run"]
     assert run["resumed"] is True and run["replayed_latents"] == 32
-    assert not (out / ".skyreels").exists()
+    assert not (tmp_path / ".killed.skyreels").exists() and not (tmp_path / "killed.partial").exists()
 
 
 def test_killed_mp4_run_plays_midway_and_resumes_identically(hub_models, tmp_path):
@@ -79,9 +79,10 @@ def test_resume_state_stays_small_as_the_video_grows(hub_models, tmp_path):
     for window in (2, 11, 14):
         out = tmp_path / f"w{window}"
         killed_run(f"{out}/", f"window_saved:{window}")
-        state = torch.load(out / ".skyreels" / "state.pt", weights_only=True)
+        state_file = tmp_path / f".w{window}.skyreels" / "state.pt"
+        state = torch.load(state_file, weights_only=True)
         history = state["engine"]["decoder"]["history"]
-        sizes[window] = (out / ".skyreels" / "state.pt").stat().st_size, history.shape[2]
+        sizes[window] = state_file.stat().st_size, history.shape[2]
     # The decoder's history grows to its replay length, then stays there however long the video.
     assert sizes[2][1] == 5 + 3 and sizes[11][1] == sizes[14][1] == 32
     assert sizes[11][0] == sizes[14][0]

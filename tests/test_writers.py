@@ -72,9 +72,9 @@ def test_no_output_goes_to_outputs_folder(tmp_path, monkeypatch):
 
 def test_trailing_slash_or_existing_folder_means_png_frames(tmp_path):
     t = resolve_output(str(tmp_path / "frames") + "/", prompt="p", seed=1, overwrite=False)
-    assert (t.kind, t.path, t.preview) == ("png", tmp_path / "frames", None)
+    assert (t.kind, t.path, t.preview) == ("png", tmp_path / "frames", tmp_path / "frames.partial")
     assert t.sidecar == tmp_path / "frames" / "settings.json"
-    assert t.work_dir == tmp_path / "frames" / ".skyreels"
+    assert t.work_dir == tmp_path / ".frames.skyreels"
     (tmp_path / "existing").mkdir()
     assert target(tmp_path, "existing").kind == "png"
 
@@ -98,13 +98,23 @@ def test_existing_mp4_needs_overwrite_or_resume(tmp_path):
     assert target(tmp_path, resume=True).path == tmp_path / "out.mp4"
 
 
-@pytest.mark.parametrize("existing", ["000000.png", "settings.json"])
-def test_png_folder_with_frames_needs_overwrite(tmp_path, existing):
+def test_finished_png_folder_needs_overwrite(tmp_path):
     (tmp_path / "frames").mkdir()
-    (tmp_path / "frames" / existing).write_bytes(b"")
+    (tmp_path / "frames" / "000000.png").write_bytes(b"")
+    (tmp_path / "frames" / "settings.json").write_text(json.dumps({"skyreels": "0.2.0"}))
     with pytest.raises(OutputError, match="already exists"):
         target(tmp_path, "frames/")
     assert target(tmp_path, "frames/", overwrite=True).kind == "png"
+
+
+@pytest.mark.parametrize("files", [["000000.png"], ["notes.txt"], ["settings.json", "000000.png", "notes.txt"]])
+def test_folder_of_other_files_is_never_written_into(tmp_path, files):
+    (tmp_path / "frames").mkdir()
+    for name in files:
+        (tmp_path / "frames" / name).write_text(json.dumps({"skyreels": "0.2.0"}))
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="holds files skyreels did not write"):
+            target(tmp_path, "frames/", overwrite=overwrite)
 
 
 def test_empty_existing_png_folder_is_fine(tmp_path):
@@ -114,7 +124,7 @@ def test_empty_existing_png_folder_is_fine(tmp_path):
 
 def test_parent_that_is_a_file_is_an_output_error(tmp_path):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(OutputError, match="cannot create folder"):
+    with pytest.raises(OutputError, match="afile is a file, not a folder"):
         target(tmp_path, "afile/sub/out.mp4")
 
 
@@ -280,10 +290,11 @@ def test_png_round_trip_is_lossless_and_resume_continues_numbering(tmp_path):
 def test_png_overwrite_removes_frames_of_a_longer_old_run(tmp_path):
     with FrameSink(target(tmp_path, "frames/"), FPS, META) as sink:
         sink.write(gradient(0, 5))
-        sink.finish({})
+        sink.finish({"skyreels": "0.2.0"})
     with FrameSink(target(tmp_path, "frames/", overwrite=True), FPS, META) as sink:
         sink.write(gradient(0, 2))
-        sink.finish({})
+        assert len(list((tmp_path / "frames").glob("*.png"))) == 5, "the old output stays until the new one is done"
+        sink.finish({"skyreels": "0.2.0"})
     assert sorted(p.name for p in (tmp_path / "frames").glob("*.png")) == ["000000.png", "000001.png"]
 
 

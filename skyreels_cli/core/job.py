@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ResumeError, UsageError
-from ..forcing.resume import discard_state, load_state
+from ..forcing.resume import discard_state, load_state, state_path
+from ..media.lock import OutputLock
 from ..media.targets import OutputTarget, resolve_output
 from ..models.registry import ModelSpec
 from .request import Request
@@ -22,6 +23,11 @@ class Job:
     request: Request  # resolved: every field that applies is set
     target: OutputTarget
     saved: dict | None = None  # the resume state, for --resume
+    lock: OutputLock | None = None  # held from prepare() until the run ends: one run per output
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def model_identity(self) -> dict:
@@ -33,21 +39,33 @@ def prepare(spec: ModelSpec, request: Request, output: str | Path | None = None,
             resume: bool = False, dtype: str | None = None) -> Job:
     """Resolve and check a request for `spec` and its output; with `resume`, read and match the saved state."""
     output = None if output is None else str(output)
+    inputs = (request.image, request.end_image, request.video)
     saved = None
     if resume:
         if output is None:
             raise UsageError("--resume needs the -o path of the interrupted run")
-        probe = resolve_output(output, prompt=request.prompt, seed=0, overwrite=overwrite, resume=True)
+        probe = resolve_output(output, prompt=request.prompt, seed=0, overwrite=overwrite, resume=True, inputs=inputs)
+        if not state_path(probe.work_dir).is_file() and (probe.path.is_file() or probe.sidecar.is_file()):
+            raise ResumeError(f"{probe.path} is finished: there is nothing to resume")
         saved = load_state(probe.work_dir, probe.path)
         if request.seed is None:  # continue with the interrupted run's seed
             request = replace(request, seed=int(saved["request"]["seed"]))
     resolved = resolve(request, spec)
-    target = resolve_output(output, prompt=resolved.prompt, seed=resolved.seed, overwrite=overwrite, resume=resume)
-    job = Job(spec, resolved, target, saved)
-    if saved is not None:
-        _check_matches(job, saved, dtype)
-    else:  # a fresh run must never be mistaken later for the one it replaces
-        discard_state(target.work_dir)
+    target = resolve_output(output, prompt=resolved.prompt, seed=resolved.seed, overwrite=overwrite, resume=resume,
+                            inputs=inputs)
+    lock = OutputLock(target.lock, target.path).acquire()
+    try:
+        job = Job(spec, resolved, target, saved, lock)
+        if saved is not None:
+            _check_matches(job, saved, dtype)
+        elif state_path(target.work_dir).is_file():
+            if not overwrite:
+                raise ResumeError(f"an interrupted run of {target.path} is saved; run the same command with --resume "
+                                  "to continue it, or with --overwrite to start over")
+            discard_state(target.work_dir)  # a fresh run must never be mistaken later for the one it replaces
+    except BaseException:
+        lock.release()
+        raise
     return job
 
 

@@ -110,6 +110,12 @@ class Model:
         """Carry out a prepared job (see `prepare`)."""
         if job.spec != self.spec:
             raise ValueError(f"job for {job.spec.alias} given to model {self.spec.alias}")
+        try:
+            return self._run(job, on_window)
+        finally:
+            job.release()
+
+    def _run(self, job: Job, on_window: Callable[[WindowFrames], None] | None) -> Result:
         request, target, saved = job.request, job.target, job.saved
         timer = Timer()
         self._replayed = 0

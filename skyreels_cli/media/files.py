@@ -34,3 +34,18 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_folder(new: Path, final: Path, trash: Path) -> None:
+    """Put the finished folder `new` in place of `final`, moving an old `final` to `trash` first."""
+    import shutil
+
+    if trash.exists():
+        shutil.rmtree(trash)
+    if final.exists():
+        os.replace(final, trash)
+    os.replace(new, final)
+    if trash.exists():
+        shutil.rmtree(trash)
+    if os.name == "posix":
+        fsync_file(final.parent)

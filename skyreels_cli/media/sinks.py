@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import OutputError
 from .ffmpeg import ffmpeg
-from .files import fsync_file, replace_atomically, write_json_atomic
+from .files import fsync_file, replace_atomically, replace_folder, write_json_atomic
 from .targets import FRAME_DIGITS, OutputTarget, frame_name
 
 SEGMENTS_FILE = "segments.json"
@@ -39,11 +39,14 @@ class FrameSink:
         metadata: dict,
         *,
         resume_frames: int = 0,
+        total_frames: int | None = None,
         crf: int = 17,
     ) -> None:
         self.target = target
+        self.total_frames = total_frames  # frames beyond it are dropped: the output has exactly this many
         self._writer: _PngFrames | _Mp4Segments
         with _output_errors(target.path):
+            target.work_dir.mkdir(exist_ok=True)  # first: it marks the preview as ours
             if target.kind == "png":
                 self._writer = _PngFrames(target, resume_frames)
             else:
@@ -57,6 +60,8 @@ class FrameSink:
     def write(self, frames: np.ndarray) -> None:
         """Append frames: uint8 (T, H, W, 3), H and W even (multiples of 16 in practice)."""
         _check_frames(frames)
+        if self.total_frames is not None:
+            frames = frames[: max(0, self.total_frames - self.frames_written)]
         if not len(frames):
             return  # an empty segment would break concatenation
         with _output_errors(self.target.path):
@@ -69,12 +74,15 @@ class FrameSink:
 
     def finish(self, sidecar: dict) -> Path:
         """Put the output in place atomically, write its settings JSON, and clean up work files."""
-        with _output_errors(self.target.path):
+        target = self.target
+        with _output_errors(target.path):
             self._writer.finish()
-            write_json_atomic(self.target.sidecar, sidecar)
-            shutil.rmtree(self.target.work_dir, ignore_errors=True)
-            if self.target.preview is not None:
-                self.target.preview.unlink(missing_ok=True)
+            write_json_atomic(target.build_sidecar, sidecar)
+            if target.kind == "png":
+                replace_folder(target.preview, target.path, target.work_dir / "replaced")
+            else:
+                target.preview.unlink(missing_ok=True)
+            shutil.rmtree(target.work_dir, ignore_errors=True)  # last: while it exists, the preview is ours
         self._done = True
         return self.target.path
 
@@ -110,15 +118,17 @@ def _output_errors(path: Path) -> Iterator[None]:
 
 
 class _PngFrames:
-    """Lossless numbered PNGs, each put in place atomically as soon as it arrives."""
+    """Lossless numbered PNGs, built in DIR.partial/ (each frame whole as soon as it is there) and put in
+    place as DIR/ when the run is complete, so an existing DIR/ is replaced only by a finished run."""
 
     def __init__(self, target: OutputTarget, resume_frames: int) -> None:
-        self.folder = target.path
+        self.folder = target.preview
         self.frames_written = resume_frames
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target.work_dir.mkdir(exist_ok=True)
+        if resume_frames == 0 and self.folder.exists():
+            shutil.rmtree(self.folder)  # an interrupted run's frames, being started over
+        self.folder.mkdir(exist_ok=True)
         if not all((self.folder / frame_name(i)).is_file() for i in range(resume_frames)):
-            raise _mismatch(self.folder, resume_frames)
+            raise _mismatch(target.path, resume_frames)
 
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
@@ -130,7 +140,7 @@ class _PngFrames:
         """Each frame was fsynced as it was written."""
 
     def finish(self) -> None:
-        # Frames past the end are left over from an earlier, longer run in this folder.
+        # Frames past the end are left over from an interrupted run that went further.
         for stale in self.folder.glob("[0-9]" * FRAME_DIGITS + ".png"):
             if int(stale.stem) >= self.frames_written:
                 stale.unlink()
@@ -152,14 +162,13 @@ class _Mp4Segments:
         self.comment = comment
         self.crf = crf
         self.work_dir = target.work_dir
-        self.work_dir.mkdir(exist_ok=True)
         self.segments = self._keep_segments(resume_frames)
         self.frames_written = resume_frames
         self._encoder: Any = None  # the imageio_ffmpeg generator of the open segment
         self._open_frames = 0
         if self.segments:
             self._refresh_preview()
-        elif target.preview is not None:
+        else:
             target.preview.unlink(missing_ok=True)
 
     def _keep_segments(self, resume_frames: int) -> list[dict]:
@@ -221,7 +230,6 @@ class _Mp4Segments:
         return True
 
     def _refresh_preview(self) -> None:
-        assert self.target.preview is not None
         self._concat(self.target.preview)
 
     def finish(self) -> None:

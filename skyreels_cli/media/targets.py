@@ -13,15 +13,25 @@ from ..errors import OutputError, UsageError
 
 FRAME_DIGITS = 6
 SLUG_MAX = 40
+NAME_MAX = 255  # bytes in one file name on common file systems
 
 
 @dataclass(frozen=True)
 class OutputTarget:
     kind: str  # "mp4" or "png"
-    path: Path  # the final .mp4 file, or the PNG frames directory
-    sidecar: Path  # settings JSON written next to the output by finish()
-    work_dir: Path  # hidden folder for in-progress data and resume state
-    preview: Path | None  # mp4 only: plays everything finished so far during a run
+    path: Path  # the final .mp4 file, or the PNG frames folder
+    sidecar: Path  # where the settings JSON ends up (inside the folder for PNG)
+    work_dir: Path  # hidden folder beside the output: resume state, finished segments
+    preview: Path  # what is finished so far: NAME.partial.mp4, or the folder DIR.partial/ the frames are built in
+
+    @property
+    def lock(self) -> Path:
+        return self.work_dir.with_name(self.work_dir.name + ".lock")
+
+    @property
+    def build_sidecar(self) -> Path:
+        """Where the sidecar is written before the output is put in place."""
+        return self.preview / self.sidecar.name if self.kind == "png" else self.sidecar
 
 
 def default_output_name(prompt: str, seed: int, now: datetime | None = None) -> str:
@@ -50,26 +60,31 @@ def resolve_output(
     seed: int,
     overwrite: bool,
     resume: bool = False,
+    inputs: tuple[str | None, ...] = (),
     now: datetime | None = None,
 ) -> OutputTarget:
-    """Turn the -o value into an OutputTarget, creating missing parent folders and nothing else."""
+    """Turn the -o value into an OutputTarget, refusing anything that would touch files that are not ours.
+
+    Creates missing parent folders and nothing else. `inputs` are the run's input files, which
+    must not lie inside the output.
+    """
     if output is None:
         output = str(Path("outputs") / default_output_name(prompt, seed, now))
-    if output.endswith(("/", os.sep)) or Path(output).is_dir():
-        target = _png_target(Path(output))
-        exists = any((target.path / name).exists() for name in (frame_name(0), target.sidecar.name))
+    if not output.strip():
+        raise UsageError("-o is empty; give NAME.mp4 for a video or DIR/ for PNG frames")
+    path = Path(output)
+    _check_names(path)
+    if output.endswith(("/", os.sep)) or (path.is_dir() and not output.lower().endswith(".mp4")):
+        target = _png_target(path)
     elif output.lower().endswith(".mp4"):
-        target = _mp4_target(Path(output))
-        exists = target.path.exists()
+        target = _mp4_target(path)
     else:
         raise UsageError(
             f"-o {output!r} is neither an .mp4 file nor a folder; "
             "use -o NAME.mp4 for a video or -o DIR/ for PNG frames"
         )
-    if exists and not (overwrite or resume):
-        raise OutputError(
-            f"output {output} already exists; pass --overwrite to replace it or choose another -o"
-        )
+    _check_existing(target, output, overwrite or resume)
+    _check_inputs(target, inputs)
     _ensure_writable_parent(target.path)
     return target
 
@@ -86,8 +101,60 @@ def _mp4_target(path: Path) -> OutputTarget:
 
 def _png_target(path: Path) -> OutputTarget:
     return OutputTarget(
-        kind="png", path=path, sidecar=path / "settings.json", work_dir=path / ".skyreels", preview=None
+        kind="png", path=path, sidecar=path / "settings.json", work_dir=path.with_name(f".{path.name}.skyreels"),
+        preview=path.with_name(f"{path.name}.partial"),
     )
+
+
+def _check_names(path: Path) -> None:
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UsageError(f"-o: the name {part[:24]}... is {len(os.fsencode(part))} bytes long; "
+                             f"file systems allow {NAME_MAX}; choose a shorter name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"-o {path}: {parent} is a file, not a folder; choose another -o")
+            break
+
+
+def _check_existing(target: OutputTarget, output: str, replacing: bool) -> None:
+    path = target.path
+    if target.kind == "mp4" and path.is_dir():
+        raise OutputError(f"-o {output}: {path} is a folder; give a new file name, or {path}/ for PNG frames in it")
+    if target.kind == "png" and path.exists() and not path.is_dir():
+        raise OutputError(f"-o {output}: {path} is a file, not a folder; choose another -o")
+    if target.preview.exists() and not target.work_dir.is_dir():
+        raise OutputError(f"{target.preview} exists and was not made by skyreels; move it or choose another -o")
+    if target.kind == "png" and path.is_dir() and any(path.iterdir()) and not is_png_output(path):
+        raise OutputError(f"folder {path} holds files skyreels did not write; choose a new or empty folder for -o")
+    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if exists and not replacing:
+        raise OutputError(f"output {output} already exists; pass --overwrite to replace it or choose another -o")
+
+
+def is_png_output(folder: Path) -> bool:
+    """A folder of frames with the settings.json a finished skyreels run writes, and nothing else."""
+    import json
+
+    try:
+        settings = json.loads((folder / "settings.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(settings, dict) or not ({"skyreels", "skyreels_version"} & settings.keys()):
+        return False
+    frame = re.compile(r"\d{%d}\.png" % FRAME_DIGITS)
+    return all(p.name == "settings.json" or frame.fullmatch(p.name) for p in folder.iterdir())
+
+
+def _check_inputs(target: OutputTarget, inputs: tuple[str | None, ...]) -> None:
+    for given in inputs:
+        if not given:
+            continue
+        where = Path(given).resolve()
+        inside = [target.path.resolve()] if target.kind == "mp4" else [target.path.resolve(), target.preview.resolve()]
+        if any(where == place or place in where.parents for place in inside):
+            raise OutputError(f"the input {given} is inside the output {target.path}; choose another -o")
 
 
 def _ensure_writable_parent(path: Path) -> None:
@@ -98,10 +165,8 @@ def _ensure_writable_parent(path: Path) -> None:
         raise OutputError(
             f"cannot create folder {parent} for output {path} ({err.strerror}); choose another -o"
         ) from err
-    # An existing PNG folder is written into, so it is the one that must be writable.
-    folder = path if path.is_dir() else parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"folder {folder} is not writable; fix its permissions or choose another -o")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"folder {parent} is not writable; fix its permissions or choose another -o")
 
 
 def frame_name(index: int) -> str:
