@@ -83,8 +83,8 @@ def resolve_output(
             f"-o {output!r} is neither an .mp4 file nor a folder; "
             "use -o NAME.mp4 for a video or -o DIR/ for PNG frames"
         )
-    _check_existing(target, output, overwrite or resume)
     _check_inputs(target, inputs)
+    _check_existing(target, output, overwrite or resume)
     _ensure_writable_parent(target.path)
     return target
 
