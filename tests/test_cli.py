@@ -162,11 +162,22 @@ EXT = ["extend", "a cat", "-m", ALIASES["df"], "--device", "cpu", "--frames", "4
 BAD_INPUT = [
     (["t2v", "a cat", "-m", "nosuchmodel", "--device", "cpu"], ["unknown model", "df-1.3b-540p"]),
     (["t2v", "   ", "-m", ALIASES["df"], "--device", "cpu"], ["prompt is empty"]),
-    ([*T2V, "--frames", "20"], ["4k+1", "17", "21"]),
+    ([*T2V, "--frames", "0"], ["--frames", "positive"]),
+    (["t2v", "a cat", "-m", ALIASES["t2v"], "--device", "cpu", "--frames", "4094"],
+     ["position table", "4089", "extend"]),
+    ([*T2V, "--height", "100000"], ["--height", "position table", "16384"]),
+    ([*T2V, "--steps", "100000000"], ["--steps", "1000"]),
+    ([*T2V, "--fps", "1000"], ["--fps", "240"]),
+    ([*T2V, "--shift", "nan"], ["--shift", "finite"]),
+    ([*T2V, "--guidance", "inf"], ["--guidance", "finite"]),
+    ([*T2V, "--guidance", "nan"], ["--guidance", "finite"]),
+    ([*T2V, "--frames", "10", "--seconds", "2"], ["disagree"]),
+    ([*T2V, "--seconds", "-1"], ["--seconds", "positive"]),
     ([*T2V, "--height", "100"], ["--height", "multiple of 16", "96", "112"]),
     ([*T2V, "--steps", "0"], ["--steps", "positive"]),
     (["t2v", "a cat", "-m", ALIASES["i2v"], "--device", "cpu"], ["i2v checkpoint", "cannot run `skyreels t2v`"]),
-    (["t2v", "a cat", "-m", ALIASES["df"]], ["CUDA", "--device cpu", "skyreels doctor"]),
+    (["t2v", "a cat", "-m", ALIASES["df"]], ["no CUDA GPU", "take days", "--device cpu", "skyreels doctor"]),
+    (["t2v", "a cat", "-m", ALIASES["df"], "--device", "cuda"], ["CUDA was asked for", "--device cpu"]),
     (["t2v", "a cat", "-m", "df-14b-540p", "--device", "cpu"], ["not in the cache", "skyreels download df-14b-540p"]),
     ([*T2V, "-o", "{d}/afile/x.mp4"], ["afile is a file, not a folder"]),
     ([*T2V, "-o", "{d}/x.avi"], ["x.avi", ".mp4"]),
@@ -174,12 +185,12 @@ BAD_INPUT = [
     (["i2v", "{d}/missing.png", "go", "-m", ALIASES["i2v"], "--device", "cpu"], ["does not exist"]),
     (["i2v", "{d}/notimage.png", "go", "-m", ALIASES["i2v"], "--device", "cpu"], ["not a readable image"]),
     (["i2v", "{d}/notimage.png", "go", "-m", ALIASES["df"], "--device", "cpu"], ["cannot run `skyreels i2v`"]),
-    (["extend", "a cat", "-m", ALIASES["df"], "--device", "cpu"], ["needs --frames"]),
+    (["extend", "a cat", "-m", ALIASES["df"], "--device", "cpu"], ["needs a length", "--frames", "--seconds"]),
+    (["extend", "", "-m", ALIASES["df"], "--device", "cpu", "--frames", "45"], ["needs a prompt"]),
+    ([*EXT, "--base-frames", "4097"], ["--base-frames", "position table", "4089"]),
     ([*EXT, "--base-frames", "30"], ["--base-frames", "4k+1", "29", "33"]),
     ([*EXT, "--overlap", "18"], ["--overlap", "4k+1", "17", "21"]),
     ([*EXT, "--base-frames", "17", "--overlap", "17"], ["--overlap 17", "smaller than --base-frames 17"]),
-    ([*EXT, "--base-frames", "29", "--overlap", "5", "--causal-block", "2", "--frames", "49"],
-     ["never denoised", "--frames 45 or 53"]),
     ([*EXT, "--base-frames", "21", "--overlap", "9", "--causal-block", "2"],
      ["not a multiple of --causal-block 2", "--overlap 5 or 13"]),
     ([*EXT, "--ar-step", "-1"], ["--ar-step"]),
@@ -198,8 +209,16 @@ BAD_INPUT = [
 def test_bad_input_is_one_clear_line(hub_models, bad_files, args, words, monkeypatch):
     import torch
 
-    # The row that asks for CUDA must find none, even on a machine with a GPU (no full-size run).
+    import skyreels_cli.core.model
+
+    # The row that asks for CUDA must find none, even on a machine with a GPU (no full-size run);
+    # and a row that got past validation fails at once instead of generating at full size.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("bad input reached the model load")
+
+    monkeypatch.setattr(skyreels_cli.core.model, "load_components", no_load)
     before = sorted(p.name for p in bad_files.rglob("*"))
     result = invoke(*[a.format(d=bad_files) for a in args])
     message = result.output.strip()
@@ -234,3 +253,49 @@ def test_ctrl_c_says_what_fits_the_command(hub_models, tmp_path, monkeypatch, co
     assert result.exit_code == 130 and message in result.output
     assert "--resume" not in result.output or command[0] == "extend"
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["t2v"], ["Missing argument", "skyreels t2v --help"]),
+    (["t2v", "a cat", "--frames", "abc"], ["--frames", "integer"]),
+    (["t2v", "a cat", "--fraems", "3"], ["No such option: --fraems", "--frames"]),
+    (["nope"], ["No such command", "skyreels --help"]),
+])
+def test_usage_errors_of_the_parser_are_one_line_too(args, words):
+    exe = os.path.join(os.path.dirname(sys.executable), "skyreels")
+    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    message = done.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_version():
+    exe = os.path.join(os.path.dirname(sys.executable), "skyreels")
+    done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    from skyreels_cli import __version__
+
+    assert done.returncode == 0 and done.stdout.strip() == f"skyreels {__version__}"
+
+
+@pytest.mark.parametrize("command,frames,written", [
+    (["t2v", "a cat"], 10, 10),
+    (["extend", "a cat", "--base-frames", "17"], 50, 50),
+    (["extend", "a cat", "--base-frames", "29", "--overlap", "5", "--causal-block", "2"], 49, 49),
+])
+def test_any_frame_count_gives_exactly_that_many_frames(hub_models, tmp_path, command, frames, written):
+    out = tmp_path / "f"
+    result = invoke(*command, "-m", ALIASES["df"], *SMALL[:4], "--device", "cpu", "--steps", 2, "--frames", frames,
+                    "--seed", 1, "-o", f"{out}/", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(read_png_frames(out)) == written
+    assert json.loads((out / "settings.json").read_text())["request"]["frames"] == frames
+
+
+def test_seconds_give_the_length_at_the_frame_rate(hub_models, tmp_path):
+    out = tmp_path / "s"
+    result = invoke("t2v", "a cat", "-m", ALIASES["df"], *SMALL[:4], "--device", "cpu", "--steps", 2,
+                    "--seconds", 0.5, "--fps", 16, "-o", f"{out}/", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(read_png_frames(out)) == 8

@@ -7,4 +7,19 @@ from .app import app
 
 
 def main() -> None:
-    app(prog_name="skyreels")
+    """Run the command line; usage errors from the parser get the same one-line form as ours."""
+    import sys
+
+    try:
+        code = app(prog_name="skyreels", standalone_mode=False)
+    except Exception as exc:  # the parser's usage errors carry a message and an exit code
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        message = exc.format_message().rstrip(".")
+        if not message:  # no arguments at all: the help was printed
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "skyreels"
+        print(f"error: {message}; see {where} --help", file=sys.stderr)
+        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

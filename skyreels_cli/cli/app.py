@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import typer
 
@@ -24,6 +25,22 @@ INTERRUPTED = {
     "extend": "interrupted; the finished windows are kept: run the same command with --resume to continue",
 }
 INTERRUPTED_DEFAULT = "interrupted; nothing was written"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"skyreels {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Turn the released SkyReels-V2 checkpoints into video files."""
 
 
 @contextmanager

@@ -8,8 +8,8 @@ import typer
 
 from .app import app, user_errors
 from .options import (
-    Device, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Output, Overwrite, Quiet, Seed, Shift,
-    Steps, Width,
+    Device, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Output, Overwrite, Quiet, Seconds, Seed,
+    Shift, Steps, Width,
 )
 
 
@@ -26,10 +26,10 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     from ..models.loading import check_device, dtype_name, pick_dtype
     from .memory import keep_host_memory_flat, release_freed_memory
 
-    dev = check_device(device)
+    dev = check_device(device, spec)
     dtype = dtype_name(pick_dtype(dtype, dev))
     job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
-    loaded = load(spec, device=device, dtype=dtype, progress=not quiet)
+    loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet)
     if not quiet:
         r = job.request
         typer.echo(f"{command}: {spec.alias}, {r.width}x{r.height}, {r.frames} frames, seed {r.seed}", err=True)
@@ -48,8 +48,8 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
 def t2v(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
-    shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, fps: Fps = None,
-    negative_prompt: Negative = None, device: Device = "cuda", dtype: Dtype = None, sigma_grid: Grid = None,
+    shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
+    negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Text to video: one clip from a prompt.
@@ -61,12 +61,9 @@ def t2v(
       skyreels t2v "a cat" --model tiny --device cpu -o cat.mp4
     """
     with user_errors("t2v"):
-        spec = _spec(model, "t2v")
-        # On a diffusion forcing checkpoint, a clip is one window of all its frames.
-        window = (frames or spec.frames) if spec.forcing else None
-        _run("t2v", spec, device, dtype, output, overwrite, quiet, prompt=prompt, seed=seed, steps=steps,
-             guidance=guidance, shift=shift, height=height, width=width, frames=frames, fps=fps,
-             negative_prompt=negative_prompt, sigma_grid=sigma_grid, base_frames=window)
+        _run("t2v", _spec(model, "t2v"), device, dtype, output, overwrite, quiet, prompt=prompt, seed=seed,
+             steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
+             negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
 
 @app.command()
@@ -74,8 +71,8 @@ def i2v(
     image: Annotated[str, typer.Argument(help="First frame: resized and centre-cropped to the video size.")],
     prompt: Annotated[str, typer.Argument(help="What happens next.")] = "",
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
-    shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, fps: Fps = None,
-    negative_prompt: Negative = None, device: Device = "cuda", dtype: Dtype = None, sigma_grid: Grid = None,
+    shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
+    negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Image to video: animate a still image. A portrait image gives a portrait video.
@@ -88,7 +85,7 @@ def i2v(
     """
     with user_errors("i2v"):
         _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, prompt=prompt, image=image, seed=seed,
-             steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, fps=fps,
+             steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
 
@@ -96,6 +93,7 @@ def i2v(
 def extend(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")] = "",
     frames: Frames = None,
+    seconds: Seconds = None,
     base_frames: Annotated[Optional[int], typer.Option("--base-frames", help="Window length in frames, 4k+1 (model default: 97 at 540P, 121 at 720P).")] = None,
     overlap: Annotated[Optional[int], typer.Option("--overlap", help="Frames each window shares with the one before, 4k+1 (17, less for short windows).")] = None,
     ar_step: Annotated[Optional[int], typer.Option("--ar-step", help="Asynchronous lag between causal blocks in steps (0: synchronous).")] = None,
@@ -104,11 +102,11 @@ def extend(
     causal_attention: Annotated[Optional[bool], typer.Option("--causal-attention", help="Block-causal attention inside a window.")] = None,
     image: Annotated[Optional[str], typer.Option("--image", help="Start frame.")] = None,
     end_image: Annotated[Optional[str], typer.Option("--end-image", help="Last frame.")] = None,
-    video: Annotated[Optional[str], typer.Option("--video", help="Continue this video; --frames then counts new frames (a multiple of 4).")] = None,
+    video: Annotated[Optional[str], typer.Option("--video", help="Continue this video; --frames then counts new frames.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run writing to the same -o.")] = False,
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, fps: Fps = None,
-    negative_prompt: Negative = None, device: Device = "cuda", dtype: Dtype = None, sigma_grid: Grid = None,
+    negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
@@ -124,7 +122,7 @@ def extend(
 
     Examples:
 
-      skyreels extend "a sailboat crossing the bay at dusk" --frames 737
+      skyreels extend "a sailboat crossing the bay at dusk" --seconds 30
 
       skyreels extend "the fox keeps running" --video fox.mp4 --frames 240 -o fox-long.mp4
 
@@ -133,10 +131,13 @@ def extend(
     with user_errors("extend"):
         from ..errors import UsageError
 
-        if frames is None:
-            raise UsageError("extend needs --frames: the length of the video (e.g. 257 for about 10 s at 24 fps)")
+        if frames is None and seconds is None:
+            raise UsageError("extend needs a length: --frames (e.g. 1440 for a minute at 24 fps) or --seconds")
+        if not (prompt.strip() or image or video):
+            raise UsageError('extend needs a prompt, e.g. skyreels extend "a red fox running through snow" --frames 240')
         _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, resume, prompt=prompt, frames=frames,
              base_frames=base_frames, overlap=overlap, ar_step=ar_step, causal_block=causal_block,
              addnoise=addnoise, causal_attention=causal_attention, image=image, end_image=end_image, video=video,
+             seconds=seconds,
              seed=seed, steps=steps, guidance=guidance, shift=shift, height=height, width=width, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)

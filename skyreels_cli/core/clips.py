@@ -22,16 +22,17 @@ def clip_pipeline(pipeline_cls, components: dict, request: Request):
 
 
 @torch.no_grad()
-def generate_clip(pipe, request: Request, cond: Conditioning, progress: bool) -> WindowFrames:
+def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, progress: bool) -> WindowFrames:
+    """`num_frames` (4k+1) are made and the first `request.frames` kept."""
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     kwargs = dict(
         prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=cond.negative_embeds, height=request.height,
-        width=request.width, num_frames=request.frames, num_inference_steps=request.steps,
+        width=request.width, num_frames=num_frames, num_inference_steps=request.steps,
         guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="latent",
     )
     if request.image:
         kwargs["image"] = fit_image(load_image(request.image), request.height, request.width)
     latents = pipe(**kwargs).frames
-    frames = to_uint8(StreamingDecoder(pipe.vae, progress=progress).decode(latents))
+    frames = to_uint8(StreamingDecoder(pipe.vae, progress=progress).decode(latents))[: request.frames]
     return WindowFrames(0, 1, 0, frames, latents.cpu())

@@ -31,20 +31,21 @@ from .clips import clip_pipeline, generate_clip
 from .conditioning import PromptEncoder, image_latent, video_prefix
 from .job import Job, prepare
 from .request import Request
-from .resolve import resolve, window_plan
+from .resolve import generated_frames, resolve, window_plan
 from .results import Result, WindowFrames
 from .timer import Timer
 
 
-def load(model: str | ModelSpec | None = None, *, device: str = "cuda", dtype: str | None = None,
+def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: str | None = None,
          progress: bool = True, command: str | None = None) -> Model:
-    """Load a checkpoint (registry alias, Hub repo id or local folder; downloaded if needed) onto `device`.
+    """Load a checkpoint (registry alias, Hub repo id or local folder; downloaded if needed) onto `device`
+    ("auto": CUDA when visible; the CPU only for tiny models unless asked for by name).
 
     `dtype` is the transformer's and text encoder's (bf16 on CUDA, fp32 on the CPU by default); the VAE
     runs in fp32. `command` ("t2v", "i2v", "extend") checks that the checkpoint can run it.
     """
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, command)
-    dev = check_device(device)
+    dev = check_device(device, spec)
     torch_dtype = pick_dtype(dtype, dev)
     started = time.perf_counter()
     with third_party_quiet(not progress):
@@ -129,14 +130,14 @@ class Model:
         with sink, third_party_quiet(not self.progress), timer("generate"):
             if request.video and state is None:
                 self._copy_input_video(request, sink)
-            windows = self._windows(request, state)
+            windows = self._windows(request, state, saved.get("generated", 0) if saved else 0)
             bar = self._window_bar(request, state)
             for window, new_state in windows:
                 sink.write(window.frames)
                 sink.end_window()
                 if new_state is not None and window.index + 1 < window.windows:
                     save_state(target.work_dir, metadata["request"], metadata["model"], new_state,
-                               sink.frames_written)
+                               sink.frames_written, generated=window.first_frame + len(window.frames))
                 faults.point("window_saved")
                 bar.update()
                 if on_window is not None:
@@ -158,16 +159,19 @@ class Model:
         return tqdm(total=total, initial=done, desc="windows", unit="window",
                     disable=not self.progress or total == 1)
 
-    def _windows(self, request: Request, state: EngineState | None) -> Iterator[tuple[WindowFrames, EngineState | None]]:
+    def _windows(self, request: Request, state: EngineState | None,
+                 first: int = 0) -> Iterator[tuple[WindowFrames, EngineState | None]]:
+        """Each window's frames and the engine state after it; `first` counts the frames made before
+        `state` (on resume)."""
         cond = self._prompts(request.prompt, request.negative_prompt, request.guidance,
                              self.components["transformer"].dtype)
         if not self.spec.forcing:
             pipe = clip_pipeline(self._pipeline_cls, self.components, request)
-            yield generate_clip(pipe, request, cond, self.progress), None
+            yield generate_clip(pipe, request, generated_frames(request, self.spec), cond, self.progress), None
             return
-        yield from self._forcing_windows(request, cond, state)
+        yield from self._forcing_windows(request, cond, state, first)
 
-    def _forcing_windows(self, request: Request, cond, state: EngineState | None):
+    def _forcing_windows(self, request: Request, cond, state: EngineState | None, first: int):
         c = self.components
         scheduler = make_scheduler(c["scheduler"].config, request.shift, request.sigma_grid)
         engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self.progress)
@@ -184,11 +188,11 @@ class Model:
         generator = torch.Generator("cpu").manual_seed(request.seed)
         outputs = engine.run(plan, lambda _: cond, sampling, generator, (request.height // 8, request.width // 8),
                              start_latents=start, end_latent=end, emit_start=not request.video, state=state)
-        first = 0
         for out in outputs:
             self._replayed = engine.replayed
-            yield WindowFrames(out.window.index, len(plan.windows), first, out.frames, out.latents), out.state
-            first += len(out.frames)
+            frames = out.frames[: max(0, request.frames - first)]  # the last window may make a few extra
+            yield WindowFrames(out.window.index, len(plan.windows), first, frames, out.latents), out.state
+            first += len(frames)
 
     def _copy_input_video(self, request: Request, sink: FrameSink) -> None:
         """The video being continued goes into the output first, streamed in chunks."""

@@ -23,7 +23,8 @@ class Request:
     negative_prompt: str | None = None  # None: the official list of artefacts to avoid
     height: int | None = None
     width: int | None = None
-    frames: int | None = None  # with `video`: the number of new frames
+    frames: int | None = None  # any positive count; with `video`: the number of new frames
+    seconds: float | None = None  # the length in seconds instead of frames (frames = seconds x fps)
     steps: int | None = None
     guidance: float | None = None
     shift: float | None = None

@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UsageError
-from ..forcing.frames import check_frames, check_positive, check_size, latent_frames, pixel_frames
+from ..forcing.frames import TEMPORAL, check_frames, check_positive, check_size, latent_frames, pixel_frames
 from ..forcing.schedule import GRIDS
-from ..forcing.windows import WindowPlan, plan_for_frames
+from ..forcing.windows import WindowPlan, plan_for_length
 from ..media.images import load_image, oriented_size
 from ..models.registry import ModelSpec
 from .request import Request
@@ -30,6 +30,13 @@ FORCING_FIELDS = ("end_image", "video", "base_frames", "overlap", "ar_step", "ca
 # Official recommendations for diffusion forcing (REFERENCE.md §2).
 OVERLAP_LATENTS = 5  # 17 frames
 ADDNOISE = 20.0
+# The transformer's rotary position table has 1024 positions per axis (rope_max_seq_len of every
+# released checkpoint): latent frames in one window, and height and width in 16-pixel patches.
+POSITIONS = 1024
+MAX_WINDOW_FRAMES = pixel_frames(POSITIONS - 1)  # one position is kept for an end image
+MAX_SIDE = 16 * POSITIONS
+MAX_STEPS = 1000  # the scheduler's training timesteps
+MAX_FPS = 240
 
 
 def draw_seed() -> int:
@@ -50,7 +57,7 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt,
         height=spec.height if height is None else height,
         width=spec.width if width is None else width,
-        frames=_default(r.frames, (spec.frames - 1) if r.video else spec.frames),
+        frames=_frames(r, spec, _default(fps, spec.fps)),
         steps=_default(r.steps, spec.steps),
         guidance=_default(r.guidance, spec.guidance),
         shift=_default(r.shift, spec.shift),
@@ -66,6 +73,17 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
 
 def _default(value, fallback):
     return fallback if value is None else value
+
+
+def _frames(r: Request, spec: ModelSpec, fps: float) -> int:
+    if r.seconds is None:
+        return _default(r.frames, (spec.frames - 1) if r.video else spec.frames)
+    if not math.isfinite(r.seconds) or r.seconds <= 0:
+        raise UsageError(f"--seconds must be a positive number, got {r.seconds}")
+    frames = max(1, round(r.seconds * fps))
+    if r.frames is not None and r.frames != frames:
+        raise UsageError(f"--frames {r.frames} and --seconds {r.seconds} disagree at {fps} fps; give one of them")
+    return frames
 
 
 def _image_option(spec: ModelSpec) -> str:
@@ -129,12 +147,21 @@ def _forcing_defaults(r: Request, spec: ModelSpec) -> Request:
 def validate(r: Request, spec: ModelSpec) -> None:
     """Raise UsageError for a resolved request no run can use."""
     if not r.prompt.strip() and spec.kind != "i2v":
-        raise UsageError('the prompt is empty; describe the video, e.g. skyreels t2v "a red fox running through snow"')
+        raise UsageError('the prompt is empty; describe the video, e.g. "a red fox running through snow"')
     check_size(r.height, r.width)
-    if not r.video:
-        check_frames(r.frames)
+    for option, value in (("--height", r.height), ("--width", r.width)):
+        if value > MAX_SIDE:
+            raise UsageError(f"{option} {value} is beyond the model's position table; the largest is {MAX_SIDE}")
+    check_positive(r.frames, "--frames")
     check_positive(r.steps, "--steps")
     check_positive(r.fps, "--fps")
+    if r.steps > MAX_STEPS:
+        raise UsageError(f"--steps {r.steps} is more than the scheduler's {MAX_STEPS} timesteps; 30 to 50 is usual")
+    if r.fps > MAX_FPS:
+        raise UsageError(f"--fps {r.fps} is more than {MAX_FPS}; the models were trained at 24 (or 16)")
+    if not spec.forcing and generated_frames(r, spec) > MAX_WINDOW_FRAMES:
+        raise UsageError(f"--frames {r.frames} is beyond the model's position table; the most in one clip is "
+                         f"{MAX_WINDOW_FRAMES}: use a df model with skyreels extend for longer videos")
     if not math.isfinite(r.guidance) or r.guidance < 0:
         raise UsageError(f"--guidance must be a finite number, 0 or more, got {r.guidance}")
     if not math.isfinite(r.shift) or r.shift <= 0:
@@ -152,6 +179,9 @@ def validate(r: Request, spec: ModelSpec) -> None:
 def _validate_forcing(r: Request) -> None:
     check_frames(r.base_frames, "--base-frames")
     check_frames(r.overlap, "--overlap")
+    if r.base_frames > MAX_WINDOW_FRAMES:
+        raise UsageError(f"--base-frames {r.base_frames} is beyond the model's position table; "
+                         f"the largest is {MAX_WINDOW_FRAMES}")
     if r.ar_step < 0:
         raise UsageError(f"--ar-step must be 0 (synchronous) or more, got {r.ar_step}; 5 is recommended")
     if r.causal_block < 1:
@@ -165,7 +195,19 @@ def _validate_forcing(r: Request) -> None:
 
 def window_plan(r: Request) -> WindowPlan:
     """The window plan of a resolved diffusion forcing request."""
-    return plan_for_frames(
+    return _forcing_length(r)[1]
+
+
+def _forcing_length(r: Request) -> tuple[int, WindowPlan]:
+    return plan_for_length(
         r.frames, base_frames=r.base_frames, overlap_frames=r.overlap, causal_block=r.causal_block,
         image=bool(r.image), video=bool(r.video), end_image=bool(r.end_image),
     )
+
+
+def generated_frames(r: Request, spec: ModelSpec) -> int:
+    """How many frames the model makes for `r.frames`: whole latent frames (and causal blocks), at or
+    above it; the output is cut to exactly `r.frames`."""
+    if spec.forcing:
+        return _forcing_length(r)[0]
+    return pixel_frames(latent_frames(r.frames + TEMPORAL - 1)) if r.frames > 1 else 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import ResumeError
+from ..errors import OutputError, ResumeError
 from ..media.files import fsync_file
 from .engine import EngineState
 
@@ -25,15 +25,22 @@ def state_path(work_dir: Path) -> Path:
     return work_dir / STATE_FILE
 
 
-def save_state(work_dir: Path, request: dict, model: dict, state: EngineState, frames_written: int) -> Path:
+def save_state(work_dir: Path, request: dict, model: dict, state: EngineState, frames_written: int,
+               generated: int = 0) -> Path:
     """Write the state atomically: a reader sees the previous window's state or this one's, whole."""
     work_dir.mkdir(parents=True, exist_ok=True)
     path = state_path(work_dir)
     tmp = path.with_suffix(".tmp")
-    torch.save({"request": request, "model": model, "engine": state.to_dict(), "frames_written": frames_written,
-                "version": __version__}, tmp)
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"request": request, "model": model, "engine": state.to_dict(), "frames_written": frames_written,
+                    "generated": generated, "version": __version__}, tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise OutputError(f"cannot save the resume state in {work_dir} ({reason}); the previous window's state is "
+                          "kept: free disk space, then run the same command with --resume") from None
     return path
 
 

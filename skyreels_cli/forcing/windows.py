@@ -126,10 +126,34 @@ def plan_for_frames(
                 break
             except UsageError:
                 continue
-    raise UsageError(
+    raise TailError(
         f"--frames {frames} with --causal-block {causal_block} would leave frames that are never denoised "
         f"(the last window's new latent frames must fill whole blocks); use --frames {' or '.join(near)}"
     )
+
+
+def plan_for_length(
+    frames: int, *, base_frames: int, overlap_frames: int, causal_block: int = 1,
+    image: bool = False, video: bool = False, end_image: bool = False,
+) -> tuple[int, WindowPlan]:
+    """Any positive length: the shortest length at or above `frames` that a plan can make, and that plan.
+
+    Lengths are whole latent frames (4k+1, or a multiple of 4 new frames after a video) whose last
+    window fills whole causal blocks; the output is then cut to exactly `frames`.
+    """
+    if video:
+        start = -(-frames // TEMPORAL) * TEMPORAL
+    else:
+        start = pixel_frames(latent_frames(frames + TEMPORAL - 1)) if frames > 1 else 1
+    limit = start + TEMPORAL * 4 * max(causal_block, latent_frames(base_frames))
+    for n in range(start, limit, TEMPORAL):
+        try:
+            return n, plan_for_frames(n, base_frames=base_frames, overlap_frames=overlap_frames,
+                                      causal_block=causal_block, image=image, video=video, end_image=end_image)
+        except TailError:
+            continue
+    raise UsageError(f"no length at or above --frames {frames} fills whole causal blocks of {causal_block} with "
+                     f"--base-frames {base_frames} and --overlap {overlap_frames}; use --causal-block 1")
 
 
 def new_latents_for_video(new_frames: int) -> int:

@@ -12,13 +12,23 @@ from .kinds import KINDS
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device | None = "auto", spec=None) -> torch.device:
+    """The torch device for `device` ("auto": CUDA when visible, else the CPU for tiny models)."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if spec is None or spec.is_tiny:
+            return torch.device("cpu")
+        raise DeviceError(
+            f"no CUDA GPU is visible, and {spec.alias} on the CPU would take days; pass --device cpu to run it "
+            "anyway, or run `skyreels doctor` to see why CUDA is missing"
+        )
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise UsageError(f"--device {device!r} is not a device name; use cuda, cuda:N or cpu") from None
+        raise UsageError(f"--device {device!r} is not a device name; use auto, cuda, cuda:N or cpu") from None
     if dev.type not in ("cuda", "cpu"):
-        raise UsageError(f"--device {device!r} is not supported; use cuda, cuda:N or cpu")
+        raise UsageError(f"--device {device!r} is not supported; use auto, cuda, cuda:N or cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("CUDA was asked for but no CUDA GPU is visible; pass --device cpu, or run `skyreels doctor`")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
