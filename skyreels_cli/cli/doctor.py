@@ -38,6 +38,18 @@ def report() -> tuple[list[str], bool]:
     lines.append(f"model cache  {cache / 'hub'} ({free / 1e9:.0f} GB free){' [offline]' if is_offline() else ''}")
     for extra in ("xformers", "flash_attn", "sageattention"):
         lines.append(_version_line(extra))
+    from ..models.check import problems
+    from ..models.hub import cached_snapshot
+    from ..models.registry import load_registry
+
+    for alias, spec in load_registry().models.items():
+        snapshot = cached_snapshot(spec)
+        found = problems(snapshot) if snapshot else []
+        if snapshot:
+            lines.append(f"{alias:<12} cached, {'damaged: ' + found[0] if found else 'all files whole'}")
+        if found:
+            ok = False
+            lines.append(f"{'':<12} repair with: skyreels download --force {alias}")
     return lines, ok
 
 

@@ -33,13 +33,17 @@ def models() -> None:
 @app.command()
 def download(
     names: Annotated[list[str], typer.Argument(help="Aliases or Hub repo ids to fetch.")],
+    force: Annotated[bool, typer.Option("--force", help="Fetch every file again (repairs a damaged cache).")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Fetch models into the Hugging Face cache ahead of time (only the files skyreels loads).
+    """Fetch models into the Hugging Face cache ahead of time (only the files skyreels loads), and check
+    that every file is whole.
 
-    Example:
+    Examples:
 
       skyreels download df-1.3b-540p i2v-1.3b-540p
+
+      skyreels download --force df-1.3b-540p
     """
     from ..models.hub import disk_size, ensure_model
     from ..models.registry import resolve_model
@@ -47,7 +51,7 @@ def download(
     with user_errors("download"):
         for name in names:
             spec = resolve_model(name, None)
-            path = ensure_model(spec, progress=not quiet)
+            path = ensure_model(spec, progress=not quiet, force=force)
             typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB)")
 
 

@@ -16,7 +16,7 @@ Height = Annotated[Optional[int], typer.Option("--height", "-H", help="Height in
 Width = Annotated[Optional[int], typer.Option("--width", "-W", help="Width in pixels, a multiple of 16.")]
 Frames = Annotated[Optional[int], typer.Option("--frames", "-f", help="Number of frames, any positive count (model default: 97 at 540P).")]
 Seconds = Annotated[Optional[float], typer.Option("--seconds", help="Length in seconds instead of --frames (at --fps).")]
-Fps = Annotated[Optional[int], typer.Option("--fps", help="Frames per second of the output.")]
+Fps = Annotated[Optional[float], typer.Option("--fps", help="Frames per second of the output (24; a continued video keeps its own).")]
 Negative = Annotated[Optional[str], typer.Option("--negative-prompt", "-n", help="What to avoid (official list by default).")]
 Device = Annotated[str, typer.Option("--device", "-d", help="auto (CUDA when visible; the CPU for tiny models), cuda, cuda:N or cpu.")]
 Dtype = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU).")]

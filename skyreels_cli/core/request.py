@@ -28,7 +28,7 @@ class Request:
     steps: int | None = None
     guidance: float | None = None
     shift: float | None = None
-    fps: int | None = None
+    fps: float | None = None
     seed: int | None = None  # None: drawn when resolved, and recorded
     sigma_grid: str | None = None  # "official" (SkyReels-V2 sampler) or "diffusers"
     image: str | None = None  # start frame (i2v, or diffusion forcing)

@@ -106,7 +106,7 @@ def _check_fields_for_kind(r: Request, spec: ModelSpec) -> None:
         raise UsageError("--image and --video cannot be used together: a continued video already has its start")
 
 
-def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, int]:
+def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
     """Continuing a video: its size (when a multiple of 16) and frame rate unless given."""
     from ..media.videos import probe_video
 
@@ -117,7 +117,7 @@ def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, int]:
             height, width = info["height"], info["width"]
         else:
             height, width = oriented_size((info["width"], info["height"]), spec.height, spec.width)
-    fps = r.fps if r.fps is not None else max(1, round(info["fps"]))
+    fps = r.fps if r.fps is not None else round(info["fps"], 3)  # kept, not retimed
     overlap = r.overlap if r.overlap is not None else pixel_frames(OVERLAP_LATENTS)
     if info["frames"] < overlap:
         raise UsageError(

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import faults
+
 
 def _decoder_cache_size(vae) -> int:
     counts = getattr(vae, "_cached_conv_counts", None)
@@ -113,6 +115,7 @@ class StreamingDecoder:
             first = self.latents_seen == 0
             outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=self.cache, feat_idx=[0], first_chunk=first))
             self.latents_seen += 1
+            faults.point("decode_frame")
         out = torch.cat(outs, dim=2)
         if vae.config.patch_size is not None:
             out = unpatchify(out, patch_size=vae.config.patch_size)

@@ -52,7 +52,7 @@ class Sampling:
     ar_step: int = 0
     addnoise: float = 0.0
     causal_attention: bool = False
-    fps: int = 24
+    fps: float = 24
 
 
 @dataclass
@@ -92,7 +92,7 @@ class DiffusionForcingEngine:
         self.progress = progress
         self.replayed = 0  # latent frames decoded again to rebuild the decoder's state on resume
 
-    def velocity(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, fps: int) -> torch.Tensor:
+    def velocity(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, fps: float) -> torch.Tensor:
         """One model evaluation with classifier-free guidance (memory plans may wrap the transformer)."""
         fps_index = [0 if fps == 16 else 1] * latents.shape[0]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, faults
 from ..errors import OutputError, ResumeError
 from ..media.files import fsync_file
 from .engine import EngineState
@@ -35,10 +35,11 @@ def save_state(work_dir: Path, request: dict, model: dict, state: EngineState, f
         torch.save({"request": request, "model": model, "engine": state.to_dict(), "frames_written": frames_written,
                     "generated": generated, "version": __version__}, tmp)
         fsync_file(tmp)
+        faults.point("state_saving")
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
         tmp.unlink(missing_ok=True)
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        reason = getattr(err, "strerror", None) or "the write failed"
         raise OutputError(f"cannot save the resume state in {work_dir} ({reason}); the previous window's state is "
                           "kept: free disk space, then run the same command with --resume") from None
     return path

@@ -10,7 +10,7 @@ from typing import Callable
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON so that readers see the old file or the whole new one, never a torn one."""
-    text = json.dumps(data, indent=2) + "\n"
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 

@@ -5,20 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputFileError
 
 
 def load_image(path: str | Path, option: str = "IMAGE") -> Image.Image:
+    """An RGB image as it is meant to be seen: EXIF orientation applied, 16-bit and palette images converted."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{option} {path} does not exist; give the path of a PNG or JPEG file")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError):
+            return to_rgb(ImageOps.exif_transpose(img))
+    except (UnidentifiedImageError, OSError, ValueError):
         raise InputFileError(f"{option} {path} is not a readable image; give a PNG or JPEG file") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey: PIL's convert() would clip everything above 255 to white.
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if values.max() > 255 or img.mode != "I" else 255.0
+        grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB")
+    if img.mode in ("P", "PA") and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
 
 
 def oriented_size(image_size: tuple[int, int], height: int, width: int) -> tuple[int, int]:

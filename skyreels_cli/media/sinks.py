@@ -13,11 +13,12 @@ import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
+from .. import faults
 from ..errors import OutputError
 from .ffmpeg import ffmpeg
 from .files import fsync_file, replace_atomically, replace_folder, write_json_atomic
@@ -35,7 +36,7 @@ class FrameSink:
     def __init__(
         self,
         target: OutputTarget,
-        fps: int,
+        fps: float,
         metadata: dict,
         *,
         resume_frames: int = 0,
@@ -149,14 +150,55 @@ class _PngFrames:
         """Every frame on disk is complete, so there is nothing to stop."""
 
 
-class _KillEncoder(BaseException):
-    """Thrown into imageio_ffmpeg's writer: any BaseException makes it kill ffmpeg instead of waiting."""
+class _Encoder:
+    """One ffmpeg process encoding raw RGB frames from its stdin into an MP4 segment.
+
+    Its messages go to a log file, never to the user's terminal; a failure is an OSError
+    carrying ffmpeg's last line, which the sink turns into one clear message.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, crf: int, comment: str) -> None:
+        self.path = path
+        self.log = path.with_suffix(".log")
+        cmd = [ffmpeg().get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-an", "-c:v", "libx264", "-crf", str(crf),
+               "-pix_fmt", "yuv420p", *FRAGMENTED, "-metadata", f"comment={comment}", "-f", "mp4", str(path)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+
+    def send(self, frames: np.ndarray) -> None:
+        try:
+            self.proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError:
+            self.proc.wait()
+            raise self._failure() from None
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self.proc.wait() != 0:
+            raise self._failure()
+        self.log.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+    def _failure(self) -> OSError:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        return OSError(f"ffmpeg failed: {lines[-1] if lines else 'exit code ' + str(self.proc.returncode)}")
 
 
 class _Mp4Segments:
     """One ffmpeg process and segment file per window; segments.json lists the finished ones."""
 
-    def __init__(self, target: OutputTarget, fps: int, comment: str, crf: int, resume_frames: int) -> None:
+    def __init__(self, target: OutputTarget, fps: float, comment: str, crf: int, resume_frames: int) -> None:
         self.target = target
         self.fps = fps
         self.comment = comment
@@ -164,7 +206,7 @@ class _Mp4Segments:
         self.work_dir = target.work_dir
         self.segments = self._keep_segments(resume_frames)
         self.frames_written = resume_frames
-        self._encoder: Any = None  # the imageio_ffmpeg generator of the open segment
+        self._encoder: _Encoder | None = None  # the open segment's ffmpeg
         self._open_frames = 0
         if self.segments:
             self._refresh_preview()
@@ -193,22 +235,13 @@ class _Mp4Segments:
     def write(self, frames: np.ndarray) -> None:
         if self._encoder is None:
             self._open_segment(width=frames.shape[2], height=frames.shape[1])
-        self._encoder.send(np.ascontiguousarray(frames))
+        self._encoder.send(frames)
+        faults.point("segment_write")
         self._open_frames += len(frames)
         self.frames_written += len(frames)
 
     def _open_segment(self, width: int, height: int) -> None:
-        self._encoder = ffmpeg().write_frames(
-            str(self._open_path()),
-            (width, height),
-            fps=self.fps,
-            codec="libx264",
-            quality=None,  # rate control comes from -crf below
-            macro_block_size=1,  # never let imageio rescale frames
-            ffmpeg_log_level="error",
-            output_params=["-crf", str(self.crf), *FRAGMENTED, "-metadata", f"comment={self.comment}", "-f", "mp4"],
-        )
-        self._encoder.send(None)
+        self._encoder = _Encoder(self._open_path(), width, height, self.fps, self.crf, self.comment)
 
     def end_window(self) -> None:
         if self._close_segment():
@@ -222,7 +255,7 @@ class _Mp4Segments:
         self._encoder = None
         path = self._open_path()
         if not path.is_file() or path.stat().st_size == 0:
-            raise OutputError(f"ffmpeg did not write {path}; see its error above, then rerun with --resume")
+            raise OSError(f"ffmpeg wrote nothing to {path}")
         fsync_file(path)
         self.segments.append({"file": path.name, "frames": self._open_frames})
         self._open_frames = 0
@@ -245,15 +278,13 @@ class _Mp4Segments:
         cmd = [ffmpeg().get_ffmpeg_exe(), "-y", "-v", "error", "-f", "concat", "-i", str(listing)]
         cmd += ["-map", "0:v", "-c", "copy", "-movflags", "+faststart"]
         cmd += ["-metadata", f"comment={self.comment}", "-f", "mp4"]
+        faults.point("concat")
         replace_atomically(dest, lambda tmp: _run_ffmpeg([*cmd, str(tmp)]))
 
     def abort(self) -> None:
         if self._encoder is None:
             return
-        try:
-            self._encoder.throw(_KillEncoder())
-        except _KillEncoder:
-            pass
+        self._encoder.kill()
         self._encoder = None
         # An unfinished segment is useless to --resume, which restarts from the last window boundary.
         self._open_path().unlink(missing_ok=True)

@@ -38,25 +38,52 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def ensure_model(spec: ModelSpec, progress: bool = True) -> Path:
-    """Local folder of the checkpoint: the given folder, a tiny build, or a Hub snapshot (downloaded if needed)."""
+def ensure_model(spec: ModelSpec, progress: bool = True, force: bool = False) -> Path:
+    """Local folder of the checkpoint: the given folder, a tiny build, or a Hub snapshot (downloaded if needed,
+    again with `force`), checked to be whole: a missing, truncated or corrupt file is a ModelError saying how
+    to repair it."""
     if spec.local_path is not None:
-        return spec.local_path
-    if spec.is_tiny:
-        return _ensure_tiny(spec)
-    return _snapshot(spec, progress)
+        folder = spec.local_path
+    elif spec.is_tiny:
+        folder = _ensure_tiny(spec, force)
+    else:
+        folder = _snapshot(spec, progress, force)
+    verify(spec, folder)
+    return folder
 
 
-def _ensure_tiny(spec: ModelSpec) -> Path:
+def verify(spec: ModelSpec, folder: Path) -> None:
+    from .check import problems
+
+    found = problems(folder)
+    if not found:
+        return
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    if spec.local_path is not None:
+        fix = "replace the file, or download the checkpoint again"
+    else:
+        fix = f"run `skyreels download --force {spec.alias}` to fetch it again"
+    raise ModelError(f"model {spec.alias} is damaged: {found[0]}{more}; {fix}")
+
+
+def _ensure_tiny(spec: ModelSpec, force: bool) -> Path:
+    import shutil
+
     from .tiny import save_checkpoint
 
     path = tiny_path(spec)
-    if not (path / "model_index.json").is_file():
-        save_checkpoint(spec.kind, path)
+    try:
+        if force and path.exists():
+            shutil.rmtree(path)
+        if not (path / "model_index.json").is_file():
+            save_checkpoint(spec.kind, path)
+    except OSError as err:
+        raise ModelError(f"cannot build the tiny model in {path} ({err.strerror or err}); set HF_HOME to a "
+                         "writable folder") from None
     return path
 
 
-def _snapshot(spec: ModelSpec, progress: bool) -> Path:
+def _snapshot(spec: ModelSpec, progress: bool, force: bool = False) -> Path:
     from huggingface_hub import snapshot_download
 
     if not progress:
@@ -64,7 +91,8 @@ def _snapshot(spec: ModelSpec, progress: bool) -> Path:
 
         disable_progress_bars()
     with _hub_errors(spec.alias, spec.repo, spec.revision):
-        return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=ALLOW_PATTERNS))
+        return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=ALLOW_PATTERNS,
+                                      force_download=force))
 
 
 def peek_kind(repo: str, revision: str = "main") -> str:

@@ -1,0 +1,117 @@
+"""Faults a user meets: damaged caches, a full disk, and runs killed again and again.
+
+Each test runs the installed command in a subprocess, as a user would, and makes the fault
+happen at a chosen point (SKYREELS_FAULT, a file-size limit), never after a sleep.
+"""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skyreels_cli.media.videos import read_video
+
+from .conftest import ALIASES, read_png_frames
+
+EXE = [sys.executable, "-m", "skyreels_cli"]
+TINY = ["t2v", "a red fox", "-m", "tiny", "--device", "cpu", "--steps", "2", "-q", "--overwrite"]
+STEPS = 2
+LONG = ["extend", "a red fox", "-m", ALIASES["df"], "--device", "cpu", "--height", "64", "--width", "64",
+        "--steps", str(STEPS), "--frames", "121", "--base-frames", "17", "--overlap", "5", "--seed", "5", "-q"]
+
+
+def run(args, env=None, limit=None):
+    def file_size_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, preexec_fn=file_size_limit if limit else None)
+
+
+def one_line_error(done, *words):
+    message = done.stderr.strip()
+    assert done.returncode == 2 and message.startswith("error: ") and "\n" not in message, done.stderr
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_a_truncated_weights_file_is_named_and_download_force_repairs_it(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf")}
+    assert run([*TINY, "-o", tmp_path / "a.mp4"], env).returncode == 0
+    weights = tmp_path / "hf" / "skyreels-tiny" / "df" / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    for args in ([*TINY, "-o", tmp_path / "b.mp4"], ["download", "tiny"]):
+        one_line_error(run(args, env), "damaged", "transformer", "truncated", "skyreels download --force tiny-df")
+    assert run(["download", "--force", "tiny", "-q"], env).returncode == 0
+    assert run([*TINY, "-o", tmp_path / "b.mp4"], env).returncode == 0
+
+
+def test_a_missing_file_in_a_local_checkpoint_is_named(hub_models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(hub_models["df"], folder)
+    (folder / "vae" / "config.json").unlink()
+    one_line_error(run(["t2v", "a cat", "-m", folder, "--device", "cpu", "-o", tmp_path / "x.mp4"]),
+                   "damaged", "vae/config.json is missing")
+
+
+def test_a_cache_that_cannot_be_written_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_line_error(run([*TINY, "-o", tmp_path / "a.mp4"], {"HF_HOME": str(tmp_path / "afile" / "hf")}),
+                   "cannot build the tiny model", "HF_HOME")
+
+
+@pytest.mark.parametrize("suffix", [".mp4", "/"])
+def test_a_full_disk_ends_with_one_line_and_resume_finishes_the_video(hub_models, tmp_path, suffix):
+    out = f"{tmp_path / 'full'}{suffix}"
+    done = run([*LONG, "-o", out], limit=80_000)  # no file may grow past 80 kB: the state or the preview outgrows it
+    one_line_error(done, "cannot", "disk space")
+    state = tmp_path / ".full.skyreels" if suffix == "/" else tmp_path / ".full.mp4.skyreels"
+    assert (state / "state.pt").is_file() and not (state / "state.tmp").exists()
+    assert run([*LONG, "-o", out, "--resume"]).returncode == 0
+    assert run([*LONG, "-o", f"{tmp_path / 'straight'}{suffix}"]).returncode == 0
+    if suffix == "/":
+        assert np.array_equal(read_png_frames(tmp_path / "full"), read_png_frames(tmp_path / "straight"))
+    else:
+        assert (tmp_path / "full.mp4").read_bytes() == (tmp_path / "straight.mp4").read_bytes()
+
+
+# Where each run of the soak dies: in a denoising row, in a decode, in the middle of saving the
+# state, in an MP4 segment write, while joining the preview, and between windows. Each point is
+# counted within its own process, that is within one resumed run.
+KILLS = [("denoise_row", 5), ("decode_frame", 9), ("state_saving", 2), ("segment_write", 3), ("concat", 2),
+         ("window_saved", 2), ("denoise_row", 3), ("decode_frame", 2), ("state_saving", 1), ("concat", 1)]
+
+
+def test_soak_killed_many_times_at_chosen_points_resumes_to_the_same_video(hub_models, tmp_path):
+    extra = int(os.environ.get("SKYREELS_SOAK_KILLS", "0"))  # a longer soak: more rounds of the same points
+    kills = KILLS + KILLS * (extra // len(KILLS)) + KILLS[: extra % len(KILLS)]
+    out = tmp_path / "soak.mp4"
+    survived = 0
+    for i, (point, count) in enumerate(kills):
+        args = [*LONG, "-o", out] + (["--resume"] if i else [])
+        done = run(args, {"SKYREELS_FAULT": f"{point}:{count}"})
+        if done.returncode == 0:
+            break  # finished before this point was reached again
+        assert done.returncode == 137, f"kill {i} at {point}:{count}: {done.stderr}"
+        survived += 1
+        preview = tmp_path / "soak.partial.mp4"
+        if preview.exists():
+            assert len(read_video(preview)[0]) > 0, "the partial output does not decode"
+        assert not out.exists(), "a half-written file under the final name"
+    else:
+        assert run([*LONG, "-o", out, "--resume"]).returncode == 0
+    assert survived >= len(KILLS) - 2, f"only {survived} kills landed before the video was done"
+    assert run([*LONG, "-o", tmp_path / "straight.mp4"]).returncode == 0
+    assert out.read_bytes() == (tmp_path / "straight.mp4").read_bytes()
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert sidecar["run"]["resumed"] is True
+    print(f"soak: {survived} kills survived, final video equal to an uninterrupted run")
