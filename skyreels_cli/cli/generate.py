@@ -8,7 +8,7 @@ import typer
 
 from .app import app, user_errors
 from .options import (
-    Device, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Output, Overwrite, Quiet, Seconds, Seed,
+    Device, DryRun, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Output, Overwrite, Quiet, Seconds, Seed,
     Shift, Steps, Width,
 )
 
@@ -20,8 +20,8 @@ def _spec(model: str | None, command: str):
 
 
 def _run(command: str, spec, device: str, dtype: str | None, output: str | None, overwrite: bool,
-         quiet: bool, resume: bool = False, **fields) -> None:
-    """Check everything, load the model, generate, print the output path."""
+         quiet: bool, dry_run: bool, resume: bool = False, **fields) -> None:
+    """Check everything, load the model, generate, print the output path (with dry_run: only check)."""
     from .. import Request, load, prepare
     from ..models.loading import check_device, dtype_name, pick_dtype
     from .memory import keep_host_memory_flat, release_freed_memory
@@ -29,10 +29,13 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     dev = check_device(device, spec)
     dtype = dtype_name(pick_dtype(dtype, dev))
     job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
+    if dry_run:
+        job.release()
+        typer.echo(f"{command}: {job.describe()}")
+        return
     loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet)
     if not quiet:
-        r = job.request
-        typer.echo(f"{command}: {spec.alias}, {r.width}x{r.height}, {r.frames} frames, seed {r.seed}", err=True)
+        typer.echo(f"{command}: {job.describe()}", err=True)
     on_window = None
     if command == "extend":
         keep_host_memory_flat()
@@ -50,7 +53,7 @@ def t2v(
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
-    overwrite: Overwrite = False, quiet: Quiet = False,
+    overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
 ) -> None:
     """Text to video: one clip from a prompt.
 
@@ -61,7 +64,7 @@ def t2v(
       skyreels t2v "a cat" --model tiny --device cpu -o cat.mp4
     """
     with user_errors("t2v"):
-        _run("t2v", _spec(model, "t2v"), device, dtype, output, overwrite, quiet, prompt=prompt, seed=seed,
+        _run("t2v", _spec(model, "t2v"), device, dtype, output, overwrite, quiet, dry_run, prompt=prompt, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
@@ -73,7 +76,7 @@ def i2v(
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
-    overwrite: Overwrite = False, quiet: Quiet = False,
+    overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
 ) -> None:
     """Image to video: animate a still image. A portrait image gives a portrait video.
 
@@ -84,7 +87,7 @@ def i2v(
       skyreels i2v photo.png --model tiny --device cpu -o frames/
     """
     with user_errors("i2v"):
-        _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, prompt=prompt, image=image, seed=seed,
+        _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, dry_run, prompt=prompt, image=image, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
@@ -107,7 +110,7 @@ def extend(
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
-    overwrite: Overwrite = False, quiet: Quiet = False,
+    overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
 
@@ -135,7 +138,7 @@ def extend(
             raise UsageError("extend needs a length: --frames (e.g. 1440 for a minute at 24 fps) or --seconds")
         if not (prompt.strip() or image or video):
             raise UsageError('extend needs a prompt, e.g. skyreels extend "a red fox running through snow" --frames 240')
-        _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, resume, prompt=prompt, frames=frames,
+        _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, dry_run, resume, prompt=prompt, frames=frames,
              base_frames=base_frames, overlap=overlap, ar_step=ar_step, causal_block=causal_block,
              addnoise=addnoise, causal_attention=causal_attention, image=image, end_image=end_image, video=video,
              seconds=seconds,

@@ -22,4 +22,5 @@ Device = Annotated[str, typer.Option("--device", "-d", help="auto (CUDA when vis
 Dtype = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU).")]
 Grid = Annotated[Optional[str], typer.Option("--sigma-grid", help="official (SkyReels-V2 sampler, default) or diffusers (as shipped).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Check every setting and print what would be made; load and write nothing.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages; print only the output path.")]

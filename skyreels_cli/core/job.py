@@ -25,6 +25,16 @@ class Job:
     saved: dict | None = None  # the resume state, for --resume
     lock: OutputLock | None = None  # held from prepare() until the run ends: one run per output
 
+    def describe(self) -> str:
+        """One line: what will be made, and where."""
+        from .resolve import generated_frames, window_plan
+
+        r = self.request
+        made = generated_frames(r, self.spec)
+        windows = len(window_plan(r).windows) if self.spec.forcing else 1
+        how = f" ({made} made in {windows} window{'s' if windows > 1 else ''})" if made != r.frames or windows > 1 else ""
+        return f"{self.spec.alias}, {r.width}x{r.height}, {r.frames} frames{how}, seed {r.seed} -> {self.target.path}"
+
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()

@@ -36,6 +36,7 @@ POSITIONS = 1024
 MAX_WINDOW_FRAMES = pixel_frames(POSITIONS - 1)  # one position is kept for an end image
 MAX_SIDE = 16 * POSITIONS
 MAX_STEPS = 1000  # the scheduler's training timesteps
+MAX_FRAMES = 24 * 60 * 60 * 24  # a day of video at 24 fps
 MAX_FPS = 240
 
 
@@ -80,6 +81,10 @@ def _frames(r: Request, spec: ModelSpec, fps: float) -> int:
         return _default(r.frames, (spec.frames - 1) if r.video else spec.frames)
     if not math.isfinite(r.seconds) or r.seconds <= 0:
         raise UsageError(f"--seconds must be a positive number, got {r.seconds}")
+    check_positive(fps, "--fps")
+    if r.seconds * fps > MAX_FRAMES:
+        raise UsageError(f"--seconds {r.seconds} is more than {MAX_FRAMES} frames (a day at 24 fps); "
+                         f"the longest is {MAX_FRAMES / fps:.0f} s at {fps} fps")
     frames = max(1, round(r.seconds * fps))
     if r.frames is not None and r.frames != frames:
         raise UsageError(f"--frames {r.frames} and --seconds {r.seconds} disagree at {fps} fps; give one of them")
@@ -153,6 +158,8 @@ def validate(r: Request, spec: ModelSpec) -> None:
         if value > MAX_SIDE:
             raise UsageError(f"{option} {value} is beyond the model's position table; the largest is {MAX_SIDE}")
     check_positive(r.frames, "--frames")
+    if r.frames > MAX_FRAMES:
+        raise UsageError(f"--frames {r.frames} is more than a day of video at 24 fps; the most is {MAX_FRAMES}")
     check_positive(r.steps, "--steps")
     check_positive(r.fps, "--fps")
     if r.steps > MAX_STEPS:

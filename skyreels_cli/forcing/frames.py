@@ -42,5 +42,5 @@ def check_size(height: int, width: int) -> None:
 
 
 def check_positive(value: float, option: str) -> None:
-    if value <= 0:
-        raise UsageError(f"{option} must be positive, got {value}")
+    if not value > 0 or value == float("inf"):  # also refuses nan
+        raise UsageError(f"{option} must be a positive number, got {value}")

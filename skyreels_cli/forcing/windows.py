@@ -59,7 +59,7 @@ def plan_windows(
         # new frames are rounded down to whole blocks, so no frame is ever left undenoised.)
         below = max(c, overlap // c * c)
         raise UsageError(
-            f"--overlap is {overlap} latent frames, not a multiple of --causal-block {c}; "
+            f"--overlap {pixel_frames(overlap)} is {overlap} latent frames, not a multiple of --causal-block {c}; "
             f"use --overlap {pixel_frames(below)} or {pixel_frames(below + c)}"
         )
     if long and not 0 < overlap < base:

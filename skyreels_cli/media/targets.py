@@ -73,6 +73,10 @@ def resolve_output(
     if not output.strip():
         raise UsageError("-o is empty; give NAME.mp4 for a video or DIR/ for PNG frames")
     path = Path(output)
+    if path.name in ("", ".", ".."):  # "./", "..": the folder they name
+        path = path.resolve()
+        if not path.name:
+            raise UsageError(f"-o {output!r} is the top folder; give NAME.mp4 for a video or DIR/ for PNG frames")
     _check_names(path)
     if output.endswith(("/", os.sep)) or (path.is_dir() and not output.lower().endswith(".mp4")):
         target = _png_target(path)
