@@ -48,3 +48,64 @@ def test_readme_python_example_runs(hub_models, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert (tmp_path / "fox.mp4").is_file() and (tmp_path / "cat.mp4.json").is_file()
     assert scope["result"].frames == 257
+
+
+def help_examples() -> list[list[str]]:
+    """The example lines of every command's --help (its docstring)."""
+    commands = []
+    for command in app.registered_commands:
+        for line in (command.callback.__doc__ or "").splitlines():
+            if line.strip().startswith("skyreels "):
+                commands.append(shlex.split(line.strip()))
+    return commands
+
+
+def on_tiny(argv: list[str]) -> list[str]:
+    """The example with the tiny model on the CPU in place of the model it names (if any)."""
+    out, skip = [], False
+    for word in argv[1:]:
+        if skip:
+            skip = False
+        elif word in ("-m", "--model", "--device"):
+            skip = True
+        else:
+            out.append(word)
+    return [*out, "--model", "tiny", "--device", "cpu"]
+
+
+@pytest.fixture
+def example_inputs(tmp_path, monkeypatch):
+    """The files the examples name, made here: images, and a short video to continue."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:80]
+    picture = np.stack([x * 3, y * 5, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    for name in ("photo.png", "portrait.jpg"):
+        Image.fromarray(picture).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["t2v", "a fox", "--model", "tiny", "--device", "cpu", "-o", "fox.mp4", "-q"])
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def test_every_example_runs_as_written_on_the_tiny_model(hub_models, example_inputs):
+    """Each example of the README and of --help, with --model tiny --device cpu: it runs (a --resume
+    example after the same command was killed mid-run)."""
+    import os
+    import subprocess
+    import sys
+
+    examples = [argv for argv in readme_commands() + help_examples() if argv[1] in ("t2v", "i2v", "extend")]
+    assert len(examples) >= 12
+    for argv in examples:
+        args = on_tiny(argv)
+        if "--resume" in args:
+            fresh = [a for a in args if a != "--resume"]
+            env = {**os.environ, "SKYREELS_FAULT": "window_saved:2"}
+            subprocess.run([sys.executable, "-m", "skyreels_cli", *fresh, "--overwrite", "-q"], env=env,
+                           capture_output=True, timeout=300)
+        elif "-o" in args:
+            args.append("--overwrite")  # the same output appears in more than one example
+        result = CliRunner().invoke(app, [*args, "-q"])
+        assert result.exit_code == 0, (" ".join(argv), result.output)

@@ -133,7 +133,7 @@ def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
 
 
 def _forcing_defaults(r: Request, spec: ModelSpec) -> Request:
-    base = _default(r.base_frames, spec.frames)
+    base = _default(r.base_frames, spec.base_frames)
     block = _default(r.causal_block, 1)
     overlap = r.overlap
     if overlap is None:

@@ -29,7 +29,12 @@ class ModelSpec:
     steps: int
     fps: int
     vram_gb: float = 0.0
+    window: int | None = None  # diffusion forcing window in frames, when not `frames`
     local_path: Path | None = None  # set for a folder given with --model
+
+    @property
+    def base_frames(self) -> int:
+        return self.window or self.frames
 
     @property
     def is_tiny(self) -> bool:
