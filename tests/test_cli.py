@@ -141,10 +141,14 @@ def test_doctor_reports_the_machine():
     assert result.exit_code in (0, 1)
 
 
-def test_help_shows_examples():
+def test_help_shows_examples_and_the_real_defaults():
+    from skyreels_cli.models.registry import load_registry
+
+    defaults = load_registry().defaults
     for command in ("t2v", "i2v", "extend"):
-        result = invoke(command, "--help")
+        result = runner.invoke(app, [command, "--help"], terminal_width=200)
         assert result.exit_code == 0 and "Examples" in result.output and "skyreels " + command in result.output
+        assert f"Defaults: model {defaults[command]}" in result.output
 
 
 @pytest.fixture

@@ -144,3 +144,19 @@ def extend(
              seconds=seconds,
              seed=seed, steps=steps, guidance=guidance, shift=shift, height=height, width=width, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
+
+
+def _defaults(command: str) -> str:
+    """The help's last paragraph: the real defaults, read from the registry."""
+    from ..models.registry import load_registry
+
+    registry = load_registry()
+    spec = registry.models[registry.defaults[command]]
+    window = f", windows of {spec.base_frames} frames" if command == "extend" else ""
+    return (f"\n\n    Defaults: model {spec.alias} ({spec.width}x{spec.height}, {spec.frames} frames, {spec.steps} steps, "
+            f"guidance {spec.guidance}, shift {spec.shift}, {spec.fps} fps{window}); device auto; output "
+            "outputs/<time>_<seed>_<prompt>.mp4.")
+
+
+for _command in (t2v, i2v, extend):
+    _command.__doc__ += _defaults(_command.__name__)
