@@ -303,3 +303,22 @@ def test_seconds_give_the_length_at_the_frame_rate(hub_models, tmp_path):
                     "--seconds", 0.5, "--fps", 16, "-o", f"{out}/", "-q")
     assert result.exit_code == 0, result.output
     assert len(read_png_frames(out)) == 8
+
+
+def test_a_huge_run_is_announced_with_its_estimate(hub_models, tmp_path, monkeypatch):
+    huge = invoke("t2v", "a cat", "-m", ALIASES["df"], "--device", "cpu", "--height", 8192, "--width", 8192,
+                  "--frames", 17, "--dry-run", "-o", tmp_path / "x.mp4")
+    assert huge.exit_code == 0 and "PFLOP of transformer work" in huge.output and " days on cpu" in huge.output
+    import skyreels_cli.cli.generate as generate
+
+    monkeypatch.setattr(generate, "LONG_RUN_S", 0)  # every run counts as long: the warning comes first
+    result = invoke("t2v", "a cat", "-m", ALIASES["df"], *SMALL, "-o", tmp_path / "a.mp4")
+    assert result.exit_code == 0 and "warning: this run is about" in result.output
+
+
+def test_transformer_flops_match_the_reference_floor():
+    from skyreels_cli.core.estimate import Architecture, forward_flops
+
+    tokens = 34 * 60 * 25  # 544x960, 97 frames (REFERENCE.md §6)
+    assert round(forward_flops(Architecture(1536, 8960, 30), tokens) / 1e15, 2) == 0.61
+    assert round(forward_flops(Architecture(5120, 13824, 40), tokens) / 1e15, 2) == 3.37

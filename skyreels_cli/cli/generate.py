@@ -13,6 +13,23 @@ from .options import (
 )
 
 
+LONG_RUN_S = 3600  # warn up front about runs longer than this
+
+
+def _amount(flops: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:.1f} {unit}"
+    return f"{flops:.0f} FLOP"
+
+
+def _duration(seconds: float) -> str:
+    for unit, scale in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def _spec(model: str | None, command: str):
     from ..models.registry import resolve_model
 
@@ -29,10 +46,16 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     dev = check_device(device, spec)
     dtype = dtype_name(pick_dtype(dtype, dev))
     job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
+    estimate = job.estimate(dev.type)
     if dry_run:
         job.release()
-        typer.echo(f"{command}: {job.describe()}")
+        work = f"; about {_amount(estimate[0])} of transformer work, {_duration(estimate[1])} on {dev.type}" \
+            if estimate else ""
+        typer.echo(f"{command}: {job.describe()}{work}")
         return
+    if estimate and estimate[1] > LONG_RUN_S and not quiet:
+        typer.echo(f"warning: this run is about {_amount(estimate[0])} of transformer work, roughly "
+                   f"{_duration(estimate[1])} on {dev.type} (Ctrl-C stops it; --dry-run checks a plan first)", err=True)
     loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet)
     if not quiet:
         typer.echo(f"{command}: {job.describe()}", err=True)

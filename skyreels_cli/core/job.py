@@ -35,6 +35,18 @@ class Job:
         how = f" ({made} made in {windows} window{'s' if windows > 1 else ''})" if made != r.frames or windows > 1 else ""
         return f"{self.spec.alias}, {r.width}x{r.height}, {r.frames} frames{how}, seed {r.seed} -> {self.target.path}"
 
+    def estimate(self, device_type: str) -> tuple[float, float] | None:
+        """(transformer FLOPs, rough seconds on `device_type`) of the run, when the checkpoint's config is
+        already on this machine; None otherwise."""
+        from ..models.hub import cached_snapshot
+        from .estimate import Architecture, estimated_seconds, run_flops
+
+        folder = cached_snapshot(self.spec)
+        if folder is None or not (folder / "transformer" / "config.json").is_file():
+            return None
+        flops = run_flops(Architecture.of(folder), self.request, self.spec)
+        return flops, estimated_seconds(flops, device_type)
+
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
