@@ -1,7 +1,8 @@
 """Named points where a test can make a run die hard, at a chosen moment instead of after a sleep.
 
 `SKYREELS_FAULT=NAME:N` ends the process with exit code 137 (as SIGKILL would) the N-th time
-the point NAME is reached. Unset, every point is a no-op.
+the point NAME is reached; `NAME:N:hang` blocks there in native code instead, as one very long
+operation would. Unset, every point is a no-op.
 """
 
 from __future__ import annotations
@@ -18,5 +19,12 @@ def point(name: str) -> None:
         return
     _hits[name] += 1
     target, _, count = wanted.partition(":")
+    count, _, action = count.partition(":")
     if target == name and _hits[name] == int(count or 1):
+        if action == "hang":  # stand-in for one long native operation: blocks outside Python
+            import ctypes
+            import sys
+
+            print(f"fault: hanging at {name}", file=sys.stderr, flush=True)
+            ctypes.CDLL(None).sleep(3600)
         os._exit(137)

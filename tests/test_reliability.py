@@ -115,3 +115,21 @@ def test_soak_killed_many_times_at_chosen_points_resumes_to_the_same_video(hub_m
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert sidecar["run"]["resumed"] is True
     print(f"soak: {survived} kills survived, final video equal to an uninterrupted run")
+
+
+def test_ctrl_c_stops_even_inside_one_long_native_operation(hub_models, tmp_path):
+    """The run blocks in native code (as the attention of a huge frame would): the first Ctrl-C
+    says it stops at the next step, the second ends it at once, and --resume then finishes it."""
+    out = tmp_path / "long.mp4"
+    env = {**os.environ, "SKYREELS_FAULT": f"denoise_row:{3 * STEPS + 1}:hang"}  # inside window 4
+    proc = subprocess.Popen([*EXE, *LONG, "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith("fault: hanging")
+    proc.send_signal(signal.SIGINT)
+    assert "Ctrl-C again" in proc.stderr.readline()
+    assert proc.poll() is None, "the native operation cannot be interrupted, only the process ended"
+    proc.send_signal(signal.SIGINT)
+    assert "--resume" in proc.stderr.readline()
+    assert proc.wait(timeout=60) == 130
+    assert run([*LONG, "-o", out, "--resume"]).returncode == 0
+    assert run([*LONG, "-o", tmp_path / "straight.mp4"]).returncode == 0
+    assert out.read_bytes() == (tmp_path / "straight.mp4").read_bytes()

@@ -10,8 +10,13 @@ def main() -> None:
     """Run the command line; usage errors from the parser get the same one-line form as ours."""
     import sys
 
+    from .app import INTERRUPTED, INTERRUPTED_DEFAULT
+    from .interrupt import responsive_ctrl_c
+
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
     try:
-        code = app(prog_name="skyreels", standalone_mode=False)
+        with responsive_ctrl_c(INTERRUPTED.get(command, INTERRUPTED_DEFAULT)):
+            code = app(prog_name="skyreels", standalone_mode=False)
     except Exception as exc:  # the parser's usage errors carry a message and an exit code
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
