@@ -133,3 +133,27 @@ def test_ctrl_c_stops_even_inside_one_long_native_operation(hub_models, tmp_path
     assert run([*LONG, "-o", out, "--resume"]).returncode == 0
     assert run([*LONG, "-o", tmp_path / "straight.mp4"]).returncode == 0
     assert out.read_bytes() == (tmp_path / "straight.mp4").read_bytes()
+
+
+def test_download_compares_sizes_and_hashes_with_the_hub(hub_models, monkeypatch):
+    """Online, download checks every fetched file against the size and sha256 the Hub lists (the
+    Hub's answer is stood in for here: the tests have no network)."""
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    import skyreels_cli.models.hub as hub
+    from skyreels_cli.cli import app
+
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    data = (hub_models["df"] / weights).read_bytes()
+    listed = {weights: (len(data), hashlib.sha256(data).hexdigest()), "vae/config.json": (None, None),
+              "not/fetched.bin": (5, None)}
+    monkeypatch.setattr(hub, "is_offline", lambda: False)
+    monkeypatch.setattr(hub, "hub_facts", lambda spec: listed)
+    result = CliRunner().invoke(app, ["download", ALIASES["df"], "-q"])
+    assert result.exit_code == 0 and "sizes and hashes match the Hub" in result.output, result.output
+    listed[weights] = (len(data), "0" * 64)
+    result = CliRunner().invoke(app, ["download", ALIASES["df"], "-q"])
+    assert result.exit_code == 2 and "differs from the Hub's copy" in result.output
+    assert f"skyreels download --force {ALIASES['df']}" in result.output

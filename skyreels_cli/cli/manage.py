@@ -45,14 +45,21 @@ def download(
 
       skyreels download --force df-1.3b-540p
     """
-    from ..models.hub import disk_size, ensure_model
+    from ..errors import ModelError
+    from ..models.hub import disk_size, ensure_model, hub_mismatches
     from ..models.registry import resolve_model
 
     with user_errors("download"):
         for name in names:
             spec = resolve_model(name, None)
             path = ensure_model(spec, progress=not quiet, force=force)
-            typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB)")
+            mismatches = hub_mismatches(spec, path)
+            if mismatches:
+                again = "the Hub's copy may have changed: check the revision" if force else \
+                    f"run `skyreels download --force {spec.alias}`"
+                raise ModelError(f"model {spec.alias} is damaged: {mismatches[0]}; {again}")
+            checked = "sizes and hashes match the Hub" if mismatches is not None else "all files whole"
+            typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB, {checked})")
 
 
 @app.command()

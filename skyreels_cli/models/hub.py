@@ -142,6 +142,45 @@ def _hub_errors(alias: str, repo: str, revision: str) -> Iterator[None]:
         raise ModelError(f"{repo} has no model_index.json: it is not a Diffusers checkpoint") from None
 
 
+def hub_mismatches(spec: ModelSpec, folder: Path) -> list[str] | None:
+    """Local files whose size or sha256 differs from what the Hub lists for them; None when the Hub
+    cannot be asked (offline, unreachable, or a local or tiny model)."""
+    if spec.local_path is not None or spec.is_tiny or is_offline():
+        return None
+    try:
+        facts = hub_facts(spec)
+    except (OSError, ValueError):  # huggingface-hub's HTTP errors are OSErrors
+        return None
+    found = []
+    for name, (size, sha256) in sorted(facts.items()):
+        local = folder / name
+        if not local.is_file():
+            continue  # not a file skyreels fetches
+        if size is not None and local.stat().st_size != size:
+            found.append(f"{local} has {local.stat().st_size} bytes where the Hub lists {size}")
+        elif sha256 and _sha256(local) != sha256:
+            found.append(f"{local} differs from the Hub's copy (sha256)")
+    return found
+
+
+def hub_facts(spec: ModelSpec) -> dict[str, tuple[int | None, str | None]]:
+    """Size and (for large files) sha256 of every file of the repo, as the Hub lists them."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(spec.repo, revision=spec.revision, files_metadata=True)
+    return {s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cached_snapshot(spec: ModelSpec) -> Path | None:
     """The cached snapshot folder of a checkpoint, or None if it was never downloaded (no network used)."""
     if spec.local_path is not None:
