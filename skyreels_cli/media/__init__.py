@@ -1,0 +1,1 @@
+"""Media: input images and videos, output targets, frame sinks, atomic files and locks."""
