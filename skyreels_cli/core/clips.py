@@ -16,9 +16,7 @@ def clip_pipeline(pipeline_cls, components: dict, request: Request):
     """A pipeline over the loaded components for one request: its own scheduler, and no text encoder
     (embeddings are given), so that the execution device is the transformer's."""
     scheduler = make_scheduler(components["scheduler"].config, request.shift, request.sigma_grid)
-    pipe = pipeline_cls(**{**components, "text_encoder": None, "tokenizer": None, "scheduler": scheduler})
-    pipe.set_progress_bar_config(leave=False)
-    return pipe
+    return pipeline_cls(**{**components, "text_encoder": None, "tokenizer": None, "scheduler": scheduler})
 
 
 @torch.no_grad()

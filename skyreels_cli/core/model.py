@@ -126,32 +126,39 @@ class Model:
         metadata = {"skyreels": __version__, "request": request.to_dict(),
                     "model": {**job.model_identity, "dtype": self.dtype_name, "device": str(self.device)}}
         sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)
-        state = saved["engine"] if saved else None
-        with sink, third_party_quiet(not self.progress), timer("generate"):
-            if request.video and state is None:
-                self._copy_input_video(request, sink)
-            windows = self._windows(request, state, saved.get("generated", 0) if saved else 0)
-            bar = self._window_bar(request, state)
-            for window, new_state in windows:
-                sink.write(window.frames)
-                sink.end_window()
-                if new_state is not None and window.index + 1 < window.windows:
-                    save_state(target.work_dir, metadata["request"], metadata["model"], new_state,
-                               sink.frames_written, generated=window.first_frame + len(window.frames))
-                faults.point("window_saved")
-                bar.update()
-                if on_window is not None:
-                    on_window(window)
-                del window
-            bar.close()
-        timer.marks["load"] = self.load_seconds
-        timer.marks["total"] = round(time.perf_counter() - started, 3)
-        peak = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2) if self.device.type == "cuda" else None
-        run = {"frames_written": sink.frames_written, "timings_s": timer.marks, "output": str(target.path),
-               "resumed": bool(saved), "replayed_latents": self._replayed, "peak_vram_gb": peak}
-        path = sink.finish({**metadata, "run": run})
+        with sink, third_party_quiet(not self.progress):
+            with timer("generate"):
+                self._write_windows(job, sink, metadata, on_window)
+            timer.marks["load"] = self.load_seconds
+            timer.marks["total"] = round(time.perf_counter() - started, 3)
+            peak = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2) if self.device.type == "cuda" else None
+            run = {"frames_written": sink.frames_written, "timings_s": timer.marks, "output": str(target.path),
+                   "resumed": bool(saved), "replayed_latents": self._replayed, "peak_vram_gb": peak}
+            path = sink.finish({**metadata, "run": run})
         return Result(path, target.sidecar, request, sink.frames_written, timer.marks, peak, bool(saved),
                       self._replayed)
+
+    def _write_windows(self, job: Job, sink: FrameSink, metadata: dict,
+                       on_window: Callable[[WindowFrames], None] | None) -> None:
+        """Each window's frames into the sink, and the resume state after each but the last."""
+        request, target, saved = job.request, job.target, job.saved
+        state = saved["engine"] if saved else None
+        if request.video and state is None:
+            self._copy_input_video(request, sink)
+        windows = self._windows(request, state, saved.get("generated", 0) if saved else 0)
+        bar = self._window_bar(request, state)
+        for window, new_state in windows:
+            sink.write(window.frames)
+            sink.end_window()
+            if new_state is not None and window.index + 1 < window.windows:
+                save_state(target.work_dir, metadata["request"], metadata["model"], new_state,
+                           sink.frames_written, generated=window.first_frame + len(window.frames))
+            faults.point("window_saved")
+            bar.update()
+            if on_window is not None:
+                on_window(window)
+            del window
+        bar.close()
 
     def _window_bar(self, request: Request, state: EngineState | None):
         total = len(window_plan(request).windows) if self.spec.forcing else 1

@@ -103,19 +103,14 @@ def plan_for_frames(
     A length that would leave never-denoised frames at the tail (the reference
     code's silent fault) is refused with the nearest lengths that work.
     """
-    base, overlap = latent_frames(base_frames), latent_frames(overlap_frames)
-    start = overlap if video else (1 if image else 0)
-
     def plan(n: int) -> WindowPlan:
-        total = start + new_latents_for_video(n) if video else latent_frames(n)
-        return plan_windows(
-            total, base=base, overlap=overlap, causal_block=causal_block, start_prefix=start, end_image=end_image
-        )
+        return _plan_exact(n, base_frames, overlap_frames, causal_block, image, video, end_image)
 
     try:
         return plan(frames)
     except TailError:
         pass
+    base = latent_frames(base_frames)
     step = TEMPORAL
     near = []
     for candidates in (range(frames - step, 0, -step), range(frames + step, frames + step * 4 * base, step)):
@@ -129,6 +124,17 @@ def plan_for_frames(
     raise TailError(
         f"--frames {frames} with --causal-block {causal_block} would leave frames that are never denoised "
         f"(the last window's new latent frames must fill whole blocks); use --frames {' or '.join(near)}"
+    )
+
+
+def _plan_exact(frames: int, base_frames: int, overlap_frames: int, causal_block: int, image: bool, video: bool,
+                end_image: bool) -> WindowPlan:
+    """The plan for exactly `frames` frames, or TailError (without looking for lengths that work)."""
+    base, overlap = latent_frames(base_frames), latent_frames(overlap_frames)
+    start = overlap if video else (1 if image else 0)
+    total = start + new_latents_for_video(frames) if video else latent_frames(frames)
+    return plan_windows(
+        total, base=base, overlap=overlap, causal_block=causal_block, start_prefix=start, end_image=end_image
     )
 
 
@@ -148,8 +154,7 @@ def plan_for_length(
     limit = start + TEMPORAL * 4 * max(causal_block, latent_frames(base_frames))
     for n in range(start, limit, TEMPORAL):
         try:
-            return n, plan_for_frames(n, base_frames=base_frames, overlap_frames=overlap_frames,
-                                      causal_block=causal_block, image=image, video=video, end_image=end_image)
+            return n, _plan_exact(n, base_frames, overlap_frames, causal_block, image, video, end_image)
         except TailError:
             continue
     raise UsageError(f"no length at or above --frames {frames} fills whole causal blocks of {causal_block} with "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import unicodedata
@@ -139,8 +140,6 @@ def _check_existing(target: OutputTarget, output: str, replacing: bool) -> None:
 
 def is_png_output(folder: Path) -> bool:
     """A folder of frames with the settings.json a finished skyreels run writes, and nothing else."""
-    import json
-
     try:
         settings = json.loads((folder / "settings.json").read_text())
     except (OSError, ValueError):
