@@ -12,6 +12,9 @@ timeline, and nothing else in the decoder mixes time. So a fresh decoder fed
 the last `replay_length(vae)` latents holds exactly the cache of the long
 decode. The resume state keeps those latents (about 20 MB at 544x960) instead
 of the cache.
+
+With tiling (`tiling.py`) each spatial tile keeps its own cache, and replaying the same
+latents through the tiled path rebuilds every tile's cache, so the resume state is the same.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import faults
+from .tiling import TiledStream, TileSettings, tile_grid
 
 
 def _decoder_cache_size(vae) -> int:
@@ -84,12 +88,20 @@ def normalize(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 class StreamingDecoder:
-    """Decodes consecutive chunks of one latent video; `decode` calls continue where the last stopped."""
+    """Decodes consecutive chunks of one latent video; `decode` calls continue where the last stopped.
 
-    def __init__(self, vae, progress: bool = False) -> None:
+    `tiling`: decode in spatial tiles with the VAE's tile settings (as diffusers' `enable_tiling`
+    does, same result); None follows `vae.use_tiling`. Pictures no bigger than one tile decode
+    untiled, as in diffusers. `offload_tiles`: keep only the tile being decoded on the device.
+    """
+
+    def __init__(self, vae, progress: bool = False, tiling: bool | None = None, offload_tiles: bool = True) -> None:
         self.vae = vae
         self.progress = progress
+        self.tiling = vae.use_tiling if tiling is None else tiling
+        self.offload_tiles = offload_tiles
         self.cache: list = [None] * _decoder_cache_size(vae)
+        self.tiles: TiledStream | None = None  # cut on the first tiled decode, when the picture size is known
         self.latents_seen = 0
         self.keep = replay_length(vae)
         self.history: torch.Tensor | None = None  # the last `keep` latents decoded, on the host
@@ -108,18 +120,40 @@ class StreamingDecoder:
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
         vae = self.vae
+        z = denormalize(vae, latents.to(self.device))
+        tiles = self._tiles(z)
+        if tiles is None:
+            out = self._decode_whole(z, progress)
+        else:
+            out = tiles.decode(z, first=self.latents_seen == 0, progress=progress)
+            self.latents_seen += z.shape[2]
+        if vae.config.patch_size is not None:
+            out = unpatchify(out, patch_size=vae.config.patch_size)
+        return torch.clamp(out, min=-1.0, max=1.0)
+
+    def _tiles(self, z: torch.Tensor) -> TiledStream | None:
+        """The tiled stream for this picture, or None where diffusers would not tile it either."""
+        if not self.tiling:
+            return None
+        if self.tiles is None:
+            settings = TileSettings.of(self.vae)
+            grid = tile_grid(z.shape[-2] * settings.ratio, z.shape[-1] * settings.ratio, settings)
+            if not grid.tiled:
+                return None
+            self.tiles = TiledStream(self.vae, grid, settings, offload=self.offload_tiles)
+        return self.tiles
+
+    def _decode_whole(self, z: torch.Tensor, progress: bool) -> torch.Tensor:
+        vae = self.vae
         self._unpark()
-        x = vae.post_quant_conv(denormalize(vae, latents.to(self.device)))
+        x = vae.post_quant_conv(z)
         outs = []
         for i in tqdm(range(x.shape[2]), desc="decoding", leave=False, disable=not progress):
             first = self.latents_seen == 0
             outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=self.cache, feat_idx=[0], first_chunk=first))
             self.latents_seen += 1
             faults.point("decode_frame")
-        out = torch.cat(outs, dim=2)
-        if vae.config.patch_size is not None:
-            out = unpatchify(out, patch_size=vae.config.patch_size)
-        return torch.clamp(out, min=-1.0, max=1.0)
+        return torch.cat(outs, dim=2)
 
     def _remember(self, latents: torch.Tensor) -> None:
         latents = latents.detach().to("cpu", torch.float32)
@@ -130,6 +164,8 @@ class StreamingDecoder:
         """Move the cache to the host while the transformer works (4.9 GB at 544x960 on a GPU)."""
         if self.device.type != "cpu":
             self.cache = [c.to("cpu") if isinstance(c, torch.Tensor) else c for c in self.cache]
+            if self.tiles is not None:
+                self.tiles.park()
 
     def _unpark(self) -> None:
         device = self.device
@@ -143,6 +179,7 @@ class StreamingDecoder:
     def load_state_dict(self, state: dict) -> int:
         """Rebuild the cache by decoding the saved latents again; returns how many were decoded."""
         self.cache = [None] * len(self.cache)
+        self.tiles = None
         self.latents_seen = 0
         self.history = state["history"]
         if self.history is not None:
