@@ -1,0 +1,134 @@
+"""Memory plans: which components stay on the GPU, how the transformer's weights are stored, and applying that.
+
+The planner (`runtime/plan.py`) predicts a plan's peak VRAM; the loader (`models/placement.py`) applies it.
+A `MemoryPlan` is the shared vocabulary of the two. Here are the plan itself, the one-line checks of its
+names, and the two changes a plan makes to the transformer once at load time: how its weights are stored
+(`apply_quantization`) and whether its blocks stream from host memory (`apply_offload_hooks`). Both lean on
+diffusers/torchao and work on the CPU too (degraded but correct), so they can be tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UsageError
+
+OFFLOADS = ("none", "model", "group", "sequential")
+QUANTIZES = ("none", "fp8", "int8")
+TEXT_ENCODER_DEVICES = ("auto", "cpu")
+CFGS = ("separate", "batched")
+
+# Offloads whose transformer is driven by diffusers' group-offload hooks (weights on the host, onloaded per group).
+STREAMED = {"group": "block_level", "sequential": "leaf_level"}
+# Components that stay on the device for the whole run under offload "none".
+RESIDENT = ("transformer", "vae", "image_encoder")
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else a one-line UsageError naming the option and the choices."""
+    if value not in choices:
+        raise UsageError(f"{option} {value!r} is not known; use one of {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a loaded model uses VRAM (plans.md). `auto` offload is the planner's to resolve before this is built.
+
+    `text_encoder_beside`: the planner's verdict that the text encoder fits on the device beside what offload
+    "none" keeps resident; when it does not, the resident components step out to the host while it encodes.
+    """
+
+    offload: str = "none"
+    quantize: str = "none"
+    text_encoder_device: str = "auto"  # "auto": on the run's device while encoding; "cpu": never on the GPU
+    tiled_decode: bool = False
+    cfg: str = "separate"
+    text_encoder_beside: bool = True
+
+    def __post_init__(self) -> None:
+        if self.offload == "auto":
+            raise UsageError("--offload auto must be resolved to a plan first; `skyreels plan MODEL` shows the choice")
+        check_choice("--offload", self.offload, OFFLOADS)
+        check_choice("--quantize", self.quantize, QUANTIZES)
+        check_choice("--text-encoder-device", self.text_encoder_device, TEXT_ENCODER_DEVICES)
+        check_choice("--cfg", self.cfg, CFGS)
+
+    @property
+    def streams_transformer(self) -> bool:
+        """The transformer's weights live on the host and diffusers' hooks bring them in group by group."""
+        return self.offload in STREAMED
+
+    @property
+    def resident(self) -> tuple[str, ...]:
+        """Components kept on the device between phases (offload "none"); the others visit only while used."""
+        return RESIDENT if self.offload == "none" else ()
+
+
+def apply_quantization(transformer: torch.nn.Module, quantize: str) -> torch.nn.Module:
+    """Store the transformer's weights as `quantize` says, in place; returns it.
+
+    fp8: diffusers layerwise casting, weights stored as float8_e4m3fn and upcast one layer at a time to the
+    dtype the model was loaded in (bf16 on CUDA), skipping the layers the model lists as precision-critical
+    (`_skip_layerwise_casting_patterns`, `_keep_in_fp32_modules`). Pure storage: it works on the CPU too.
+    int8: torchao int8 weight-only on the same layers' Linear weights.
+    """
+    check_choice("--quantize", quantize, QUANTIZES)
+    if quantize == "fp8":
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
+    elif quantize == "int8":
+        _int8_weight_only(transformer)
+    return transformer
+
+
+def skipped_patterns(transformer: torch.nn.Module) -> tuple[str, ...]:
+    """Regular expressions (searched in module names) of the layers kept in full precision: exactly those
+    diffusers' layerwise casting skips, so fp8 and int8 leave the same layers alone."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    own = (getattr(transformer, name, None) or () for name in ("_skip_layerwise_casting_patterns",
+                                                               "_keep_in_fp32_modules"))
+    return tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(pattern for group in own for pattern in group)
+
+
+def is_skipped(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(re.search(pattern, name) for pattern in patterns)
+
+
+def _int8_weight_only(transformer: torch.nn.Module) -> None:
+    try:
+        from torchao.quantization import quantize_
+    except ImportError:
+        raise UsageError("--quantize int8 needs torchao: pip install torchao (or use --quantize fp8)") from None
+    try:  # torchao >= 0.10 names it as a config; older releases as a function
+        from torchao.quantization import Int8WeightOnlyConfig as config
+    except ImportError:
+        from torchao.quantization import int8_weight_only as config
+    skip = skipped_patterns(transformer)
+
+    def wanted(module: torch.nn.Module, name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and not is_skipped(name, skip)
+
+    quantize_(transformer, config(), filter_fn=wanted)
+
+
+def apply_offload_hooks(transformer: torch.nn.Module, offload: str, device: torch.device) -> bool:
+    """For group/sequential offload, let diffusers stream the transformer's blocks (or leaf layers) from the
+    host to `device`; returns whether it did.
+
+    On CUDA the next group is prefetched on a side stream while the current one computes; other devices
+    have no streams, so there the groups are moved synchronously (on the CPU, where host and device are
+    the same, the hooks run but move nothing: same results, which is what the tests check).
+    """
+    check_choice("--offload", offload, OFFLOADS)
+    if offload not in STREAMED:
+        return False
+    kwargs = {"num_blocks_per_group": 1} if STREAMED[offload] == "block_level" else {}
+    transformer.enable_group_offload(
+        onload_device=device, offload_device=torch.device("cpu"), offload_type=STREAMED[offload],
+        use_stream=device.type == "cuda", **kwargs,
+    )
+    return True
