@@ -1,0 +1,90 @@
+"""`skyreels plan`: predicted peak VRAM of every memory plan for a model and size, and the one `auto` picks."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from .app import app, user_errors
+from .options import Frames, Height, Width
+
+Vram = Annotated[float | None, typer.Option("--vram", help="GPU memory in GB to plan for (default: the visible GPU's free memory).")]
+Quantize = Annotated[str | None, typer.Option("--quantize", help="Only plans with this transformer storage: none, fp8 or int8.")]
+Json = Annotated[bool, typer.Option("--json", help="Print every plan as JSON.")]
+All = Annotated[bool, typer.Option("--all", help="List every variant, not only the best of each offload and quantization.")]
+
+
+@app.command()
+def plan(
+    model: Annotated[str, typer.Argument(help="Registry alias or Hub repo id of a released architecture.")],
+    height: Height = None, width: Width = None, frames: Frames = None, quantize: Quantize = None,
+    vram: Vram = None, as_json: Json = False, show_all: All = False,
+) -> None:
+    """Predict peak GPU memory per phase for each memory plan (traced on fake tensors: no GPU, no download),
+    and say which plan `--offload auto` picks.
+
+    Examples:
+
+      skyreels plan df-14b-540p --vram 24
+
+      skyreels plan df-1.3b-540p --frames 257 --json
+    """
+    from ..models.registry import resolve_model
+    from ..runtime.plan import QUANTIZE, choose, free_vram_gb, judge, predict
+
+    with user_errors("plan"):
+        if quantize is not None and quantize not in QUANTIZE:
+            from ..errors import UsageError
+
+            raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+        spec = resolve_model(model, None)
+        memory = vram if vram is not None else free_vram_gb()
+        predictions = predict(spec, height, width, frames, vram_gb=memory, quantize=quantize)
+        if memory is not None:
+            predictions = judge(predictions, memory)
+        rows = predictions if show_all or as_json else _best_of_each(predictions)
+        if as_json:
+            typer.echo(json.dumps([p.to_dict() for p in rows], indent=1))
+        else:
+            _table(spec.alias, rows)
+        if memory is None:
+            if not as_json:
+                typer.echo("no GPU is visible: give --vram GB to see which plan fits")
+            return
+        chosen = choose(predictions, memory)
+        if not as_json:
+            p = chosen.plan
+            typer.echo(f"auto picks for {memory:.1f} GB: --offload {p.offload} --quantize {p.quantize} "
+                       f"(cfg {p.cfg}, {p.decode} decode, text encoder on the {p.text_encoder}), "
+                       f"peak {chosen.peak_gb:.1f} GB")
+
+
+def _best_of_each(predictions: list) -> list:
+    """Per offload and quantization: the chosen or fastest fitting variant, else the smallest."""
+    groups: dict[tuple[str, str], list] = {}
+    for p in predictions:
+        groups.setdefault((p.plan.offload, p.plan.quantize), []).append(p)
+    best = []
+    for group in groups.values():
+        fitting = [p for p in group if p.fits]
+        best.append(min(fitting, key=lambda p: p.plan.rank()) if fitting else min(group, key=lambda p: p.peak))
+    return best
+
+
+def _table(alias: str, rows: list) -> None:
+    from ..runtime.plan import GB, MARGIN_BYTES, PHASES
+
+    phases = [name for name in PHASES if any(name in p.phases for p in rows)]
+    head = f"{'offload':<10} {'quantize':<8} {'cfg':<8} {'decode':<7} {'text':<4} " + \
+        " ".join(f"{name:>7}" for name in phases) + f" {'peak':>7}  {'fits':<4} chosen"
+    typer.echo(f"{alias}: predicted peak GPU memory in GB (phases without the {MARGIN_BYTES / GB:.1f} GB margin)")
+    typer.echo(head)
+    for p in rows:
+        fits = "-" if p.fits is None else ("yes" if p.fits else "no")
+        cells = " ".join(f"{p.phases[name] / GB:>7.1f}" if name in p.phases else f"{'-':>7}" for name in phases)
+        plan = p.plan
+        line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {plan.decode:<7} {plan.text_encoder:<4} " \
+               f"{cells} {p.peak_gb:>7.1f}  {fits:<4} {'*' if p.chosen else ''}"
+        typer.echo(line + (f"  ({p.note})" if p.note else ""))
