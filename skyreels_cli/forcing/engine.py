@@ -5,21 +5,23 @@ takes the last latents of the one before as a clean prefix (in latent space, no
 decode/re-encode round trip), runs the step matrix with per-frame solver state,
 and decodes only its new latents, continuing one causal VAE decode. Memory is
 that of one window whatever the length; after each window the engine hands out
-a small state from which the run can resume exactly.
+a small state from which the run can resume exactly. The solver advances all
+frames of a row at once (solver.py); guidance runs as two model calls or as one
+of batch 2 (`cfg`).
 
 Noise is drawn in the same order and shapes as the diffusers DF pipelines, so
 for the same seed the frames equal theirs where they are correct. Where the
 reference code is faulty we differ on purpose: block layouts always cover every
 frame (windows.py), a start image stays clean in asynchronous mode (it is its
 own block of one frame), the end image is dropped in long mode too, the
-add-noise draw uses the run's seeded generator, and the causal-attention mask
-is applied per call without rewriting the transformer's config.
+add-noise draw uses the run's seeded generator, and causal attention is applied
+per call, with no (tokens)² mask and without rewriting the transformer's config.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import faults
-from .attention import attention_mask_on, block_causal_mask
+from .attention import causal_attention
 from .decoding import StreamingDecoder, to_uint8
 from .schedule import step_matrix, timestep_rows
+from .solver import SOLVERS, make_solver
 from .windows import Window, WindowPlan
+
+CFG_MODES = ("separate", "batched")
 
 
 @dataclass
@@ -84,34 +89,60 @@ class WindowOutput:
 class DiffusionForcingEngine:
     """Runs a window plan with a DF transformer and the Wan VAE; yields decoded frames per window."""
 
-    def __init__(self, transformer, vae, scheduler, device: torch.device, progress: bool = False) -> None:
+    def __init__(
+        self, transformer, vae, scheduler, device: torch.device, progress: bool = False, *,
+        cfg: str = "separate", solver: str = "vectorised", placement=None, tiled_decode: bool | None = None,
+        step_cache=None,
+    ) -> None:
+        if cfg not in CFG_MODES:
+            raise ValueError(f"unknown cfg mode {cfg!r}; expected one of {CFG_MODES}")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
         self.transformer = transformer
         self.vae = vae
         self.scheduler = scheduler
         self.device = device
         self.progress = progress
+        self.cfg = cfg  # "batched": both guidance passes in one call of batch 2 (twice the activations)
+        self.solver = solver  # "per-frame": one scheduler copy per frame, the reference
+        self.placement = placement  # models.placement.Placement: moves components per phase (None: they stay)
+        self.tiled_decode = tiled_decode  # None: as the VAE says (`vae.use_tiling`)
+        self.step_cache = step_cache  # runtime.step_cache.StepCache, or None: every model call is computed
         self.replayed = 0  # latent frames decoded again to rebuild the decoder's state on resume
+
+    def _phase(self, name: str):
+        return nullcontext() if self.placement is None else getattr(self.placement, name)()
 
     def velocity(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, fps: float) -> torch.Tensor:
         """One model evaluation with classifier-free guidance (memory plans may wrap the transformer)."""
-        fps_index = [0 if fps == 16 else 1] * latents.shape[0]
+        if not cond.uses_cfg:
+            return self._model(latents, timesteps, cond.prompt_embeds, fps, "cond")
+        if self.cfg == "batched" and cond.negative_embeds.shape == cond.prompt_embeds.shape:
+            # One call of batch 2: the same latents and timesteps under both embeddings. (Embeddings of
+            # different lengths cannot share a batch; they then take the two-call path.)
+            both = self._model(torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
+                               torch.cat([cond.prompt_embeds, cond.negative_embeds]), fps, "cfg")
+            v, v_uncond = both.chunk(2)
+        else:
+            v = self._model(latents, timesteps, cond.prompt_embeds, fps, "cond")
+            v_uncond = self._model(latents, timesteps, cond.negative_embeds, fps, "uncond")
+        return v_uncond + cond.guidance * (v - v_uncond)
 
-        def call(embeds: torch.Tensor) -> torch.Tensor:
+    def _model(self, latents: torch.Tensor, timesteps: torch.Tensor, embeds: torch.Tensor, fps: float,
+               name: str) -> torch.Tensor:
+        """One transformer call; `name` says which pass it is ("cond", "uncond" or the batched "cfg")."""
+        # One fps index for the whole batch: in diffusion forcing mode diffusers tiles the fps projection
+        # over frames, which broadcasts over a batch of 2 only when it is a single entry (every entry here
+        # has the run's fps anyway; one entry per batch item fails with a shape error).
+        def run() -> torch.Tensor:
             return self.transformer(
                 hidden_states=latents, timestep=timesteps, encoder_hidden_states=embeds,
-                enable_diffusion_forcing=True, fps=fps_index, return_dict=False,
+                enable_diffusion_forcing=True, fps=[0 if fps == 16 else 1], return_dict=False,
             )[0]
 
-        v = call(cond.prompt_embeds)
-        if cond.uses_cfg:
-            v_uncond = call(cond.negative_embeds)
-            v = v_uncond + cond.guidance * (v - v_uncond)
-        return v
-
-    def _schedulers(self, count: int, steps: int) -> list:
-        template = copy.deepcopy(self.scheduler)
-        template.set_timesteps(steps, device=self.device)
-        return [copy.deepcopy(template) for _ in range(count)]
+        if self.step_cache is None:
+            return run()
+        return self.step_cache.velocity(run, name=name, model_in=latents)
 
     @torch.no_grad()
     def denoise_window(
@@ -120,27 +151,30 @@ class DiffusionForcingEngine:
     ) -> torch.Tensor:
         """Denoise one window's latents in place (fp32, prefix already set); returns them."""
         dtype = self.transformer.dtype
-        schedulers = self._schedulers(window.length, sampling.steps)
+        solver = make_solver(self.scheduler, sampling.steps, window.length, self.device, self.solver)
         index, update = step_matrix(window.blocks, sampling.steps, sampling.ar_step, window.ready_blocks)
-        rows = timestep_rows(index, schedulers[0].timesteps).to(self.device)
+        if self.step_cache is not None:
+            self.step_cache.start_window(index, update, sampling.steps)
+        rows = timestep_rows(index, solver.timesteps)  # on the CPU: the solver reads them without a sync
         extra = 0 if end_latent is None else end_latent.shape[2]
         tokens = (latents.shape[3] // 2) * (latents.shape[4] // 2)
         blocks = window.blocks + ((extra,) if extra else ())
-        mask = block_causal_mask(blocks, tokens, self.device, extra) if sampling.causal_attention else None
-        with attention_mask_on(self.transformer, mask):
+        causal = causal_attention(self.transformer, blocks, tokens, extra) if sampling.causal_attention else None
+        with causal or nullcontext():
             for row, t in enumerate(tqdm(rows, desc=f"window {window.index + 1} steps", leave=False,
                                          disable=not self.progress)):
                 model_in = latents.to(dtype).clone()
-                timestep = t.expand(latents.shape[0], -1).clone()
+                timestep = t.to(self.device).expand(latents.shape[0], -1).clone()
                 if sampling.addnoise > 0 and window.prefix > 0:
                     self._add_noise(model_in, timestep, window.prefix, sampling.addnoise, generator)
                 if extra:
                     model_in = torch.cat([model_in, end_latent.to(dtype)], dim=2)
                     timestep = torch.cat([timestep, timestep.new_zeros(timestep.shape[0], extra)], dim=1)
                 faults.point("denoise_row")
+                if self.step_cache is not None:
+                    self.step_cache.start_row(row)
                 v = self.velocity(model_in, timestep, cond, sampling.fps)
-                for f in torch.nonzero(update[row]).flatten().tolist():
-                    latents[:, :, f] = schedulers[f].step(v[:, :, f], t[f], latents[:, :, f], return_dict=False)[0]
+                solver.step(v, t, latents, update[row])
         return latents
 
     def _add_noise(self, model_in, timestep, prefix: int, amount: float, generator: torch.Generator) -> None:
@@ -164,12 +198,14 @@ class DiffusionForcingEngine:
         `emit_start` says whether its frames belong to the output (an image: yes; a video
         being continued: no, they are already there).
         """
-        decoder = StreamingDecoder(self.vae, progress=self.progress)
+        decoder = StreamingDecoder(self.vae, progress=self.progress, tiling=self.tiled_decode)
         if state is None:
             prefix = start_latents
         else:
             generator.set_state(state.generator)
-            self.replayed = decoder.load_state_dict(state.decoder)
+            with self._phase("decoding"):
+                self.replayed = decoder.load_state_dict(state.decoder)
+                decoder.park()
             prefix, end_latent = state.prefix, state.end_latent
         channels = self.vae.config.z_dim
         first = 0 if state is None else state.next_window
@@ -179,9 +215,11 @@ class DiffusionForcingEngine:
             if window.prefix:
                 latents[:, :, : window.prefix] = prefix.to(self.device, torch.float32)
             end = end_latent.to(self.device) if window.end_image else None
-            self.denoise_window(latents, window, conditioning(window.index), sampling, generator, end)
-            frames, emitted = self._decode_new(decoder, latents, window, emit_start)
-            decoder.park()
+            with self._phase("denoising"):
+                self.denoise_window(latents, window, conditioning(window.index), sampling, generator, end)
+            with self._phase("decoding"):  # park before the VAE leaves: park() moves the cache off the VAE's device
+                frames, emitted = self._decode_new(decoder, latents, window, emit_start)
+                decoder.park()
             prefix = latents[:, :, window.length - plan.overlap :].cpu()
             new_state = EngineState(window.index + 1, prefix, end_latent, decoder.state_dict(), generator.get_state())
             yield WindowOutput(window, frames, emitted, new_state)
