@@ -20,7 +20,8 @@ def clip_pipeline(pipeline_cls, components: dict, request: Request):
 
 
 @torch.no_grad()
-def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, progress: bool) -> WindowFrames:
+def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, progress: bool,
+                  placement) -> WindowFrames:
     """`num_frames` (4k+1) are made and the first `request.frames` kept."""
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     kwargs = dict(
@@ -31,6 +32,9 @@ def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, p
     )
     if request.image:
         kwargs["image"] = fit_image(load_image(request.image), request.height, request.width)
-    latents = pipe(**kwargs).frames
-    frames = to_uint8(StreamingDecoder(pipe.vae, progress=progress).decode(latents))[: request.frames]
+    with placement.clip():  # the pipeline encodes the image and denoises in one call
+        latents = pipe(**kwargs).frames
+    with placement.decoding():
+        decoder = StreamingDecoder(pipe.vae, progress=progress, tiling=placement.plan.tiled_decode)
+        frames = to_uint8(decoder.decode(latents))[: request.frames]
     return WindowFrames(0, 1, 0, frames, latents.cpu())

@@ -43,12 +43,13 @@ class PromptEncoder:
 
     @torch.no_grad()
     def _encode(self, prompt: str, negative: str, cfg: bool):
-        with self.placement.text_encoder():
+        with self.placement.encoding():
             positive, negative_embeds = self.pipe.encode_prompt(
                 prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
-                max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.placement.device,
+                max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.placement.text_encoder_device,
             )
-        return positive, negative_embeds if cfg else None
+        device = self.placement.device  # the text encoder may have run on the host (--text-encoder-device cpu)
+        return positive.to(device), negative_embeds.to(device) if cfg else None
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from ..models.loading import check_device, dtype_name, load_components, pick_dty
 from ..models.placement import Placement
 from ..models.registry import ModelSpec, resolve_model
 from ..quiet import third_party_quiet
+from ..runtime.memory import MemoryPlan
 from .clips import clip_pipeline, generate_clip
 from .conditioning import PromptEncoder, image_latent, video_prefix
 from .job import Job, prepare
@@ -37,7 +38,7 @@ from .timer import Timer
 
 
 def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: str | None = None,
-         progress: bool = True, command: str | None = None) -> Model:
+         memory: MemoryPlan | None = None, progress: bool = True, command: str | None = None) -> Model:
     """Load a checkpoint (registry alias, Hub repo id or local folder; downloaded if needed) onto `device`
     ("auto": CUDA when visible; the CPU only for tiny models unless asked for by name).
 
@@ -51,12 +52,13 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
     with third_party_quiet(not progress):
         folder = ensure_model(spec, progress=progress)
         components = load_components(folder, spec.kind, torch_dtype)
-    return Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3))
+    return Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3),
+                 memory)
 
 
 class Model:
     def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, dtype: torch.dtype,
-                 progress: bool = True, load_seconds: float = 0.0) -> None:
+                 progress: bool = True, load_seconds: float = 0.0, memory: MemoryPlan | None = None) -> None:
         import diffusers
 
         self.spec = spec
@@ -66,7 +68,9 @@ class Model:
         self.progress = progress
         self.load_seconds = load_seconds
         self.components = components
-        self.placement = Placement(components, device)
+        self.memory = memory or MemoryPlan()
+        # Per-frame modulation (DF) must be bound before this: the plan's offload hooks wrap `forward`.
+        self.placement = Placement(components, device, self.memory)
         self._pipeline_cls = getattr(diffusers, KINDS[spec.kind].pipeline)
         self._pipe = self._pipeline_cls(**components)  # its encode_prompt and video_processor
         self._prompts = PromptEncoder(self._pipe, self.placement)
@@ -174,24 +178,28 @@ class Model:
                              self.components["transformer"].dtype)
         if not self.spec.forcing:
             pipe = clip_pipeline(self._pipeline_cls, self.components, request)
-            yield generate_clip(pipe, request, generated_frames(request, self.spec), cond, self.progress), None
+            yield generate_clip(pipe, request, generated_frames(request, self.spec), cond, self.progress,
+                                self.placement), None
             return
         yield from self._forcing_windows(request, cond, state, first)
 
     def _forcing_windows(self, request: Request, cond, state: EngineState | None, first: int):
         c = self.components
         scheduler = make_scheduler(c["scheduler"].config, request.shift, request.sigma_grid)
-        engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self.progress)
+        engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self.progress,
+                                        cfg=self.memory.cfg, placement=self.placement,
+                                        tiled_decode=self.memory.tiled_decode)
         plan = window_plan(request)
         sampling = Sampling(request.steps, request.ar_step, request.addnoise, request.causal_attention, request.fps)
         start = end = None
-        if state is None:
-            if request.image:
-                start = image_latent(self._pipe, request.image, "--image", request)
-            elif request.video:
-                start = video_prefix(c["vae"], request)
-            if request.end_image:
-                end = image_latent(self._pipe, request.end_image, "--end-image", request)
+        if state is None and (request.image or request.video or request.end_image):
+            with self.placement.encoding_images():  # the VAE's encoder (model offload: only while it encodes)
+                if request.image:
+                    start = image_latent(self._pipe, request.image, "--image", request)
+                elif request.video:
+                    start = video_prefix(c["vae"], request)
+                if request.end_image:
+                    end = image_latent(self._pipe, request.end_image, "--end-image", request)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         outputs = engine.run(plan, lambda _: cond, sampling, generator, (request.height // 8, request.width // 8),
                              start_latents=start, end_latent=end, emit_start=not request.video, state=state)
