@@ -11,7 +11,8 @@ a minute or two (traces are cached: `skyreels_cli.runtime.trace.trace_cache_file
 from __future__ import annotations
 
 from skyreels_cli.models.registry import load_registry
-from skyreels_cli.runtime.plan import OFFLOADS, QUANTIZE, baseline, judge, predict
+from skyreels_cli.runtime.memory import OFFLOADS, QUANTIZES
+from skyreels_cli.runtime.plan import baseline, judge, predict, speed_rank
 
 CARD_GB = 24.0
 
@@ -22,17 +23,22 @@ def rows_for(spec) -> list[str]:
     official = f"{spec.vram_gb:.1f}" if spec.vram_gb else "-"
     lines = []
     for offload in OFFLOADS:
-        for quantize in QUANTIZE:
+        for quantize in QUANTIZES:
             group = [p for p in judged if p.plan.offload == offload and p.plan.quantize == quantize]
             least = min(group, key=lambda p: p.peak)
             fitting = [p for p in group if p.fits]
-            best = min(fitting, key=lambda p: p.plan.rank()) if fitting else None
-            fit = f"{best.peak_gb:.1f} ({best.plan.cfg}, {best.plan.decode}, text {best.plan.text_encoder})" \
-                if best else "-"
+            best = min(fitting, key=lambda p: speed_rank(p.plan)) if fitting else None
+            fit = f"{best.peak_gb:.1f} ({_variant(best.plan)})" if best else "-"
             mark = " *" if any(p.chosen for p in group) else ""
             lines.append(f"| {spec.alias} | {shipped.peak_gb:.1f} | {official} | {offload} | {quantize} | "
                          f"{least.peak_gb:.1f} | {fit}{mark} |")
     return lines
+
+
+def _variant(plan) -> str:
+    decode = "tiled" if plan.tiled_decode else "untiled"
+    text = "cpu" if plan.text_encoder_device == "cpu" else "gpu" if plan.text_encoder_beside else "gpu alone"
+    return f"{plan.cfg}, {decode}, text {text}"
 
 
 def main() -> None:

@@ -32,13 +32,14 @@ def plan(
       skyreels plan df-1.3b-540p --frames 257 --json
     """
     from ..models.registry import resolve_model
-    from ..runtime.plan import QUANTIZE, choose, free_vram_gb, judge, predict
+    from ..runtime.memory import QUANTIZES
+    from ..runtime.plan import choose, describe, flags, free_vram_gb, judge, predict
 
     with user_errors("plan"):
-        if quantize is not None and quantize not in QUANTIZE:
+        if quantize is not None and quantize not in QUANTIZES:
             from ..errors import UsageError
 
-            raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+            raise UsageError(f"--quantize must be one of {', '.join(QUANTIZES)}, got {quantize!r}")
         spec = resolve_model(model, None)
         memory = vram if vram is not None else free_vram_gb()
         predictions = predict(spec, height, width, frames, vram_gb=memory, quantize=quantize)
@@ -55,21 +56,22 @@ def plan(
             return
         chosen = choose(predictions, memory)
         if not as_json:
-            p = chosen.plan
-            typer.echo(f"auto picks for {memory:.1f} GB: --offload {p.offload} --quantize {p.quantize} "
-                       f"(cfg {p.cfg}, {p.decode} decode, text encoder on the {p.text_encoder}), "
-                       f"peak {chosen.peak_gb:.1f} GB")
+            # What the loader's `resolve_plan` picks with --offload auto and --quantize as given here (auto: any).
+            typer.echo(f"auto picks for {memory:.1f} GB (--quantize {quantize or 'auto'}): {flags(chosen.plan)}, "
+                       f"peak {chosen.peak_gb:.1f} GB: {describe(chosen.plan)}")
 
 
 def _best_of_each(predictions: list) -> list:
     """Per offload and quantization: the chosen or fastest fitting variant, else the smallest."""
+    from ..runtime.plan import speed_rank
+
     groups: dict[tuple[str, str], list] = {}
     for p in predictions:
         groups.setdefault((p.plan.offload, p.plan.quantize), []).append(p)
     best = []
     for group in groups.values():
         fitting = [p for p in group if p.fits]
-        best.append(min(fitting, key=lambda p: p.plan.rank()) if fitting else min(group, key=lambda p: p.peak))
+        best.append(min(fitting, key=lambda p: speed_rank(p.plan)) if fitting else min(group, key=lambda p: p.peak))
     return best
 
 
@@ -85,6 +87,7 @@ def _table(alias: str, rows: list) -> None:
         fits = "-" if p.fits is None else ("yes" if p.fits else "no")
         cells = " ".join(f"{p.phases[name] / GB:>7.1f}" if name in p.phases else f"{'-':>7}" for name in phases)
         plan = p.plan
-        line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {plan.decode:<7} {plan.text_encoder:<4} " \
+        decode, text = "tiled" if plan.tiled_decode else "untiled", "cpu" if plan.text_encoder_device == "cpu" else "gpu"
+        line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {decode:<7} {text:<4} " \
                f"{cells} {p.peak_gb:>7.1f}  {fits:<4} {'*' if p.chosen else ''}"
         typer.echo(line + (f"  ({p.note})" if p.note else ""))

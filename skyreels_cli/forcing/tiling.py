@@ -10,7 +10,8 @@ window with the result of one tiled decode, while the device holds one tile's ac
 
 The tile settings are the VAE's own (`vae.tile_sample_min_height` ..., set by
 `vae.enable_tiling(...)`), so the same settings give the same result as diffusers.
-`tile_grid` and `decode_memory` are pure, for planning memory before decoding anything.
+`tile_grid` and `decode_memory` (the causal caches' bytes) are pure, for planning memory before
+decoding anything; the activation peak of a decode is traced, not estimated: `runtime.trace.trace_vae_decode`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,6 @@ from .. import faults
 
 # A steady-state decode keeps two frames of each causal convolution's input (diffusers' CACHE_T).
 _CACHED_FRAMES = 2
-# Activation peak of one latent frame's decode, in units of the largest tensor it makes: 9.2 GB
-# (REFERENCE.md §4, fp32, 544x960) over 0.80 GB (96 channels x 4 frames at full resolution) for
-# the released VAE. Calibrated on that one figure, not measured here; scale other VAEs with care.
-_PEAK_OVER_LARGEST = 11.5
 
 
 @dataclass(frozen=True)
@@ -126,67 +123,60 @@ def tile_grid(height: int, width: int, settings: TileSettings | None = None) -> 
 class _Conv:
     channels: int  # input channels of a cached causal convolution
     scale: int  # its spatial size over the latent's
-    rate: int  # frames it sees per latent frame
 
 
 def _cached_convs(vae) -> list[_Conv]:
-    """The decoder's cached causal convolutions in order, with the resolution and frame rate each runs at."""
+    """The decoder's cached causal convolutions in order, with the resolution each runs at."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
 
     found: list[_Conv] = []
 
-    def walk(module: torch.nn.Module, scale: int, rate: int) -> tuple[int, int]:
+    def walk(module: torch.nn.Module, scale: int) -> int:
         if isinstance(module, WanResample):
             if not module.mode.startswith("upsample"):
-                return scale, rate
+                return scale
             if module.mode == "upsample3d":  # its time_conv runs before the spatial upsampling
-                found.append(_Conv(module.time_conv.in_channels, scale, rate))
-                rate *= 2
-            return scale * 2, rate
+                found.append(_Conv(module.time_conv.in_channels, scale))
+            return scale * 2
         if isinstance(module, WanCausalConv3d):
             if module.kernel_size[0] > 1:  # 1x1x1 convolutions (shortcuts) keep no cache
-                found.append(_Conv(module.in_channels, scale, rate))
-            return scale, rate
+                found.append(_Conv(module.in_channels, scale))
+            return scale
         for child in module.children():
-            scale, rate = walk(child, scale, rate)
-        return scale, rate
+            scale = walk(child, scale)
+        return scale
 
-    walk(vae.decoder, 1, 1)
+    walk(vae.decoder, 1)
     return found
 
 
 @dataclass(frozen=True)
 class DecodeMemory:
-    """Estimated decoder memory for one picture size: per tile (the largest) and all tiles together, in bytes."""
+    """The decoder's causal cache for one picture size: per tile (the largest) and all tiles together, in bytes."""
 
     tiles: int
     tile_cache_bytes: int  # causal cache of the largest tile (of the whole picture when untiled)
-    tile_activation_bytes: int  # activation peak decoding one latent frame of the largest tile
     total_cache_bytes: int  # every tile's cache: host memory when tiles are offloaded, else device memory
 
 
 def decode_memory(vae, height: int, width: int, tiled: bool = True, dtype_bytes: int | None = None) -> DecodeMemory:
-    """Estimate the decoder's cache and activation peak at `height` x `width` pixels, per tile and in all.
+    """The decoder's causal cache at `height` x `width` pixels at steady state, per tile and in all (exact:
+    4.94 GB fp32 for the released VAE at 544x960, untiled).
 
     Reads only the decoder's structure and tile settings, so a VAE built on the meta device
-    works (`with torch.device("meta"): AutoencoderKLWan.from_config(config)`). The cache
-    figure is exact at steady state (4.94 GB fp32 for the released VAE at 544x960, untiled);
-    the activation peak is calibrated on one measured figure (`_PEAK_OVER_LARGEST`). Compare
+    works (`with torch.device("meta"): AutoencoderKLWan.from_config(config)`). Compare
     `tiled=False` (the plain streaming decode) with `tiled=True` under the VAE's tile settings.
+    The activation peak on top of it is the planner's, traced on fake tensors rather than estimated
+    here (`runtime.trace.trace_vae_decode`): one steady-state latent frame of the released VAE peaks
+    at 5.22 GB fp32 at 544x960 untiled, 0.66 GB per 256-pixel tile.
     """
     size = dtype_bytes or torch.finfo(vae.dtype).bits // 8
     settings = TileSettings.of(vae)
     grid = tile_grid(height, width, settings) if tiled else tile_grid(height, width, _never_tile(settings))
-    convs = _cached_convs(vae)
-    cache_per_latent = sum(c.channels * _CACHED_FRAMES * c.scale**2 for c in convs) * size
-    largest_per_latent = max(c.channels * c.rate * c.scale**2 for c in convs) * size
+    cache_per_latent = sum(c.channels * _CACHED_FRAMES * c.scale**2 for c in _cached_convs(vae)) * size
     areas = [t.height * t.width for t in grid.tiles()]
-    return DecodeMemory(
-        tiles=grid.count,
-        tile_cache_bytes=cache_per_latent * max(areas),
-        tile_activation_bytes=int(_PEAK_OVER_LARGEST * largest_per_latent * max(areas)),
-        total_cache_bytes=cache_per_latent * sum(areas),
-    )
+    return DecodeMemory(tiles=grid.count, tile_cache_bytes=cache_per_latent * max(areas),
+                        total_cache_bytes=cache_per_latent * sum(areas))
 
 
 def _never_tile(s: TileSettings) -> TileSettings:

@@ -1,8 +1,9 @@
 """Memory plans: which components stay on the GPU, how the transformer's weights are stored, and applying that.
 
-The planner (`runtime/plan.py`) predicts a plan's peak VRAM; the loader (`models/placement.py`) applies it.
-A `MemoryPlan` is the shared vocabulary of the two. Here are the plan itself, the one-line checks of its
-names, and the two changes a plan makes to the transformer once at load time: how its weights are stored
+The planner (`runtime/plan.py`) predicts a plan's peak VRAM, orders plans by speed and resolves `auto` into a
+plan (`resolve_plan`); the loader (`models/placement.py`) applies it. A `MemoryPlan` is the one vocabulary
+of the two. Here are the plan itself, the one-line checks of its names, and the two changes a plan makes
+to the transformer once at load time: how its weights are stored
 (`apply_quantization`) and whether its blocks stream from host memory (`apply_offload_hooks`). Both lean on
 diffusers/torchao and work on the CPU too (degraded but correct), so they can be tested without a GPU.
 """
@@ -36,7 +37,8 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How a loaded model uses VRAM (plans.md). `auto` offload is the planner's to resolve before this is built.
+    """How a loaded model uses VRAM (plans.md). `auto` choices are resolved before this is built
+    (`runtime.plan.resolve_plan`).
 
     `text_encoder_beside`: the planner's verdict that the text encoder fits on the device beside what offload
     "none" keeps resident; when it does not, the resident components step out to the host while it encodes.

@@ -1,64 +1,73 @@
-"""Memory plans as data, their predicted peak VRAM per phase, and the fastest plan that fits a GPU.
+"""Memory plans' predicted peak VRAM per phase, the speed order, and the fastest plan that fits a GPU.
 
-A plan says where each component lives in each phase of a run (text encoding, image encoding for
-I2V, denoising, decoding) and how the transformer is stored. Its peak in a phase is what the plan
-keeps on the GPU then, plus that phase's activation peak, both traced at full size on fake
-tensors (runtime/trace.py), plus `MARGIN_BYTES` for what no trace sees. The loader applies the
-same plans (`--offload`, `--quantize`); this module only predicts and chooses.
+The plans are `runtime.memory.MemoryPlan`s, the ones the loader applies (models/placement.py); this
+module predicts and chooses, it applies nothing. A plan's peak in a phase (text encoding, image
+encoding for I2V, denoising, decoding) is what the plan keeps on the GPU then, plus that phase's
+activation peak, both traced at full size on fake tensors (runtime/trace.py), plus `MARGIN_BYTES`
+for what no trace sees.
 
 Offload: `none` keeps transformer, VAE (and image encoder) on the GPU; `model` one component at a
 time; `group` streams the transformer's blocks from the host (one block computing, the next one
 arriving); `sequential` streams leaf modules. Quantize: `none` (bf16), `fp8` (diffusers' layerwise
 casting), `int8` (torchao weight-only, when installed). cfg `batched` runs guidance as one batch-2
-forward (diffusion forcing models only: the T2V/I2V pipelines run two passes); decode `tiled`
+forward (diffusion forcing models only: the T2V/I2V pipelines run two passes); `tiled_decode`
 decodes spatial tiles, each with its own causal cache (one on the GPU at a time). The text encoder
-runs on the GPU (beside what is resident when that fits, else alone) or on the CPU.
+runs on the GPU (`text_encoder_device` "auto") or on the CPU; on the GPU under offload `none` it
+either fits beside what is resident or they step out to the host while it encodes: that is the
+planner's verdict for a given memory, `text_encoder_beside` on the plan it returns.
 
-Speed order, fastest first, which `choose` follows: offload none > model > group > sequential
-(moving weights costs most); then quantize none > fp8 > int8 (dequantizing every layer costs
-time and a little quality); then cfg batched > separate; then decode untiled > tiled; then the
-text encoder on the GPU > on the CPU (about a minute per prompt for UMT5-XXL).
+Speed order, fastest first (`speed_rank`, which every choice here follows): offload none > model >
+group > sequential (moving weights costs most); then quantize none > fp8 > int8 (dequantizing every
+layer costs time and a little quality); then cfg batched > separate; then untiled decode > tiled;
+then the text encoder on the GPU > on the CPU (about a minute per prompt for UMT5-XXL).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 
-from ..errors import SkyreelsError, UsageError
+import torch
+
+from ..errors import ModelError, SkyreelsError, UsageError
 from ..models.architectures import Architecture, architecture
 from ..models.registry import ModelSpec
 from . import trace
+from .memory import CFGS, OFFLOADS, QUANTIZES, TEXT_ENCODER_DEVICES, MemoryPlan, check_choice
 
-OFFLOADS = ("none", "model", "group", "sequential")
-QUANTIZE = ("none", "fp8", "int8")
-CFGS = ("batched", "separate")
-DECODES = ("untiled", "tiled")
-TEXT_DEVICES = ("gpu", "cpu")
 PHASES = ("text", "image", "denoise", "decode")
 # What no trace sees: the CUDA context with cuBLAS/cuDNN workspaces (about 0.6 GB on an H100)
 # and the caching allocator's rounding and fragmentation between phases.
 MARGIN_BYTES = 1_500_000_000
 GB = 1e9
+AUTO = "auto"
 _WEIGHTS = {"none": "bf16", "fp8": "fp8", "int8": "int8"}
+_CFG_SPEED = ("batched", "separate")
+# What a plan is when nothing is predicted (the CPU, tiny models): the plain path.
+UNPLANNED = MemoryPlan(offload="none", quantize="none", cfg="separate", tiled_decode=False)
+# The plan fields a caller may fix; the others are the planner's to choose.
+CHOICES = ("offload", "quantize", "cfg", "tiled_decode", "text_encoder_device")
+_FLAGS = {"offload": "--offload", "quantize": "--quantize", "cfg": "--cfg", "text_encoder_device": "--text-encoder-device"}
 
 
 class NoPlanFits(SkyreelsError):
     """No memory plan fits the GPU's memory."""
 
 
-@dataclass(frozen=True)
-class MemoryPlan:
-    offload: str = "none"
-    quantize: str = "none"
-    cfg: str = "separate"
-    decode: str = "untiled"
-    text_encoder: str = "gpu"
+def speed_rank(plan: MemoryPlan) -> tuple[int, ...]:
+    """Expected speed, smaller is faster: the order of the module docstring."""
+    return (OFFLOADS.index(plan.offload), QUANTIZES.index(plan.quantize), _CFG_SPEED.index(plan.cfg),
+            int(plan.tiled_decode), TEXT_ENCODER_DEVICES.index(plan.text_encoder_device))
 
-    def rank(self) -> tuple[int, ...]:
-        """Expected speed, fastest first (see the module docstring)."""
-        return (OFFLOADS.index(self.offload), QUANTIZE.index(self.quantize), CFGS.index(self.cfg),
-                DECODES.index(self.decode), TEXT_DEVICES.index(self.text_encoder))
+
+def describe(plan: MemoryPlan, device: str = "GPU") -> str:
+    """One line naming every choice of `plan` (for a run on `device`)."""
+    text = "on the CPU" if plan.text_encoder_device == "cpu" else f"on the {device}"
+    if plan.offload == "none" and plan.text_encoder_device != "cpu" and not plan.text_encoder_beside:
+        text += " (the others step out while it encodes)"
+    decode = "tiled" if plan.tiled_decode else "untiled"
+    return f"offload {plan.offload}, quantize {plan.quantize}, cfg {plan.cfg}, {decode} decode, text encoder {text}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,19 @@ class PlanPrediction:
 
 
 @dataclass(frozen=True)
+class BaselinePrediction:
+    """A run that is no memory plan of ours (diffusers as shipped), traced the same way for comparison."""
+
+    label: str
+    phases: dict[str, int]
+    peak: int
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak / GB
+
+
+@dataclass(frozen=True)
 class Shape:
     """What one run puts through the model: picture size, latent frames per forward, pixel frames per decode."""
 
@@ -104,7 +126,7 @@ class _Parts:
     text: trace.Trace
     image: trace.Trace | None
     encode: trace.Trace | None
-    decode: dict[str, trace.Trace] = field(default_factory=dict)
+    decode: dict[bool, trace.Trace] = field(default_factory=dict)  # by tiled_decode
 
 
 def torchao_available() -> bool:
@@ -136,25 +158,31 @@ def shape_for(spec: ModelSpec, height: int | None = None, width: int | None = No
     return Shape(request.height, request.width, latent_frames(made), made, clip, False)
 
 
+def plans(forcing: bool, **fixed) -> list[MemoryPlan]:
+    """Every plan a run can use (batched guidance only with diffusion forcing), with the `fixed` fields (plan
+    field names; None: any), fastest first."""
+    every = (MemoryPlan(offload=o, quantize=q, cfg=c, tiled_decode=t, text_encoder_device=e)
+             for o, q, c, t, e in itertools.product(OFFLOADS, QUANTIZES, CFGS, (False, True), TEXT_ENCODER_DEVICES))
+    wanted = {name: value for name, value in fixed.items() if value is not None}
+    return sorted((p for p in every if (forcing or p.cfg == "separate")
+                   and all(getattr(p, name) == value for name, value in wanted.items())), key=speed_rank)
+
+
 def predict(spec_or_arch: ModelSpec | Architecture, height: int | None = None, width: int | None = None,
-            frames: int | None = None, *, vram_gb: float | None = None,
-            quantize: str | None = None, offload: str | None = None, cfg: str | None = None) -> list[PlanPrediction]:
-    """Every plan (or those with the given `quantize` / `offload` / `cfg`) for a run, with its predicted peaks.
+            frames: int | None = None, *, vram_gb: float | None = None, offload: str | None = None,
+            quantize: str | None = None, cfg: str | None = None, tiled_decode: bool | None = None,
+            text_encoder_device: str | None = None) -> list[PlanPrediction]:
+    """Every plan (or those with the given fields) for a run, with its predicted peaks, fastest first.
 
     `spec_or_arch`: a registry spec (its size and window are the defaults) or an Architecture (then
     height, width and frames are required and the run is one diffusion forcing window of `frames`).
-    `vram_gb` only decides whether the text encoder fits beside what `none` keeps resident.
+    `vram_gb` only decides whether the text encoder fits beside what offload `none` keeps resident.
     """
     arch, shape = _arch_and_shape(spec_or_arch, height, width, frames)
     parts = _parts(arch, shape)
-    plans = [
-        MemoryPlan(o, q, c, d, t)
-        for o in OFFLOADS for q in QUANTIZE for c in CFGS for d in DECODES for t in TEXT_DEVICES
-        if (c == "separate" or shape.forcing) and (quantize is None or q == quantize)
-        and (offload is None or o == offload) and (cfg is None or c == cfg)
-    ]
-    out = [_predict_plan(plan, arch, shape, parts, vram_gb) for plan in plans]
-    return sorted(out, key=lambda p: p.plan.rank())
+    fixed = {"offload": offload, "quantize": quantize, "cfg": cfg, "tiled_decode": tiled_decode,
+             "text_encoder_device": text_encoder_device}
+    return [_predict_plan(plan, arch, shape, parts, vram_gb) for plan in plans(shape.forcing, **fixed)]
 
 
 def _arch_and_shape(spec_or_arch, height, width, frames) -> tuple[Architecture, Shape]:
@@ -177,7 +205,7 @@ def _parts(arch: Architecture, shape: Shape) -> _Parts:
     if arch.image_encoder is not None and shape.clip_frames:
         image = trace.trace_image_encoder(arch.image_encoder)
         encode = trace.trace_vae_encode(arch.vae, shape.height, shape.width)
-    decode = {d: trace.trace_vae_decode(arch.vae, shape.height, shape.width, tiled=d == "tiled") for d in DECODES}
+    decode = {tiled: trace.trace_vae_decode(arch.vae, shape.height, shape.width, tiled=tiled) for tiled in (False, True)}
     return _Parts(trace.trace_text_encoder(arch.text_encoder), image, encode, decode)
 
 
@@ -218,50 +246,51 @@ def _predict_plan(plan: MemoryPlan, arch: Architecture, shape: Shape, parts: _Pa
                   vram_gb: float | None) -> PlanPrediction:
     t = _transformer(arch, shape, plan)
     tw = _on_gpu(t, plan.offload, arch.transformer.layers)
-    vae = parts.decode["untiled"].weights
+    vae = parts.decode[False].weights
     clip_w = parts.image.weights if parts.image else 0
     text = parts.text.weights + parts.text.activations
     clip_act, enc_act = _encode_bytes(parts, shape)
-    decode = _decode_bytes(parts.decode[plan.decode], shape, plan.decode == "tiled")
-    denoise = tw + t.activations + t.inputs
-    note = ""
+    decode = _decode_bytes(parts.decode[plan.tiled_decode], shape, plan.tiled_decode)
+    beside, note = True, ""
     if plan.offload == "none":
         resident = tw + vae + clip_w
         phases = {"text": resident + text, "image": resident + max(clip_act, enc_act) if parts.image else 0,
                   "denoise": resident + t.activations + t.inputs, "decode": resident + decode}
-        if vram_gb is not None and phases["text"] + MARGIN_BYTES > vram_gb * GB:
-            phases["text"] = text
+        if plan.text_encoder_device != "cpu" and vram_gb is not None and \
+                phases["text"] + MARGIN_BYTES > vram_gb * GB:
+            # The verdict the loader follows (Placement): the residents step out while the text encoder works.
+            phases["text"], beside = text, False
             note = "the others step out to the host while the text encoder works"
     else:
         phases = {"text": text, "image": max(clip_w + clip_act, vae + enc_act) if parts.image else 0,
-                  "denoise": denoise, "decode": vae + decode}
-    if plan.text_encoder == "cpu":
+                  "denoise": tw + t.activations + t.inputs, "decode": vae + decode}
+    if plan.text_encoder_device == "cpu":
         phases["text"] = 0
     if not parts.image:
         phases.pop("image")
     available = plan.quantize != "int8" or torchao_available()
     if not available:
         note = "needs torchao (pip install torchao)"
+    plan = dataclasses.replace(plan, text_encoder_beside=beside)
     return PlanPrediction(plan, phases, max(phases.values()) + MARGIN_BYTES, available, note)
 
 
 def baseline(spec_or_arch: ModelSpec | Architecture, height: int | None = None, width: int | None = None,
-             frames: int | None = None) -> PlanPrediction:
+             frames: int | None = None) -> BaselinePrediction:
     """diffusers as shipped, traced the same way: every component on the GPU (`pipe.to("cuda")`), per-token
     modulation, bf16, two-pass guidance, untiled decode."""
     arch, shape = _arch_and_shape(spec_or_arch, height, width, frames)
     parts = _parts(arch, shape)
-    t = _transformer(arch, shape, MemoryPlan(), per_frame_modulation=False)
-    resident = t.weights + parts.decode["untiled"].weights + parts.text.weights + \
+    t = _transformer(arch, shape, UNPLANNED, per_frame_modulation=False)
+    resident = t.weights + parts.decode[False].weights + parts.text.weights + \
         (parts.image.weights if parts.image else 0)
     clip_act, enc_act = _encode_bytes(parts, shape)
     phases = {"text": resident + parts.text.activations, "image": resident + max(clip_act, enc_act),
               "denoise": resident + t.activations + t.inputs,
-              "decode": resident + _decode_bytes(parts.decode["untiled"], shape, tiled=False)}
+              "decode": resident + _decode_bytes(parts.decode[False], shape, tiled=False)}
     if not parts.image:
         phases.pop("image")
-    plan = MemoryPlan(offload="diffusers", text_encoder="gpu")
-    return PlanPrediction(plan, phases, max(phases.values()) + MARGIN_BYTES, note="diffusers as shipped")
+    return BaselinePrediction("diffusers as shipped", phases, max(phases.values()) + MARGIN_BYTES)
 
 
 def judge(predictions: list[PlanPrediction], vram_gb: float) -> list[PlanPrediction]:
@@ -272,26 +301,124 @@ def judge(predictions: list[PlanPrediction], vram_gb: float) -> list[PlanPredict
     fitting = [p for p in judged if p.fits]
     if not fitting:
         return judged
-    best = min(fitting, key=lambda p: p.plan.rank())
+    best = min(fitting, key=lambda p: speed_rank(p.plan))
     return [dataclasses.replace(p, chosen=True) if p is best else p for p in judged]
 
 
-def choose(predictions: list[PlanPrediction], vram_gb: float) -> PlanPrediction:
-    """The fastest plan that fits in `vram_gb`; NoPlanFits (one line) when none does."""
+def choose(predictions: list[PlanPrediction], vram_gb: float, constraint: str = "",
+           free: bool = False) -> PlanPrediction:
+    """The fastest plan that fits in `vram_gb`; NoPlanFits (one line, naming the smallest plan, its peak and
+    the memory: `free` when that is the GPU's free memory) when none does. `constraint` names the options
+    the plans were limited by ("with --offload none")."""
     judged = judge(predictions, vram_gb)
     chosen = [p for p in judged if p.chosen]
     if not chosen:
         least = min((p for p in judged if p.available), key=lambda p: p.peak, default=None)
-        smallest = f"; the smallest plan needs {least.peak_gb:.1f} GB" if least else ""
-        raise NoPlanFits(f"no memory plan fits in {vram_gb:g} GB{smallest}; a smaller size or window needs less")
+        memory = f"the {vram_gb:.1f} GB free" if free else f"{vram_gb:g} GB"
+        smallest = f"; the smallest, {describe(least.plan)}, needs {least.peak_gb:.1f} GB" if least else ""
+        raise NoPlanFits(f"no memory plan{constraint} fits in {memory}{smallest}; a smaller size or window "
+                         f"needs less")
     return chosen[0]
 
 
-def free_vram_gb(device: str | None = None) -> float | None:
+def free_vram_gb(device: str | torch.device | None = None) -> float | None:
     """Free memory of the visible GPU (`device`, default the current one) in GB; None without CUDA."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return free / GB
+
+
+# ---------------------------------------------------------------------------------------------- for the loader
+
+def resolve_plan(spec: ModelSpec, device: torch.device, *, height: int | None = None, width: int | None = None,
+                 frames: int | None = None, offload: str = AUTO, quantize: str = AUTO, cfg: str = AUTO,
+                 tiled_decode: bool | None = None, text_encoder_device: str | None = AUTO,
+                 vram_gb: float | None = None) -> tuple[MemoryPlan, str]:
+    """The plan a run on `device` loads with, and a one-line reason.
+
+    Every field the caller fixed (anything but "auto" / None) is a constraint; the others are the planner's:
+    the fastest plan satisfying the constraints that fits `vram_gb` (default: the GPU's free memory). On the
+    CPU, for tiny models or models of no known architecture nothing is predicted and the free fields take
+    the plain path (`UNPLANNED`). A plan fixed in full is returned as given, its predicted peak in the
+    reason. NoPlanFits when no plan satisfying the constraints fits.
+    """
+    device = torch.device(device)
+    fixed = _fixed(spec, offload=offload, quantize=quantize, cfg=cfg, tiled_decode=tiled_decode,
+                   text_encoder_device=text_encoder_device)
+    why_not, memory = _planning(spec, device, vram_gb)
+    if why_not:
+        plan = dataclasses.replace(UNPLANNED, **fixed)
+        label = "as given" if len(fixed) == len(CHOICES) else "auto"
+        return plan, f"{label} {why_not}: {describe(plan, 'GPU' if device.type == 'cuda' else device.type.upper())}"
+    predictions = predict(spec, height, width, frames, vram_gb=memory, **fixed)
+    of = f"of {memory:.1f} GB {'given' if vram_gb is not None else 'free'}"
+    if len(fixed) == len(CHOICES):  # the caller's plan, even where it is predicted not to fit: they asked for it
+        (given,) = predictions
+        over = "" if given.peak <= memory * GB else " (predicted not to fit)"
+        return given.plan, f"as given: {describe(given.plan)}: predicted {given.peak_gb:.1f} GB {of}{over}"
+    chosen = choose(predictions, memory, _constraint(fixed), free=vram_gb is None)
+    return chosen.plan, f"auto: {describe(chosen.plan)}: predicted {chosen.peak_gb:.1f} GB {of}"
+
+
+def smaller_plan(spec: ModelSpec, device: torch.device, plan: MemoryPlan, height: int | None = None,
+                 width: int | None = None, frames: int | None = None,
+                 vram_gb: float | None = None) -> MemoryPlan | None:
+    """The fastest plan predicted to peak lower than `plan` and to fit `vram_gb` (default: the GPU's free memory,
+    so release the model that ran out first); None when none does or nothing can be predicted (CPU, tiny
+    models). For the message after a real CUDA out-of-memory."""
+    device = torch.device(device)
+    why_not, memory = _planning(spec, device, vram_gb)
+    if why_not or not memory > 0:
+        return None
+    arch, shape = _arch_and_shape(spec, height, width, frames)
+    current = _predict_plan(plan, arch, shape, _parts(arch, shape), memory)
+    lower = [p for p in judge(predict(spec, height, width, frames, vram_gb=memory), memory)
+             if p.fits and p.peak < current.peak]
+    return min(lower, key=lambda p: speed_rank(p.plan)).plan if lower else None
+
+
+def _fixed(spec: ModelSpec, **given) -> dict:
+    """The fields the caller fixed, their names checked (one-line UsageErrors)."""
+    fixed = {name: value for name, value in given.items() if value is not None and value != AUTO}
+    choices = {"offload": OFFLOADS, "quantize": QUANTIZES, "cfg": CFGS, "text_encoder_device": TEXT_ENCODER_DEVICES}
+    for name, value in fixed.items():
+        if name in choices:
+            check_choice(_FLAGS[name], value, (AUTO, *choices[name]))
+    if fixed.get("cfg") == "batched" and not spec.forcing:
+        raise UsageError(f"--cfg batched needs a diffusion forcing model; {spec.alias} ({spec.kind}) guides in "
+                         f"two passes")
+    if fixed.get("quantize") == "int8" and not torchao_available():
+        raise UsageError("--quantize int8 needs torchao: pip install torchao (or use --quantize fp8)")
+    return fixed
+
+
+def _planning(spec: ModelSpec, device: torch.device, vram_gb: float | None) -> tuple[str, float | None]:
+    """(why nothing is predicted for this run, "" when something is; the GB of memory to plan for)."""
+    if device.type == "cpu":
+        return "on the CPU (no VRAM to plan for)", None
+    if spec.is_tiny:
+        return f"for the tiny test model {spec.alias} (nothing to plan)", None
+    try:
+        architecture(spec.kind, spec.size)
+    except ModelError:
+        return f"for {spec.alias} (no known architecture of a {spec.kind} checkpoint of size {spec.size!r})", None
+    memory = vram_gb if vram_gb is not None else free_vram_gb(device) if device.type == "cuda" else None
+    return ("" if memory is not None else f"on {device} (its free memory is unknown)"), memory
+
+
+def _flags(fields: dict) -> str:
+    return " ".join(f"--{'' if value else 'no-'}tiled-decode" if name == "tiled_decode" else f"{_FLAGS[name]} {value}"
+                    for name, value in fields.items())
+
+
+def _constraint(fixed: dict) -> str:
+    return f" with {_flags(fixed)}" if fixed else ""
+
+
+def flags(plan: MemoryPlan) -> str:
+    """The command-line options that give `plan` (the text encoder's only when it is not the default)."""
+    fields = {name: getattr(plan, name) for name in CHOICES}
+    if plan.text_encoder_device == AUTO:
+        fields.pop("text_encoder_device")
+    return _flags(fields)

@@ -35,11 +35,9 @@ from ..models.architectures import (
     VaeArch,
 )
 
-TRACE_VERSION = 2  # bump when what a trace measures changes: old cache entries are then ignored
+TRACE_VERSION = 3  # bump when what a trace measures changes: old cache entries are then ignored
 WEIGHT_DTYPES = ("bf16", "fp8", "int8")
 CLIP_TOKENS = 257  # 16x16 patches + the class token of ViT-H/14 at 224 pixels
-# diffusers' default tiles (AutoencoderKLWan.tile_sample_min_* / tile_sample_stride_*), in pixels
-TILE, TILE_STRIDE = 256, 192
 
 
 class LiveBytes(TorchDispatchMode):
@@ -251,19 +249,15 @@ def _vae():
     return AutoencoderKLWan
 
 
-def tile_count(height: int, width: int) -> int:
-    """How many tiles diffusers' `tiled_decode` cuts a height x width picture into (default settings)."""
-    if height <= TILE and width <= TILE:
-        return 1
-    rows = len(range(0, height // 8, TILE_STRIDE // 8))
-    cols = len(range(0, width // 8, TILE_STRIDE // 8))
-    return rows * cols
-
-
 def _vae_decode(arch: VaeArch, height: int, width: int, tiled: bool) -> Trace:
-    """One steady-state latent frame's decode in fp32 (the cache already full), of one tile when tiled."""
-    tiles = tile_count(height, width) if tiled else 1
-    h, w = (min(height, TILE), min(width, TILE)) if tiles > 1 else (height, width)
+    """One steady-state latent frame's decode in fp32 (the cache already full), of the largest tile when tiled
+    (the tiles the streaming decode cuts with diffusers' default settings: forcing/tiling.py)."""
+    from ..forcing.tiling import tile_grid
+
+    # Untiled, or a picture within one tile: one whole-picture "tile" (latent rows x columns).
+    tiles = [(t.height, t.width) for t in tile_grid(height, width).tiles()] if tiled else [(height // 8, width // 8)]
+    areas = [th * tw for th, tw in tiles]
+    h, w = (8 * side for side in max(tiles, key=lambda t: t[0] * t[1]))
     with _fake_mode():
         with _fake_build(torch.float32):
             vae = _vae()(**arch.config()).eval()
@@ -276,8 +270,9 @@ def _vae_decode(arch: VaeArch, height: int, width: int, tiled: bool) -> Trace:
             vae, [z, *_tensors(cache)], lambda: vae.decoder(vae.post_quant_conv(z), feat_cache=cache, feat_idx=[0])
         )
         tile_cache = sum(c.untyped_storage().nbytes() for c in cache if isinstance(c, torch.Tensor))
-    return Trace(weights=weights, activations=peak, inputs=given, cache=tile_cache * tiles, tile_cache=tile_cache,
-                 tiles=tiles, output_per_frame=3 * height * width * 4)
+    # A tile's cache is proportional to its area: every tile's together, exactly.
+    return Trace(weights=weights, activations=peak, inputs=given, cache=tile_cache * sum(areas) // max(areas),
+                 tile_cache=tile_cache, tiles=len(areas), output_per_frame=3 * height * width * 4)
 
 
 def _vae_encode(arch: VaeArch, height: int, width: int) -> Trace:
@@ -381,8 +376,8 @@ def trace_image_encoder(arch: ImageEncoderArch) -> Trace:
 
 
 def trace_vae_decode(arch: VaeArch, height: int, width: int, tiled: bool = False) -> Trace:
-    """The VAE (fp32) decoding one latent frame at steady state, of one tile when `tiled`; `cache` is the
-    causal cache of the whole picture (every tile's: the tile cache times the tile count)."""
+    """The VAE (fp32) decoding one latent frame at steady state, of the largest tile when `tiled`; `cache` is
+    the causal cache of the whole picture (every tile's, overlaps included), `tile_cache` the largest tile's."""
     return _cached("vae_decode", _vae_decode, arch, height, width, tiled)
 
 
