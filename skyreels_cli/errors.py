@@ -33,3 +33,7 @@ class DeviceError(SkyreelsError):
 
 class ResumeError(SkyreelsError):
     """A --resume that has no saved state or whose settings differ."""
+
+
+class OutOfMemory(SkyreelsError):
+    """The GPU ran out of memory; the message names a plan predicted to fit."""

@@ -14,6 +14,7 @@ os.environ["HF_HOME"] = str(_HF_HOME)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["SKYREELS_CACHE"] = str(_HF_HOME / "skyreels-cache")  # planner traces never land in the home folder
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -8,8 +8,8 @@ import typer
 
 from .app import app, user_errors
 from .options import (
-    Device, DryRun, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Output, Overwrite, Quiet, Seconds, Seed,
-    Shift, Steps, Width,
+    Attention, Cache, Cfg, Compile, Device, DryRun, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Offload,
+    Output, Overwrite, Quantize, Quiet, Seconds, Seed, Shift, Steps, TextEncoderDevice, TiledDecode, Width,
 )
 
 
@@ -37,28 +37,43 @@ def _spec(model: str | None, command: str):
 
 
 def _run(command: str, spec, device: str, dtype: str | None, output: str | None, overwrite: bool,
-         quiet: bool, dry_run: bool, resume: bool = False, **fields) -> None:
-    """Check everything, load the model, generate, print the output path (with dry_run: only check)."""
+         quiet: bool, dry_run: bool, resume: bool = False, runtime: dict | None = None, **fields) -> None:
+    """Check everything, load the model, generate, print the output path (with dry_run: only check).
+
+    `runtime`: how the model runs (offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile).
+    """
     from .. import Request, load, prepare
     from ..models.loading import check_device, dtype_name, pick_dtype
+    from ..runtime.plan import resolve_plan
     from .memory import keep_host_memory_flat, release_freed_memory
 
+    runtime = dict(runtime or {})
     dev = check_device(device, spec)
     dtype = dtype_name(pick_dtype(dtype, dev))
     job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
     estimate = job.estimate(dev.type)
     if dry_run:
         job.release()
+        r = job.request
+        frames = r.base_frames if spec.forcing else r.frames
+        _, reason = resolve_plan(spec, dev, height=r.height, width=r.width, frames=frames,
+                                 **{k: v for k, v in runtime.items() if k not in ("attention", "compile")})
         work = f"; about {_amount(estimate[0])} of transformer work, {_duration(estimate[1])} on {dev.type}" \
             if estimate else ""
         typer.echo(f"{command}: {job.describe()}{work}")
+        typer.echo(f"memory plan: {reason}")
         return
     if estimate and estimate[1] > LONG_RUN_S and not quiet:
         typer.echo(f"warning: this run is about {_amount(estimate[0])} of transformer work, roughly "
                    f"{_duration(estimate[1])} on {dev.type} (Ctrl-C stops it; --dry-run checks a plan first)", err=True)
-    loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet)
+    try:
+        loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet, plan_for=job.request, **runtime)
+    except BaseException:
+        job.release()
+        raise
     if not quiet:
         typer.echo(f"{command}: {job.describe()}", err=True)
+        typer.echo(f"memory plan: {loaded.memory_reason}", err=True)
     on_window = None
     if command == "extend":
         keep_host_memory_flat()
@@ -67,7 +82,17 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     if result.resumed and not quiet:
         typer.echo(f"resumed: the decoder's state was rebuilt by decoding {result.replayed_latents} latent frames "
                    "again", err=True)
+    if result.step_cache and not quiet:
+        c = result.step_cache
+        typer.echo(f"step cache: skipped {c['skipped']} of {c['calls']} model calls, threshold {c['threshold']}",
+                   err=True)
     typer.echo(str(result.path))
+
+
+def _runtime(offload: str, quantize: str, cfg: str, tiled_decode: bool | None, text_encoder_device: str | None,
+             attention: str, compile: bool) -> dict:
+    return {"offload": offload, "quantize": quantize, "cfg": cfg, "tiled_decode": tiled_decode,
+            "text_encoder_device": text_encoder_device or "auto", "attention": attention, "compile": compile}
 
 
 @app.command()
@@ -76,7 +101,9 @@ def t2v(
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
-    overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
+    offload: Offload = "auto", quantize: Quantize = "auto", cfg: Cfg = "auto", tiled_decode: TiledDecode = None,
+    text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
+    cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
 ) -> None:
     """Text to video: one clip from a prompt.
 
@@ -87,7 +114,8 @@ def t2v(
       skyreels t2v "a cat" --model tiny --device cpu -o cat.mp4
     """
     with user_errors("t2v"):
-        _run("t2v", _spec(model, "t2v"), device, dtype, output, overwrite, quiet, dry_run, prompt=prompt, seed=seed,
+        _run("t2v", _spec(model, "t2v"), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile), prompt=prompt, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
@@ -99,7 +127,9 @@ def i2v(
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
-    overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
+    offload: Offload = "auto", quantize: Quantize = "auto", cfg: Cfg = "auto", tiled_decode: TiledDecode = None,
+    text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
+    cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
 ) -> None:
     """Image to video: animate a still image. A portrait image gives a portrait video.
 
@@ -110,7 +140,8 @@ def i2v(
       skyreels i2v photo.png --model tiny --device cpu -o frames/
     """
     with user_errors("i2v"):
-        _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, dry_run, prompt=prompt, image=image, seed=seed,
+        _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile), prompt=prompt, image=image, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
@@ -133,7 +164,9 @@ def extend(
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
-    overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
+    offload: Offload = "auto", quantize: Quantize = "auto", cfg: Cfg = "auto", tiled_decode: TiledDecode = None,
+    text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
+    cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
 
@@ -161,7 +194,8 @@ def extend(
             raise UsageError("extend needs a length: --frames (e.g. 1440 for a minute at 24 fps) or --seconds")
         if not (prompt.strip() or image or video):
             raise UsageError('extend needs a prompt, e.g. skyreels extend "a red fox running through snow" --frames 240')
-        _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, dry_run, resume, prompt=prompt, frames=frames,
+        _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, dry_run, resume, cache=cache,
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile), prompt=prompt, frames=frames,
              base_frames=base_frames, overlap=overlap, ar_step=ar_step, causal_block=causal_block,
              addnoise=addnoise, causal_attention=causal_attention, image=image, end_image=end_image, video=video,
              seconds=seconds,

@@ -24,3 +24,13 @@ Grid = Annotated[Optional[str], typer.Option("--sigma-grid", help="official (Sky
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check every setting and print what would be made; load and write nothing.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages; print only the output path.")]
+
+# How the model runs (not what it makes): memory plan, kernels, compilation. `skyreels plan` shows the choices.
+Offload = Annotated[str, typer.Option("--offload", help="Memory plan: auto (the fastest that fits the GPU), none, model, group or sequential; see `skyreels plan`.")]
+Quantize = Annotated[str, typer.Option("--quantize", help="Transformer weights: auto (bf16 unless only fp8 keeps them on the GPU), none (bf16), fp8 (stored in fp8, computed in bf16) or int8 (torchao).")]
+Attention = Annotated[str, typer.Option("--attention", help="Attention kernel: auto (fastest installed), sdpa, flash, flash3, sage or xformers.")]
+TextEncoderDevice = Annotated[Optional[str], typer.Option("--text-encoder-device", help="Where the text encoder runs: the run's device (default, only while it encodes) or cpu.")]
+Cfg = Annotated[str, typer.Option("--cfg", help="Guidance passes: auto, batched (one forward of two, faster, more memory) or separate.")]
+TiledDecode = Annotated[Optional[bool], typer.Option("--tiled-decode/--no-tiled-decode", help="Decode in spatial tiles (default: only when the whole frame would not fit).")]
+Compile = Annotated[bool, typer.Option("--compile", help="Compile the transformer's blocks with torch.compile (slow first window, faster after).")]
+Cache = Annotated[Optional[float], typer.Option("--cache", help="Skip transformer calls whose input barely changed, at this threshold (e.g. 0.05; off by default). Changes the frames a little; the skipped calls are counted in the sidecar.")]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, faults
+from ..errors import OutOfMemory, ResumeError
 from ..forcing.engine import DiffusionForcingEngine, EngineState, Sampling
 from ..forcing.resume import save_state
 from ..forcing.schedule import make_scheduler
@@ -27,7 +29,11 @@ from ..models.loading import check_device, dtype_name, load_components, pick_dty
 from ..models.placement import Placement
 from ..models.registry import ModelSpec, resolve_model
 from ..quiet import third_party_quiet
+from ..runtime.attention import apply_backend
+from ..runtime.compile import compile_blocks
 from ..runtime.memory import MemoryPlan
+from ..runtime.modulation import install_per_frame_modulation
+from ..runtime.step_cache import StepCache
 from .clips import clip_pipeline, generate_clip
 from .conditioning import PromptEncoder, image_latent, video_prefix
 from .job import Job, prepare
@@ -38,27 +44,44 @@ from .timer import Timer
 
 
 def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: str | None = None,
-         memory: MemoryPlan | None = None, progress: bool = True, command: str | None = None) -> Model:
+         offload: str = "auto", quantize: str = "auto", cfg: str = "auto", tiled_decode: bool | None = None,
+         text_encoder_device: str = "auto", attention: str = "auto", compile: bool = False,
+         vram_gb: float | None = None, plan_for: Request | None = None, progress: bool = True,
+         command: str | None = None) -> Model:
     """Load a checkpoint (registry alias, Hub repo id or local folder; downloaded if needed) onto `device`
     ("auto": CUDA when visible; the CPU only for tiny models unless asked for by name).
 
     `dtype` is the transformer's and text encoder's (bf16 on CUDA, fp32 on the CPU by default); the VAE
     runs in fp32. `command` ("t2v", "i2v", "extend") checks that the checkpoint can run it.
+
+    How it runs: `offload`, `quantize`, `cfg`, `tiled_decode` and `text_encoder_device` make its memory
+    plan; each left at "auto"/None is chosen by the planner as the fastest that fits the GPU's free memory
+    (or `vram_gb`) at the size of `plan_for` (default: the model's native size); `skyreels plan` shows the
+    choice. `attention` picks the kernel, `compile` compiles the transformer's blocks.
     """
+    from ..runtime.plan import resolve_plan
+
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, command)
     dev = check_device(device, spec)
     torch_dtype = pick_dtype(dtype, dev)
+    size = {} if plan_for is None else {"height": plan_for.height, "width": plan_for.width,
+                                         "frames": plan_for.base_frames if spec.forcing else plan_for.frames}
+    memory, reason = resolve_plan(spec, dev, offload=offload, quantize=quantize, cfg=cfg, tiled_decode=tiled_decode,
+                                  text_encoder_device=text_encoder_device, vram_gb=vram_gb, **size)
     started = time.perf_counter()
     with third_party_quiet(not progress):
         folder = ensure_model(spec, progress=progress)
         components = load_components(folder, spec.kind, torch_dtype)
-    return Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3),
-                 memory)
+    loaded = Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3),
+                   memory=memory, attention=attention, compile=compile)
+    loaded.memory_reason = reason
+    return loaded
 
 
 class Model:
     def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, dtype: torch.dtype,
-                 progress: bool = True, load_seconds: float = 0.0, memory: MemoryPlan | None = None) -> None:
+                 progress: bool = True, load_seconds: float = 0.0, *, memory: MemoryPlan | None = None,
+                 attention: str = "auto", compile: bool = False) -> None:
         import diffusers
 
         self.spec = spec
@@ -69,12 +92,28 @@ class Model:
         self.load_seconds = load_seconds
         self.components = components
         self.memory = memory or MemoryPlan()
-        # Per-frame modulation (DF) must be bound before this: the plan's offload hooks wrap `forward`.
+        self.memory_reason = ""
+        transformer = components["transformer"]
+        if spec.forcing:
+            # Before the plan's offload hooks, which wrap `forward`: those must wrap ours.
+            install_per_frame_modulation(transformer)
         self.placement = Placement(components, device, self.memory)
+        self.attention = apply_backend(transformer, attention, device)
+        self.compiled = compile
+        if compile:
+            compile_blocks(transformer, device)
         self._pipeline_cls = getattr(diffusers, KINDS[spec.kind].pipeline)
         self._pipe = self._pipeline_cls(**components)  # its encode_prompt and video_processor
         self._prompts = PromptEncoder(self._pipe, self.placement)
         self._replayed = 0  # latent frames the last resumed run decoded again
+        self._cache: StepCache | None = None  # the last run's step cache, for its counts
+
+    @property
+    def runtime(self) -> dict:
+        """How this model runs, as recorded in each sidecar."""
+        m = self.memory
+        return {"offload": m.offload, "quantize": m.quantize, "cfg": m.cfg, "tiled_decode": m.tiled_decode,
+                "text_encoder_device": m.text_encoder_device, "attention": self.attention, "compile": self.compiled}
 
     def __repr__(self) -> str:
         return f"<skyreels Model {self.spec.alias} ({self.spec.kind}) on {self.device}, {self.dtype_name}>"
@@ -127,20 +166,54 @@ class Model:
         started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        self._check_resumable(job)
+        self._cache = None
         metadata = {"skyreels": __version__, "request": request.to_dict(),
-                    "model": {**job.model_identity, "dtype": self.dtype_name, "device": str(self.device)}}
+                    "model": {**job.model_identity, "dtype": self.dtype_name, "quantize": self.memory.quantize,
+                              "device": str(self.device)}}
         sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)
         with sink, third_party_quiet(not self.progress):
-            with timer("generate"):
+            with timer("generate"), self._out_of_memory(request):
                 self._write_windows(job, sink, metadata, on_window)
             timer.marks["load"] = self.load_seconds
             timer.marks["total"] = round(time.perf_counter() - started, 3)
             peak = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2) if self.device.type == "cuda" else None
             run = {"frames_written": sink.frames_written, "timings_s": timer.marks, "output": str(target.path),
-                   "resumed": bool(saved), "replayed_latents": self._replayed, "peak_vram_gb": peak}
+                   "resumed": bool(saved), "replayed_latents": self._replayed, "peak_vram_gb": peak,
+                   "runtime": self.runtime}
+            cache = self._cache.stats() if self._cache is not None else None
+            if cache is not None:
+                run["step_cache"] = cache
             path = sink.finish({**metadata, "run": run})
         return Result(path, target.sidecar, request, sink.frames_written, timer.marks, peak, bool(saved),
-                      self._replayed)
+                      self._replayed, cache, self.runtime)
+
+    def _check_resumable(self, job: Job) -> None:
+        # fp8 or int8 weights make other frames: a run must continue with the storage it started with.
+        saved = job.saved["model"].get("quantize", "none") if job.saved else None
+        if saved is not None and saved != self.memory.quantize:
+            raise ResumeError(f"cannot resume {job.target.path}: it was started with --quantize {saved}, this model "
+                              f"is loaded with --quantize {self.memory.quantize}; repeat the original option")
+
+    @contextmanager
+    def _out_of_memory(self, request: Request) -> Iterator[None]:
+        """A CUDA out-of-memory becomes one line naming a plan predicted to fit (finished windows are kept)."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            from ..runtime.plan import flags, smaller_plan
+
+            frames = request.base_frames if self.spec.forcing else request.frames
+            better = smaller_plan(self.spec, self.device, self.memory, request.height, request.width, frames)
+            m = self.memory
+            if better is None:
+                hint = "no smaller plan is predicted to fit: try a smaller --height/--width or --base-frames"
+            else:
+                hint = f"try {flags(better)}"
+
+            kept = "; the finished windows are kept: add --resume" if self.spec.forcing else ""
+            raise OutOfMemory(f"the GPU ran out of memory with --offload {m.offload} --quantize {m.quantize} "
+                              f"--cfg {m.cfg}; {hint}{kept}") from None
 
     def _write_windows(self, job: Job, sink: FrameSink, metadata: dict,
                        on_window: Callable[[WindowFrames], None] | None) -> None:
@@ -186,9 +259,10 @@ class Model:
     def _forcing_windows(self, request: Request, cond, state: EngineState | None, first: int):
         c = self.components
         scheduler = make_scheduler(c["scheduler"].config, request.shift, request.sigma_grid)
+        self._cache = StepCache(request.cache) if request.cache else None
         engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self.progress,
                                         cfg=self.memory.cfg, placement=self.placement,
-                                        tiled_decode=self.memory.tiled_decode)
+                                        tiled_decode=self.memory.tiled_decode, step_cache=self._cache)
         plan = window_plan(request)
         sampling = Sampling(request.steps, request.ar_step, request.addnoise, request.causal_attention, request.fps)
         start = end = None

@@ -41,6 +41,7 @@ class Request:
     causal_block: int | None = None
     addnoise: float | None = None
     causal_attention: bool | None = None
+    cache: float | None = None  # step cache threshold (0: off); skipped calls change the frames a little
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:

@@ -32,3 +32,5 @@ class Result:
     peak_vram_gb: float | None    # on CUDA, this generation's peak
     resumed: bool
     replayed_latents: int = 0     # latent frames decoded again on resume to rebuild the decoder's state
+    step_cache: dict | None = None  # with a step cache: its threshold, calls and skipped calls
+    runtime: dict | None = None   # how the model ran: memory plan, attention kernel, compilation

@@ -117,15 +117,17 @@ def _model_dtype_device(transformer) -> tuple[torch.dtype, torch.device]:
     return param.dtype, param.device
 
 
-def apply_backend(transformer, name: str) -> str:
+def apply_backend(transformer, name: str, device: torch.device | None = None) -> str:
     """Run every attention processor of `transformer` on kernel `name` (ours, `auto` included); returns it.
 
-    Validated against the model's own device and dtype. Only this model changes: diffusers'
-    process-wide default backend, which `set_attention_backend` also sets, is put back.
+    Validated against the device it will run on (`device`; by default where its weights are: under an
+    offload plan they wait on the host) and its dtype. Only this model changes: diffusers' process-wide
+    default backend, which `set_attention_backend` also sets, is put back.
     """
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    dtype, device = _model_dtype_device(transformer)
+    dtype, weights_device = _model_dtype_device(transformer)
+    device = weights_device if device is None else torch.device(device)
     picked = pick_backend(name, device, dtype)
     active = _AttentionBackendRegistry._active_backend
     # diffusers warns "experimental" on every call: once per run is noise, so keep it quiet here.
