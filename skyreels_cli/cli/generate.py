@@ -12,7 +12,6 @@ from .options import (
     Output, Overwrite, Quantize, Quiet, Seconds, Seed, Shift, Steps, TextEncoderDevice, TiledDecode, Width,
 )
 
-
 LONG_RUN_S = 3600  # warn up front about runs longer than this
 
 
@@ -44,13 +43,21 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     """
     from .. import Request, load, prepare
     from ..models.loading import check_device, dtype_name, pick_dtype
+    from ..runtime.attention import pick_backend
+    from ..runtime.compile import check_compile
     from ..runtime.plan import resolve_plan
     from .memory import keep_host_memory_flat, release_freed_memory
 
     runtime = dict(runtime or {})
     dev = check_device(device, spec)
+    # Checked here too so that --dry-run refuses a kernel that cannot run on this device, as a run would.
+    pick_backend(runtime.get("attention", "auto"), dev, pick_dtype(dtype, dev))
+    if runtime.get("compile"):
+        check_compile(dev)
     dtype = dtype_name(pick_dtype(dtype, dev))
     job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
+    if job.saved and runtime.get("quantize", "auto") == "auto":  # continue with the weights it started with
+        runtime["quantize"] = job.saved["model"].get("quantize", "none")
     estimate = job.estimate(dev.type)
     if dry_run:
         job.release()

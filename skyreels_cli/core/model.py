@@ -29,8 +29,8 @@ from ..models.loading import check_device, dtype_name, load_components, pick_dty
 from ..models.placement import Placement
 from ..models.registry import ModelSpec, resolve_model
 from ..quiet import third_party_quiet
-from ..runtime.attention import apply_backend
-from ..runtime.compile import compile_blocks
+from ..runtime.attention import apply_backend, pick_backend
+from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.memory import MemoryPlan
 from ..runtime.modulation import install_per_frame_modulation
 from ..runtime.step_cache import StepCache
@@ -68,6 +68,9 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
                                          "frames": plan_for.base_frames if spec.forcing else plan_for.frames}
     memory, reason = resolve_plan(spec, dev, offload=offload, quantize=quantize, cfg=cfg, tiled_decode=tiled_decode,
                                   text_encoder_device=text_encoder_device, vram_gb=vram_gb, **size)
+    pick_backend(attention, dev, torch_dtype)  # a kernel that cannot run is refused before a long download and load
+    if compile:
+        check_compile(dev)
     started = time.perf_counter()
     with third_party_quiet(not progress):
         folder = ensure_model(spec, progress=progress)

@@ -14,11 +14,16 @@ import torch
 from ..errors import DeviceError
 
 
-def compile_blocks(transformer: torch.nn.Module, device: torch.device) -> None:
-    """Compile each transformer block in place (after any forward patches, so they are compiled too)."""
+def check_compile(device: torch.device) -> None:
+    """Refuse --compile where it cannot work, before anything loads."""
     if device.type == "cpu" and not _has_compiler():
         raise DeviceError("--compile on the CPU needs a C++ compiler (gcc or clang) on the PATH; install one or "
                           "leave out --compile")
+
+
+def compile_blocks(transformer: torch.nn.Module, device: torch.device) -> None:
+    """Compile each transformer block in place (after any forward patches, so they are compiled too)."""
+    check_compile(device)
     # A long run sees a new shape only at its last window; allow a few recompiles before eager fallback.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
     transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)

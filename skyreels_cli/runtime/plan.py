@@ -384,7 +384,8 @@ def _fixed(spec: ModelSpec, **given) -> dict:
     choices = {"offload": OFFLOADS, "quantize": QUANTIZES, "cfg": CFGS, "text_encoder_device": TEXT_ENCODER_DEVICES}
     for name, value in fixed.items():
         if name in choices:
-            check_choice(_FLAGS[name], value, (AUTO, *choices[name]))
+            # TEXT_ENCODER_DEVICES has its own "auto" (a real place, not the planner's choice): name it once.
+            check_choice(_FLAGS[name], value, tuple(dict.fromkeys((AUTO, *choices[name]))))
     if fixed.get("cfg") == "batched" and not spec.forcing:
         raise UsageError(f"--cfg batched needs a diffusion forcing model; {spec.alias} ({spec.kind}) guides in "
                          f"two passes")
