@@ -8,8 +8,11 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 ftfy==6.3.1 wcwidth
-# then run, carrying .whl:   bash benchmarks/gpu_check.sh
-# Each run's settings.json records timings and peak VRAM; they are printed at the end.
+# then run, carrying .whl:   bash benchmarks/gpu_check.sh [PART]
+# PART: commands (every command, tiny and real 1.3B weights), tests (the CUDA tests), speed (seconds per step,
+# DF-1.3B, option by option, against diffusers), speed14b (DF-14B in 24 GB against unlimited); default: all, which
+# is more than one 10-minute call: run the parts one call each.
+# Each run's settings.json records timings and peak VRAM; they are printed at the end. Figures land in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -20,7 +23,24 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 HF_HUB_OF
 export HF_HOME="${HF_HOME_CHECK:-$(mktemp -d)}"
 out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"
+part="${1:-all}"
 sk() { python3 -m skyreels_cli "$@" --device cuda --dtype bf16 -q --overwrite; }
+want() { [ "$part" = all ] || [ "$part" = "$1" ]; }
+
+if want tests; then
+  echo "== CUDA tests (each skips without a GPU; here they run)"
+  python3 -m pytest -q -p no:cacheprovider tests/test_memory_plans.py tests/test_tiling.py tests/test_attention.py \
+    tests/test_solver.py tests/test_step_cache.py tests/test_modulation.py tests/test_api.py -k "cuda or gpu" || true
+fi
+if want speed; then
+  echo "== seconds per step, DF-1.3B-540P"
+  python3 benchmarks/gpu_speed.py --model df-1.3b-540p || true
+fi
+if want speed14b; then
+  echo "== DF-14B-540P: the planner's 24 GB plan against unlimited"
+  python3 benchmarks/gpu_speed.py --model df-14b-540p --variants diffusers,all,plan --vram 24 --steps 2 || true
+fi
+want commands || exit 0
 
 python3 -m skyreels_cli doctor || true
 python3 - "$out/start.png" <<'PY'

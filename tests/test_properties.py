@@ -64,8 +64,9 @@ def run_or_refuse(folder: Path, args: list[str]) -> None:
     finally:
         os.chdir(cwd)
     message = result.output.strip()
-    if result.exit_code == 0:
-        assert message.split(":")[0] in ("t2v", "extend") and "\n" not in message, message
+    if result.exit_code == 0:  # what would be made, then the memory plan it would use
+        made, plan = message.split("\n")
+        assert made.split(":")[0] in ("t2v", "extend") and plan.startswith("memory plan: "), message
     else:
         assert result.exit_code == 2, (args, message, result.exception)
         assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
