@@ -8,8 +8,9 @@ import typer
 
 from .app import app, user_errors
 from .options import (
-    Attention, Cache, Cfg, Compile, Device, DryRun, Dtype, Fps, Frames, Grid, Guidance, Height, Model, Negative, Offload,
-    Output, Overwrite, Quantize, Quiet, Seconds, Seed, Shift, Steps, TextEncoderDevice, TiledDecode, Width,
+    Attention, Cache, Cfg, Compile, Device, DryRun, Dtype, Enhance, Enhancer, Fps, Frames, Grid, Guidance, Height, Lora,
+    Model, Negative, Offload, Output, Overwrite, Quantize, Quiet, Seconds, Seed, Shift, Steps, TextEncoderDevice,
+    TiledDecode, Width,
 )
 
 LONG_RUN_S = 3600  # warn up front about runs longer than this
@@ -36,10 +37,12 @@ def _spec(model: str | None, command: str):
 
 
 def _run(command: str, spec, device: str, dtype: str | None, output: str | None, overwrite: bool,
-         quiet: bool, dry_run: bool, resume: bool = False, runtime: dict | None = None, **fields) -> None:
+         quiet: bool, dry_run: bool, resume: bool = False, runtime: dict | None = None,
+         loras: list[str] | None = None, enhancer: str | None = None, **fields) -> None:
     """Check everything, load the model, generate, print the output path (with dry_run: only check).
 
     `runtime`: how the model runs (offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile).
+    `loras`: --lora values; `enhancer`: the --enhance LLM ("" for the default), None for no enhancement.
     """
     from .. import Request, load, prepare
     from ..models.loading import check_device, dtype_name, pick_dtype
@@ -55,6 +58,11 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     if runtime.get("compile"):
         check_compile(dev)
     dtype = dtype_name(pick_dtype(dtype, dev))
+    from ..core.enhance import enhance_fields
+    from ..models.lora import resolve_lora
+
+    loras = [resolve_lora(text) for text in loras or []]  # a missing file is refused before anything loads
+    fields = enhance_fields(fields, enhancer, dev, dry_run=dry_run, say=None if quiet else _say)
     job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
     if job.saved and runtime.get("quantize", "auto") == "auto":  # continue with the weights it started with
         runtime["quantize"] = job.saved["model"].get("quantize", "none")
@@ -74,7 +82,8 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
         typer.echo(f"warning: this run is about {_amount(estimate[0])} of transformer work, roughly "
                    f"{_duration(estimate[1])} on {dev.type} (Ctrl-C stops it; --dry-run checks a plan first)", err=True)
     try:
-        loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet, plan_for=job.request, **runtime)
+        loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet, plan_for=job.request, loras=loras,
+                      **runtime)
     except BaseException:
         job.release()
         raise
@@ -96,6 +105,15 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     typer.echo(str(result.path))
 
 
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _enhancer(enhance: bool, enhancer: str | None) -> str | None:
+    """--enhancer implies --enhance; "" stands for the registry's default enhancer."""
+    return enhancer if enhancer else ("" if enhance else None)
+
+
 def _runtime(offload: str, quantize: str, cfg: str, tiled_decode: bool | None, text_encoder_device: str | None,
              attention: str, compile: bool) -> dict:
     return {"offload": offload, "quantize": quantize, "cfg": cfg, "tiled_decode": tiled_decode,
@@ -111,6 +129,7 @@ def t2v(
     offload: Offload = "auto", quantize: Quantize = "auto", cfg: Cfg = "auto", tiled_decode: TiledDecode = None,
     text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
+    lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
 ) -> None:
     """Text to video: one clip from a prompt.
 
@@ -122,7 +141,8 @@ def t2v(
     """
     with user_errors("t2v"):
         _run("t2v", _spec(model, "t2v"), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
-             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile), prompt=prompt, seed=seed,
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
+             loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
@@ -137,6 +157,7 @@ def i2v(
     offload: Offload = "auto", quantize: Quantize = "auto", cfg: Cfg = "auto", tiled_decode: TiledDecode = None,
     text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
+    lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
 ) -> None:
     """Image to video: animate a still image. A portrait image gives a portrait video.
 
@@ -148,7 +169,8 @@ def i2v(
     """
     with user_errors("i2v"):
         _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
-             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile), prompt=prompt, image=image, seed=seed,
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
+             loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, image=image, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
 
@@ -174,6 +196,7 @@ def extend(
     offload: Offload = "auto", quantize: Quantize = "auto", cfg: Cfg = "auto", tiled_decode: TiledDecode = None,
     text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
+    lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
 
@@ -202,7 +225,8 @@ def extend(
         if not (prompt.strip() or image or video):
             raise UsageError('extend needs a prompt, e.g. skyreels extend "a red fox running through snow" --frames 240')
         _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, dry_run, resume, cache=cache,
-             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile), prompt=prompt, frames=frames,
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
+             loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, frames=frames,
              base_frames=base_frames, overlap=overlap, ar_step=ar_step, causal_block=causal_block,
              addnoise=addnoise, causal_attention=causal_attention, image=image, end_image=end_image, video=video,
              seconds=seconds,

@@ -43,14 +43,21 @@ def download(
 
       skyreels download df-1.3b-540p i2v-1.3b-540p
 
+      skyreels download qwen2.5-1.5b     (the prompt enhancer of --enhance)
+
       skyreels download --force df-1.3b-540p
     """
+    from ..core.enhance import enhancer_folder, is_enhancer
     from ..errors import ModelError
     from ..models.hub import disk_size, ensure_model, hub_mismatches
     from ..models.registry import resolve_model
 
     with user_errors("download"):
         for name in names:
+            if is_enhancer(name):  # a prompt enhancer of weights.toml's [enhancers]: a transformers LLM
+                path = enhancer_folder(name)
+                typer.echo(f"{name}: {path} ({disk_size(path) / 1e9:.2f} GB, prompt enhancer)")
+                continue
             spec = resolve_model(name, None)
             path = ensure_model(spec, progress=not quiet, force=force)
             mismatches = hub_mismatches(spec, path)

@@ -34,3 +34,8 @@ Cfg = Annotated[str, typer.Option("--cfg", help="Guidance passes: auto, batched 
 TiledDecode = Annotated[Optional[bool], typer.Option("--tiled-decode/--no-tiled-decode", help="Decode in spatial tiles (default: only when the whole frame would not fit).")]
 Compile = Annotated[bool, typer.Option("--compile", help="Compile the transformer's blocks with torch.compile (slow first window, faster after).")]
 Cache = Annotated[Optional[float], typer.Option("--cache", help="Skip transformer calls whose input barely changed, at this threshold (e.g. 0.05; off by default). Changes the frames a little; the skipped calls are counted in the sidecar.")]
+
+# Film-making inputs: what the model is adapted with, and who writes the prompt.
+Lora = Annotated[list[str] | None, typer.Option("--lora", help="A LoRA for the transformer: FILE.safetensors, a folder or a Hub repo id, with :SCALE to weight it (e.g. style.safetensors:0.8); repeatable. Refused whole if any layer does not fit the model.")]
+Enhance = Annotated[bool, typer.Option("--enhance", help="Rewrite the prompt into a detailed cinematic description with a local LLM first (printed, and recorded beside the original).")]
+Enhancer = Annotated[str | None, typer.Option("--enhancer", help="LLM for --enhance (implies it): qwen2.5-1.5b (default), qwen2.5-3b, qwen2.5-7b, another instruction-tuned Hub repo id, or a local folder.")]

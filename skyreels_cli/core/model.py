@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ..media.videos import iter_video_frames
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
 from ..models.loading import check_device, dtype_name, load_components, pick_dtype
+from ..models.lora import LoraSpec, ResolvedLora, apply_loras, remove_loras, resolve_lora
 from ..models.placement import Placement
 from ..models.registry import ModelSpec, resolve_model
 from ..quiet import third_party_quiet
@@ -47,7 +48,7 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
          offload: str = "auto", quantize: str = "auto", cfg: str = "auto", tiled_decode: bool | None = None,
          text_encoder_device: str = "auto", attention: str = "auto", compile: bool = False,
          vram_gb: float | None = None, plan_for: Request | None = None, progress: bool = True,
-         command: str | None = None) -> Model:
+         command: str | None = None, loras: Sequence[str | LoraSpec | ResolvedLora] = ()) -> Model:
     """Load a checkpoint (registry alias, Hub repo id or local folder; downloaded if needed) onto `device`
     ("auto": CUDA when visible; the CPU only for tiny models unless asked for by name).
 
@@ -58,6 +59,9 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
     plan; each left at "auto"/None is chosen by the planner as the fastest that fits the GPU's free memory
     (or `vram_gb`) at the size of `plan_for` (default: the model's native size); `skyreels plan` shows the
     choice. `attention` picks the kernel, `compile` compiles the transformer's blocks.
+
+    `loras`: `PATH_OR_REPO[:SCALE]` values (or `models.lora` specs), checked to fit and applied before
+    the memory plan; part of the model's identity (recorded in each sidecar, compared on resume).
     """
     from ..runtime.plan import resolve_plan
 
@@ -71,12 +75,15 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
     pick_backend(attention, dev, torch_dtype)  # a kernel that cannot run is refused before a long download and load
     if compile:
         check_compile(dev)
+    loras = [lora if isinstance(lora, ResolvedLora) else resolve_lora(lora) for lora in loras]  # found before loading
     started = time.perf_counter()
     with third_party_quiet(not progress):
         folder = ensure_model(spec, progress=progress)
         components = load_components(folder, spec.kind, torch_dtype)
+        # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.
+        records = apply_loras(components["transformer"], loras, spec.alias)
     loaded = Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3),
-                   memory=memory, attention=attention, compile=compile)
+                   memory=memory, attention=attention, compile=compile, loras=records)
     loaded.memory_reason = reason
     return loaded
 
@@ -84,7 +91,7 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
 class Model:
     def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, dtype: torch.dtype,
                  progress: bool = True, load_seconds: float = 0.0, *, memory: MemoryPlan | None = None,
-                 attention: str = "auto", compile: bool = False) -> None:
+                 attention: str = "auto", compile: bool = False, loras: list[dict] | None = None) -> None:
         import diffusers
 
         self.spec = spec
@@ -96,6 +103,7 @@ class Model:
         self.components = components
         self.memory = memory or MemoryPlan()
         self.memory_reason = ""
+        self.loras = list(loras or [])  # sidecar records of the LoRAs applied at load
         transformer = components["transformer"]
         if spec.forcing:
             # Before the plan's offload hooks, which wrap `forward`: those must wrap ours.
@@ -117,6 +125,11 @@ class Model:
         m = self.memory
         return {"offload": m.offload, "quantize": m.quantize, "cfg": m.cfg, "tiled_decode": m.tiled_decode,
                 "text_encoder_device": m.text_encoder_device, "attention": self.attention, "compile": self.compiled}
+
+    def remove_loras(self) -> None:
+        """Run without the LoRAs from now on: the transformer's own weights come back exactly."""
+        remove_loras(self.components["transformer"])
+        self.loras = []
 
     def __repr__(self) -> str:
         return f"<skyreels Model {self.spec.alias} ({self.spec.kind}) on {self.device}, {self.dtype_name}>"
@@ -173,7 +186,7 @@ class Model:
         self._cache = None
         metadata = {"skyreels": __version__, "request": request.to_dict(),
                     "model": {**job.model_identity, "dtype": self.dtype_name, "quantize": self.memory.quantize,
-                              "device": str(self.device)}}
+                              "device": str(self.device), **({"loras": self.loras} if self.loras else {})}}
         sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)
         with sink, third_party_quiet(not self.progress):
             with timer("generate"), self._out_of_memory(request):
@@ -197,6 +210,9 @@ class Model:
         if saved is not None and saved != self.memory.quantize:
             raise ResumeError(f"cannot resume {job.target.path}: it was started with --quantize {saved}, this model "
                               f"is loaded with --quantize {self.memory.quantize}; repeat the original option")
+        if job.saved and _lora_identity(job.saved["model"].get("loras", [])) != _lora_identity(self.loras):
+            raise ResumeError(f"cannot resume {job.target.path}: it was started with other LoRAs (--lora) than this "
+                              "model has; repeat the original --lora options")
 
     @contextmanager
     def _out_of_memory(self, request: Request) -> Iterator[None]:
@@ -291,3 +307,8 @@ class Model:
         for chunk in iter_video_frames(Path(request.video), chunk=16):
             sink.write(fit_frames(chunk, request.height, request.width))
         sink.end_window()
+
+
+def _lora_identity(records: list[dict]) -> list[tuple[str, float]]:
+    """What makes LoRAs give the same frames: the files' contents and scales, in order (not their paths)."""
+    return [(r["sha256"], float(r["scale"])) for r in records]

@@ -42,6 +42,7 @@ class Request:
     addnoise: float | None = None
     causal_attention: bool | None = None
     cache: float | None = None  # step cache threshold (0: off); skipped calls change the frames a little
+    prompt_original: str | None = None  # the user's prompt when --enhance rewrote it into `prompt`
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:

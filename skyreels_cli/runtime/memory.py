@@ -112,7 +112,8 @@ def _int8_weight_only(transformer: torch.nn.Module) -> None:
     skip = skipped_patterns(transformer)
 
     def wanted(module: torch.nn.Module, name: str) -> bool:
-        return isinstance(module, torch.nn.Linear) and not is_skipped(name, skip)
+        # Not the small lora_A/lora_B layers of a LoRA: they are added to the weights, not stored with them.
+        return isinstance(module, torch.nn.Linear) and ".lora_" not in name and not is_skipped(name, skip)
 
     quantize_(transformer, config(), filter_fn=wanted)
 

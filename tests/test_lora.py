@@ -1,0 +1,186 @@
+"""LoRAs: made here with random low-rank weights in diffusers' format, they change the frames, scale 0 and
+unloading give the original frames exactly, a misfit is refused whole naming its layers, the sidecar keeps
+the file's hash. Needs the shared-file diff of issue 9 part c (load(loras=...), --lora)."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import skyreels_cli as sk
+from skyreels_cli.cli import app
+from skyreels_cli.errors import ModelError, ResumeError
+from skyreels_cli.models import lora as L
+
+from .conftest import ALIASES
+
+SMALL = {"height": 64, "width": 64, "frames": 17, "steps": 3, "seed": 3}
+REQUEST = sk.Request(prompt="a red fox running through snow", **SMALL)
+# Self-attention projections of both tiny blocks: the layers style LoRAs usually adapt.
+LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+
+
+def lora_state(shapes: dict, rank: int = 4, seed: int = 0, blocks=(0, 1), layers=LAYERS) -> dict:
+    """diffusers-format LoRA tensors for `layers` of `blocks`, strong enough to move the frames."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for b in blocks:
+        for layer in layers:
+            out_features, in_features = shapes[f"blocks.{b}.{layer}"]
+            state[f"transformer.blocks.{b}.{layer}.lora_A.weight"] = torch.randn(rank, in_features, generator=g) * 0.5
+            state[f"transformer.blocks.{b}.{layer}.lora_B.weight"] = torch.randn(out_features, rank, generator=g) * 0.5
+    return state
+
+
+def frames_of(model, request=REQUEST) -> np.ndarray:
+    return np.concatenate([w.frames for w in model.stream(request)])
+
+
+def levels(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+@pytest.fixture(scope="module")
+def base(hub_models):
+    model = sk.load(ALIASES["df"], device="cpu", progress=False)
+    return model, frames_of(model)
+
+
+@pytest.fixture(scope="module")
+def lora_file(base, tmp_path_factory):
+    path = tmp_path_factory.mktemp("lora") / "style.safetensors"
+    save_file(lora_state(L.weight_shapes(base[0].components["transformer"])), path)
+    return path
+
+
+def test_parse_lora_reads_an_optional_scale():
+    assert L.parse_lora("style.safetensors:0.8") == L.LoraSpec("style.safetensors", 0.8)
+    assert L.parse_lora("org/name") == L.LoraSpec("org/name", 1.0)
+    assert L.parse_lora("org/name:-1.5e-1").scale == -0.15
+    assert L.parse_lora("C:\\loras\\x.safetensors") == L.LoraSpec("C:\\loras\\x.safetensors")
+
+
+def test_lora_changes_the_frames_and_unloads_exactly(base, lora_file):
+    original = base[1]
+    assert original.std() > 1 and levels(original[0], original[-1]) > 1, "flat frames would prove nothing"
+    adapted = sk.load(ALIASES["df"], device="cpu", progress=False, loras=[str(lora_file)])
+    with_lora = frames_of(adapted)
+    assert levels(with_lora, original) > 2, "the LoRA did not reach the frames"
+    adapted.remove_loras()
+    assert np.array_equal(frames_of(adapted), original)
+    assert adapted.loras == [] and not hasattr(adapted.components["transformer"], "peft_config")
+
+
+def test_scale_zero_gives_the_original_frames(base, lora_file):
+    original = base[1]
+    zero = sk.load(ALIASES["df"], device="cpu", progress=False, loras=[f"{lora_file}:0"])
+    assert np.array_equal(frames_of(zero), original)
+
+
+def test_lora_before_group_offload_gives_the_same_frames(base, lora_file):
+    """LoRAs go on before the memory plan: diffusers' group offload hooks then carry the adapters too."""
+    plain = sk.load(ALIASES["df"], device="cpu", progress=False, loras=[str(lora_file)], offload="none")
+    grouped = sk.load(ALIASES["df"], device="cpu", progress=False, loras=[str(lora_file)], offload="group")
+    frames = frames_of(plain)
+    assert levels(frames, base[1]) > 2
+    assert np.array_equal(frames_of(grouped), frames)
+
+
+def test_misfit_is_refused_naming_the_layers_and_changes_nothing(base, lora_file, tmp_path):
+    model, original = base
+    transformer = model.components["transformer"]
+    bad = lora_state(L.weight_shapes(transformer), blocks=(0,))
+    bad["transformer.blocks.0.attn1.to_q.lora_A.weight"] = torch.randn(4, 48)  # a layer of another model size
+    bad["transformer.blocks.7.attn1.to_q.lora_A.weight"] = torch.randn(4, 24)  # a block this model lacks
+    bad["transformer.blocks.7.attn1.to_q.lora_B.weight"] = torch.randn(24, 4)
+    save_file(bad, tmp_path / "bad.safetensors")
+    with pytest.raises(ModelError) as refused:
+        L.apply_loras(transformer, [str(lora_file), str(tmp_path / "bad.safetensors")], "tiny")
+    message = str(refused.value)
+    assert "\n" not in message and "blocks.0.attn1.to_q" in message and "blocks.7.attn1.to_q" in message
+    assert "blocks.0.attn1.to_k" not in message and "nothing was applied" in message
+    assert not hasattr(transformer, "peft_config")
+    assert np.array_equal(frames_of(model), original)
+
+
+def test_an_error_while_loading_unloads_what_was_loaded(base, lora_file, monkeypatch):
+    from diffusers.loaders.lora_pipeline import SkyReelsV2LoraLoaderMixin as Loader
+
+    model, original = base
+    real = Loader.load_lora_into_transformer.__func__
+    calls = []
+
+    def second_fails(cls, state, transformer, **kwargs):
+        calls.append(kwargs["adapter_name"])
+        if len(calls) == 2:
+            raise RuntimeError("disk gone")
+        return real(cls, state, transformer, **kwargs)
+
+    monkeypatch.setattr(Loader, "load_lora_into_transformer", classmethod(second_fails))
+    with pytest.raises(RuntimeError, match="disk gone"):
+        L.apply_loras(model.components["transformer"], [str(lora_file), str(lora_file)])
+    assert len(calls) == 2 and not hasattr(model.components["transformer"], "peft_config")
+    assert np.array_equal(frames_of(model), original)
+
+
+def test_original_wan_format_is_read_like_diffusers_format(base):
+    shapes = L.weight_shapes(base[0].components["transformer"])
+    diffusers_state = lora_state(shapes, layers=("attn1.to_q", "attn2.to_v", "ffn.net.0.proj"))
+    names = {"attn1.to_q": "self_attn.q", "attn2.to_v": "cross_attn.v", "ffn.net.0.proj": "ffn.0"}
+    wan = {}
+    for key, value in diffusers_state.items():
+        block, layer, part = key.split(".")[2], key.split(".", 3)[3].rsplit(".lora_", 1)[0], key.split(".lora_")[1]
+        wan[f"diffusion_model.blocks.{block}.{names[layer]}.lora_{'down' if part[0] == 'A' else 'up'}.weight"] = value
+    converted = L.read_lora(L.ResolvedLora(L.LoraSpec("wan"), _saved(wan), ""))
+    assert converted.keys() == diffusers_state.keys()
+    assert all(torch.equal(converted[k], diffusers_state[k]) for k in converted)
+    assert L.mismatches(converted, shapes) == []
+
+
+def _saved(state: dict):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "wan.safetensors"
+    save_file(state, path)
+    return path
+
+
+def test_cli_records_the_lora_and_refuses_a_misfit(hub_models, lora_file, tmp_path):
+    runner = CliRunner()
+    args = ["extend", "a red fox running", "-m", ALIASES["df"], "--height", "64", "--width", "64", "--frames", "17",
+            "--steps", "3", "--seed", "3", "--device", "cpu", "-q"]
+    out = tmp_path / "fox.mp4"
+    done = runner.invoke(app, [*args, "--lora", f"{lora_file}:0.7", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    [record] = json.loads((tmp_path / "fox.mp4.json").read_text())["model"]["loras"]
+    assert record["path"] == str(lora_file.resolve()) and record["scale"] == 0.7
+    assert record["sha256"] == hashlib.sha256(lora_file.read_bytes()).hexdigest()
+
+    other = tmp_path / "other.safetensors"
+    save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.randn(4, 40),
+               "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.randn(24, 4)}, other)
+    refused = runner.invoke(app, [*args, "--lora", str(other), "-o", str(tmp_path / "no.mp4")])
+    assert refused.exit_code == 2 and "blocks.0.attn1.to_q" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "no.mp4").exists()
+    missing = runner.invoke(app, [*args, "--lora", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "n.mp4")])
+    assert missing.exit_code == 2 and "nope.safetensors" in missing.output
+
+
+def test_resume_with_other_loras_is_refused(base, lora_file):
+    from types import SimpleNamespace
+
+    model = base[0]
+    record = L.resolve_lora(str(lora_file)).record
+    job = SimpleNamespace(saved={"model": {"quantize": "none", "loras": [record]}}, target=SimpleNamespace(path="x"))
+    with pytest.raises(ResumeError, match="--lora"):
+        model._check_resumable(job)
+    model.loras = [{**record, "path": "/elsewhere/copy.safetensors"}]  # the same file moved: still the same run
+    try:
+        model._check_resumable(job)
+    finally:
+        model.loras = []
