@@ -8,9 +8,9 @@ import typer
 
 from .app import app, user_errors
 from .options import (
-    Attention, Cache, Cfg, Compile, Device, DryRun, Dtype, Enhance, Enhancer, Fps, Frames, Grid, Guidance, Height, Lora,
-    Model, Negative, Offload, Output, Overwrite, Quantize, Quiet, Seconds, Seed, Shift, Steps, TextEncoderDevice,
-    TiledDecode, Width,
+    Aspect, Attention, Cache, Cfg, Compile, Device, DryRun, Dtype, Enhance, Enhancer, Fps, Frames, From, Grid, Guidance,
+    Height, Lora, Model, Negative, Offload, Output, Overwrite, Quantize, Quiet, Resolution, Seconds, Seed, Shift, Steps,
+    TextEncoderDevice, TiledDecode, Width,
 )
 
 LONG_RUN_S = 3600  # warn up front about runs longer than this
@@ -30,22 +30,41 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _spec(model: str | None, command: str):
+def _spec(model: str | None, command: str, recorded=None):
     from ..models.registry import resolve_model
 
+    if model is None and recorded is not None:  # --from: the recorded model unless -m is given
+        model = recorded.model_name
     return resolve_model(model, command)
+
+
+def _recorded(from_: str | None):
+    """The settings recorded in the --from video, folder or JSON (None without --from)."""
+    from ..core.replay import read_recorded
+
+    return None if from_ is None else read_recorded(from_)
+
+
+def _missing(argument: str, command: str, example: str):
+    from ..errors import UsageError
+
+    return UsageError(f"Missing argument '{argument}': e.g. skyreels {command} {example}, or --from VIDEO.mp4 to run "
+                      f"a recorded one again; see skyreels {command} --help")
 
 
 def _run(command: str, spec, device: str, dtype: str | None, output: str | None, overwrite: bool,
          quiet: bool, dry_run: bool, resume: bool = False, runtime: dict | None = None,
-         loras: list[str] | None = None, enhancer: str | None = None, **fields) -> None:
+         loras: list[str] | None = None, enhancer: str | None = None, recorded=None, **fields) -> None:
     """Check everything, load the model, generate, print the output path (with dry_run: only check).
 
     `runtime`: how the model runs (offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile).
     `loras`: --lora values; `enhancer`: the --enhance LLM ("" for the default), None for no enhancement.
+    `recorded`: settings read by --from, which the request fields given (not None) override.
     """
-    from .. import Request, load, prepare
+    from .. import load, prepare
+    from ..core.enhance import enhance_fields
     from ..models.loading import check_device, dtype_name, pick_dtype
+    from ..models.lora import resolve_lora
     from ..runtime.attention import pick_backend
     from ..runtime.compile import check_compile
     from ..runtime.plan import resolve_plan
@@ -53,17 +72,16 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
 
     runtime = dict(runtime or {})
     dev = check_device(device, spec)
+    if recorded is not None:
+        dtype, runtime["quantize"] = recorded.load_options(dev.type, dtype, runtime.get("quantize", "auto"))
     # Checked here too so that --dry-run refuses a kernel that cannot run on this device, as a run would.
     pick_backend(runtime.get("attention", "auto"), dev, pick_dtype(dtype, dev))
     if runtime.get("compile"):
         check_compile(dev)
     dtype = dtype_name(pick_dtype(dtype, dev))
-    from ..core.enhance import enhance_fields
-    from ..models.lora import resolve_lora
-
     loras = [resolve_lora(text) for text in loras or []]  # a missing file is refused before anything loads
     fields = enhance_fields(fields, enhancer, dev, dry_run=dry_run, say=None if quiet else _say)
-    job = prepare(spec, Request(**fields), output, overwrite=overwrite, resume=resume, dtype=dtype)
+    job = prepare(spec, _request(recorded, fields, spec), output, overwrite=overwrite, resume=resume, dtype=dtype)
     if job.saved and runtime.get("quantize", "auto") == "auto":  # continue with the weights it started with
         runtime["quantize"] = job.saved["model"].get("quantize", "none")
     estimate = job.estimate(dev.type)
@@ -105,6 +123,15 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     typer.echo(str(result.path))
 
 
+def _request(recorded, fields: dict, spec):
+    from ..core.replay import replay_request
+    from ..core.request import Request
+
+    if recorded is not None:
+        return replay_request(recorded, fields, forcing=spec.forcing)
+    return Request(**{name: value for name, value in fields.items() if value is not None})
+
+
 def _say(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -122,7 +149,7 @@ def _runtime(offload: str, quantize: str, cfg: str, tiled_decode: bool | None, t
 
 @app.command()
 def t2v(
-    prompt: Annotated[str, typer.Argument(help="What the video shows.")],
+    prompt: Annotated[str | None, typer.Argument(help="What the video shows.", show_default=False)] = None,
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
@@ -130,6 +157,7 @@ def t2v(
     text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
     lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
+    resolution: Resolution = None, aspect: Aspect = None, from_: From = None,
 ) -> None:
     """Text to video: one clip from a prompt.
 
@@ -138,9 +166,15 @@ def t2v(
       skyreels t2v "a red fox running through snow"
 
       skyreels t2v "a cat" --model tiny --device cpu -o cat.mp4
+
+      skyreels t2v "a lighthouse at dawn" --aspect 9:16
     """
     with user_errors("t2v"):
-        _run("t2v", _spec(model, "t2v"), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
+        recorded = _recorded(from_)
+        if prompt is None and recorded is None:
+            raise _missing("PROMPT", "t2v", '"a red fox running through snow"')
+        _run("t2v", _spec(model, "t2v", recorded), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
+             recorded=recorded, resolution=resolution, aspect=aspect,
              runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
              loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
@@ -149,8 +183,9 @@ def t2v(
 
 @app.command()
 def i2v(
-    image: Annotated[str, typer.Argument(help="First frame: resized and centre-cropped to the video size.")],
-    prompt: Annotated[str, typer.Argument(help="What happens next.")] = "",
+    image: Annotated[str | None, typer.Argument(help="First frame: resized and centre-cropped to the video size.",
+                                                show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Argument(help="What happens next.", show_default=False)] = None,
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, frames: Frames = None, seconds: Seconds = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
@@ -158,6 +193,7 @@ def i2v(
     text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
     lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
+    resolution: Resolution = None, aspect: Aspect = None, from_: From = None,
 ) -> None:
     """Image to video: animate a still image. A portrait image gives a portrait video.
 
@@ -168,7 +204,11 @@ def i2v(
       skyreels i2v photo.png --model tiny --device cpu -o frames/
     """
     with user_errors("i2v"):
-        _run("i2v", _spec(model, "i2v"), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
+        recorded = _recorded(from_)
+        if image is None and recorded is None:
+            raise _missing("IMAGE", "i2v", 'photo.png "the waves roll in"')
+        _run("i2v", _spec(model, "i2v", recorded), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
+             recorded=recorded, resolution=resolution, aspect=aspect,
              runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
              loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, image=image, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
@@ -177,7 +217,7 @@ def i2v(
 
 @app.command()
 def extend(
-    prompt: Annotated[str, typer.Argument(help="What the video shows.")] = "",
+    prompt: Annotated[str | None, typer.Argument(help="What the video shows.", show_default=False)] = None,
     frames: Frames = None,
     seconds: Seconds = None,
     base_frames: Annotated[Optional[int], typer.Option("--base-frames", help="Window length in frames, 4k+1 (model default: 97 at 540P, 121 at 720P).")] = None,
@@ -197,6 +237,7 @@ def extend(
     text_encoder_device: TextEncoderDevice = "auto", attention: Attention = "auto", compile: Compile = False,
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
     lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
+    resolution: Resolution = None, aspect: Aspect = None, from_: From = None,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
 
@@ -220,11 +261,13 @@ def extend(
     with user_errors("extend"):
         from ..errors import UsageError
 
-        if frames is None and seconds is None:
+        recorded = _recorded(from_)
+        if recorded is None and frames is None and seconds is None:
             raise UsageError("extend needs a length: --frames (e.g. 1440 for a minute at 24 fps) or --seconds")
-        if not (prompt.strip() or image or video):
+        if recorded is None and not ((prompt or "").strip() or image or video):
             raise UsageError('extend needs a prompt, e.g. skyreels extend "a red fox running through snow" --frames 240')
-        _run("extend", _spec(model, "extend"), device, dtype, output, overwrite, quiet, dry_run, resume, cache=cache,
+        _run("extend", _spec(model, "extend", recorded), device, dtype, output, overwrite, quiet, dry_run, resume,
+             cache=cache, recorded=recorded, resolution=resolution, aspect=aspect,
              runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
              loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, frames=frames,
              base_frames=base_frames, overlap=overlap, ar_step=ar_step, causal_block=causal_block,

@@ -39,3 +39,8 @@ Cache = Annotated[Optional[float], typer.Option("--cache", help="Skip transforme
 Lora = Annotated[list[str] | None, typer.Option("--lora", help="A LoRA for the transformer: FILE.safetensors, a folder or a Hub repo id, with :SCALE to weight it (e.g. style.safetensors:0.8); repeatable. Refused whole if any layer does not fit the model.")]
 Enhance = Annotated[bool, typer.Option("--enhance", help="Rewrite the prompt into a detailed cinematic description with a local LLM first (printed, and recorded beside the original).")]
 Enhancer = Annotated[str | None, typer.Option("--enhancer", help="LLM for --enhance (implies it): qwen2.5-1.5b (default), qwen2.5-3b, qwen2.5-7b, another instruction-tuned Hub repo id, or a local folder.")]
+
+# The size by shape, and running a recorded video's settings again.
+Resolution = Annotated[Optional[str], typer.Option("--resolution", help="540p (544x960) or 720p (720x1280) at --aspect: sets height and width (default: the model's own size).")]
+Aspect = Annotated[Optional[str], typer.Option("--aspect", help="16:9, 9:16, 1:1, 4:3 or 3:4 at about the model's pixel count (default: the start image's, else the model's); a --height or --width given sets that side.")]
+From = Annotated[Optional[str], typer.Option("--from", help="Run again with the settings recorded in this skyreels video, PNG folder or settings JSON (same seed: same frames); options given here override them.")]

@@ -23,6 +23,8 @@ class Request:
     negative_prompt: str | None = None  # None: the official list of artefacts to avoid
     height: int | None = None
     width: int | None = None
+    aspect: str | None = None  # "16:9", "9:16", "1:1", "4:3", "3:4": picks height and width (core/sizes.py)
+    resolution: str | None = None  # "540p" or "720p"; a resolved request keeps only the height and width
     frames: int | None = None  # any positive count; with `video`: the number of new frames
     seconds: float | None = None  # the length in seconds instead of frames (frames = seconds x fps)
     steps: int | None = None

@@ -18,6 +18,7 @@ from ..forcing.windows import WindowPlan, plan_for_length
 from ..media.images import load_image, oriented_size
 from ..models.registry import ModelSpec
 from .request import Request
+from .sizes import pick_size
 
 # The official negative prompt (SkyReels-V2 / Wan2.1): artefacts to steer away from.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -51,8 +52,11 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
     height, width, fps = r.height, r.width, r.fps
     if r.video:
         height, width, fps = _video_defaults(r, spec)
-    elif r.image and height is None and width is None:
-        height, width = oriented_size(load_image(r.image, _image_option(spec)).size, spec.height, spec.width)
+    else:
+        # The start image's aspect is the default; the model's size fills in what is still unset.
+        image = load_image(r.image, _image_option(spec)).size if r.image and (height is None or width is None) else None
+        height, width = pick_size(height, width, aspect=r.aspect, resolution=r.resolution,
+                                  native=(spec.height, spec.width), source=image)
     filled = replace(
         r,
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt,
@@ -65,6 +69,7 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
         fps=_default(fps, spec.fps),
         seed=draw_seed() if r.seed is None else r.seed,
         sigma_grid=_default(r.sigma_grid, "official"),
+        aspect=None, resolution=None,  # turned into height and width above: those are what replay and resume use
     )
     if spec.forcing:
         filled = _forcing_defaults(filled, spec)
@@ -117,7 +122,10 @@ def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
 
     info = probe_video(Path(r.video))
     height, width = r.height, r.width
-    if height is None and width is None:
+    if r.aspect or r.resolution:
+        height, width = pick_size(height, width, aspect=r.aspect, resolution=r.resolution,
+                                  native=(spec.height, spec.width), source=(info["width"], info["height"]))
+    elif height is None and width is None:
         if info["height"] % 16 == 0 and info["width"] % 16 == 0:
             height, width = info["height"], info["width"]
         else:

@@ -58,7 +58,7 @@ def probe_video(path: Path) -> dict:
     except RuntimeError as err:
         raise _unreadable(path, err) from err
     height, width = first.shape[:2]
-    return {"frames": count, "width": width, "height": height, "fps": fps, "comment": _comment(path)}
+    return {"frames": count, "width": width, "height": height, "fps": fps, "comment": read_comment(path)}
 
 
 def _stream(path: Path) -> tuple[float, Generator[np.ndarray, None, None]]:
@@ -90,7 +90,7 @@ def _unreadable(path: Path, err: BaseException) -> InputFileError:
     return InputFileError(f"cannot read video {path} ({first_line}); check that it is a video ffmpeg can decode")
 
 
-def _comment(path: Path) -> str | None:
+def read_comment(path: Path) -> str | None:
     cmd = [ffmpeg().get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
     result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
     if result.returncode != 0:

@@ -1,0 +1,109 @@
+"""`skyreels info`: the settings recorded in a skyreels output, as a reader wants them (or as JSON)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from .app import app, user_errors
+
+
+@app.command()
+def info(
+    source: Annotated[str, typer.Argument(help="A video, PNG frames folder or settings JSON made by skyreels.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the recorded settings as JSON.")] = False,
+) -> None:
+    """Print the settings a skyreels output was made with: the request, the model, and how the run went
+    (timings, frames, memory plan, colour per window). `--from` runs them again.
+
+    Examples:
+
+      skyreels info fox.mp4
+
+      skyreels t2v --from fox.mp4 --seed 8 -o fox-8.mp4
+    """
+    from ..core.replay import read_recorded
+
+    with user_errors("info"):
+        recorded = read_recorded(source)
+        if as_json:
+            data = {"skyreels": recorded.version, "request": recorded.request, "model": recorded.model}
+            typer.echo(json.dumps(data if recorded.run is None else {**data, "run": recorded.run}, indent=2,
+                                  ensure_ascii=False))
+            return
+        for line in describe(recorded):
+            typer.echo(line)
+
+
+def describe(recorded) -> list[str]:
+    """The lines `skyreels info` prints for a `Recorded`."""
+    lines = [f"{recorded.source}: made by skyreels {recorded.version} (settings read from {recorded.settings})"]
+    lines += _model_lines(recorded.model)
+    lines += ["request:"] + [f"  {name:<17} {value}" for name, value in _request_items(recorded.request)]
+    if recorded.run is None:
+        lines.append("run: not recorded in the video itself (its sidecar JSON was not beside it)")
+    else:
+        lines += _run_lines(recorded.run)
+        lines += colour_table(recorded.run.get("colour") or [])
+    lines.append(f"run again: skyreels t2v|i2v|extend --from {recorded.source} [options to change]")
+    return lines
+
+
+def _model_lines(model: dict) -> list[str]:
+    where = f"{model.get('repo')}@{model.get('revision')}" if model.get("revision") else model.get("repo")
+    line = (f"model: {model.get('alias')} ({model.get('kind')}; {where}), {model.get('dtype')}, "
+            f"weights {model.get('quantize', 'none')}, on {model.get('device')}")
+    return [line]
+
+
+def _request_items(request: dict) -> list[tuple[str, str]]:
+    from ..core.resolve import DEFAULT_NEGATIVE_PROMPT
+
+    items = []
+    for name, value in request.items():
+        if value is None or name == "version":
+            continue
+        if name == "negative_prompt" and value == DEFAULT_NEGATIVE_PROMPT:
+            value = "(the official list)"
+        items.append((name, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)))
+    return items
+
+
+def _run_lines(run: dict) -> list[str]:
+    timings = run.get("timings_s") or {}
+    frames = run.get("frames_written")
+    shown = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+    lines = [f"run: {frames} frames -> {run.get('output')}" + (f"; {shown}" if shown else "")]
+    if frames and timings.get("generate"):
+        lines.append(f"  {timings['generate'] / frames:.2f} s per frame while generating")
+    if run.get("peak_vram_gb") is not None:
+        lines.append(f"  peak VRAM {run['peak_vram_gb']} GB")
+    if run.get("runtime"):
+        lines.append("  runtime: " + ", ".join(f"{k} {v}" for k, v in run["runtime"].items()))
+    if run.get("resumed"):
+        lines.append(f"  resumed (decoder state rebuilt from {run.get('replayed_latents', 0)} latent frames)")
+    cache = run.get("step_cache")
+    if cache:
+        lines.append(f"  step cache: skipped {cache.get('skipped')} of {cache.get('calls')} model calls, "
+                     f"threshold {cache.get('threshold')}")
+    known = {"frames_written", "timings_s", "output", "resumed", "replayed_latents", "peak_vram_gb", "runtime",
+             "step_cache", "colour"}
+    lines += [f"  {name}: {json.dumps(value, ensure_ascii=False)}" for name, value in run.items() if name not in known]
+    return lines
+
+
+def colour_table(colour: list[dict]) -> list[str]:
+    """Each window's mean and spread of R, G and B (levels 0-255) and the drift of the mean over the run."""
+    if not colour:
+        return []
+    lines = ["colour per window (levels 0-255):",
+             f"  {'window':>6} {'from frame':>10}   {'mean R':>6} {'G':>6} {'B':>6}   {'std R':>6} {'G':>6} {'B':>6}"]
+    for entry in colour:
+        mean, std = entry.get("mean", [0, 0, 0]), entry.get("std", [0, 0, 0])
+        lines.append(f"  {entry.get('window', '?'):>6} {entry.get('first_frame', '?'):>10}   "
+                     + " ".join(f"{v:6.1f}" for v in mean) + "   " + " ".join(f"{v:6.1f}" for v in std))
+    first, last = (sum(colour[i].get("mean", [0, 0, 0])) / 3 for i in (0, -1))
+    lines.append(f"  brightness drift: {last - first:+.1f} levels from the first window to the last")
+    return lines
