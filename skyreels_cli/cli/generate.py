@@ -230,6 +230,8 @@ def extend(
     end_image: Annotated[Optional[str], typer.Option("--end-image", help="Last frame.")] = None,
     video: Annotated[Optional[str], typer.Option("--video", help="Continue this video; --frames then counts new frames.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run writing to the same -o.")] = False,
+    script: Annotated[Optional[str], typer.Option("--script", help="A shot list (TOML): settings, then [[shot]] tables with a prompt and frames or seconds each; one continuous video, cut between shots. Flags given win over the file.")] = None,
+    prompt_file: Annotated[Optional[str], typer.Option("--prompt-file", help="One prompt per line, one line per window (blank lines and # comments skipped).")] = None,
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
     shift: Shift = None, height: Height = None, width: Width = None, fps: Fps = None,
     negative_prompt: Negative = None, device: Device = "auto", dtype: Dtype = None, sigma_grid: Grid = None,
@@ -257,24 +259,34 @@ def extend(
       skyreels extend "the fox keeps running" --video fox.mp4 --frames 240 -o fox-long.mp4
 
       skyreels extend "a city at night" --frames 257 --ar-step 5 --causal-block 5 --causal-attention
+
+    A shot list (--script film.toml) gives settings and [[shot]] tables, each with a prompt and frames or
+    seconds: one continuous video, windows cut between shots; see the README.
     """
     with user_errors("extend"):
+        o = dict(locals())  # every option by name: a --script or --prompt-file fills in those not given
         from ..errors import UsageError
 
-        recorded = _recorded(from_)
-        if recorded is None and frames is None and seconds is None:
+        if script or prompt_file:
+            from ..core.script import script_options
+
+            o = script_options(o, extend, script, prompt_file)
+        recorded, shots = _recorded(o["from_"]), o.get("shots")
+        if recorded is None and o["frames"] is None and o["seconds"] is None and not shots:
             raise UsageError("extend needs a length: --frames (e.g. 1440 for a minute at 24 fps) or --seconds")
-        if recorded is None and not ((prompt or "").strip() or image or video):
+        if recorded is None and not ((o["prompt"] or "").strip() or o["image"] or o["video"] or shots):
             raise UsageError('extend needs a prompt, e.g. skyreels extend "a red fox running through snow" --frames 240')
-        _run("extend", _spec(model, "extend", recorded), device, dtype, output, overwrite, quiet, dry_run, resume,
-             cache=cache, recorded=recorded, resolution=resolution, aspect=aspect,
-             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
-             loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, frames=frames,
-             base_frames=base_frames, overlap=overlap, ar_step=ar_step, causal_block=causal_block,
-             addnoise=addnoise, causal_attention=causal_attention, image=image, end_image=end_image, video=video,
-             seconds=seconds,
-             seed=seed, steps=steps, guidance=guidance, shift=shift, height=height, width=width, fps=fps,
-             negative_prompt=negative_prompt, sigma_grid=sigma_grid)
+        _run("extend", _spec(o["model"], "extend", recorded), o["device"], o["dtype"], o["output"], o["overwrite"],
+             o["quiet"], o["dry_run"], o["resume"], cache=o["cache"], recorded=recorded, resolution=o["resolution"],
+             aspect=o["aspect"], runtime=_runtime(o["offload"], o["quantize"], o["cfg"], o["tiled_decode"],
+                                                  o["text_encoder_device"], o["attention"], o["compile"]),
+             loras=o["lora"], enhancer=_enhancer(o["enhance"], o["enhancer"]),
+             **{name: o[name] for name in EXTEND_FIELDS}, shots=shots)
+
+
+EXTEND_FIELDS = ("prompt", "frames", "base_frames", "overlap", "ar_step", "causal_block", "addnoise", "causal_attention",
+                 "image", "end_image", "video", "seconds", "seed", "steps", "guidance", "shift", "height", "width",
+                 "fps", "negative_prompt", "sigma_grid")
 
 
 def _defaults(command: str) -> str:

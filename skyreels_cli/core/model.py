@@ -40,6 +40,7 @@ from .conditioning import PromptEncoder, image_latent, video_prefix
 from .job import Job, prepare
 from .request import Request
 from .resolve import generated_frames, resolve, window_plan
+from .script import shot_conditioning, shots_record
 from .results import Result, WindowFrames
 from .timer import Timer
 
@@ -187,6 +188,8 @@ class Model:
         metadata = {"skyreels": __version__, "request": request.to_dict(),
                     "model": {**job.model_identity, "dtype": self.dtype_name, "quantize": self.memory.quantize,
                               "device": str(self.device), **({"loras": self.loras} if self.loras else {})}}
+        if request.shots:
+            metadata["shots"] = shots_record(request)  # which frames and windows belong to which shot
         sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)
         with sink, third_party_quiet(not self.progress):
             with timer("generate"), self._out_of_memory(request):
@@ -294,7 +297,10 @@ class Model:
                 if request.end_image:
                     end = image_latent(self._pipe, request.end_image, "--end-image", request)
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        outputs = engine.run(plan, lambda _: cond, sampling, generator, (request.height // 8, request.width // 8),
+        conditioning = (lambda _: cond) if not request.shots else shot_conditioning(
+            request, lambda prompt, negative, guidance: self._prompts(prompt, negative, guidance,
+                                                                     c["transformer"].dtype))
+        outputs = engine.run(plan, conditioning, sampling, generator, (request.height // 8, request.width // 8),
                              start_latents=start, end_latent=end, emit_start=not request.video, state=state)
         for out in outputs:
             self._replayed = engine.replayed

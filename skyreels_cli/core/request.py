@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 from ..errors import UsageError
 
 REQUEST_VERSION = 1
 PATH_FIELDS = ("image", "end_image", "video")
+
+
+class Shot(NamedTuple):
+    """One part of a shot list (`extend --script`): its prompt and length; None takes the request's value.
+
+    A shot with neither `frames` nor `seconds` lasts one window (`--prompt-file`)."""
+
+    prompt: str
+    frames: int | None = None
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -45,15 +58,22 @@ class Request:
     causal_attention: bool | None = None
     cache: float | None = None  # step cache threshold (0: off); skipped calls change the frames a little
     prompt_original: str | None = None  # the user's prompt when --enhance rewrote it into `prompt`
+    shots: tuple[Shot, ...] | None = None  # a shot list (diffusion forcing): frames is their sum (core/script.py)
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, os.fspath(value))
+        if self.shots is not None:  # from JSON or a saved state: dicts (or lists) back to Shots
+            shots = tuple(Shot(**s) if isinstance(s, dict) else Shot(*s) for s in self.shots)
+            object.__setattr__(self, "shots", shots)
 
     def to_dict(self) -> dict:
-        return {"version": REQUEST_VERSION, **asdict(self)}
+        data = asdict(self)
+        if self.shots is not None:  # plain dicts: readable in the sidecar, loadable with weights_only
+            data["shots"] = [shot._asdict() for shot in self.shots]
+        return {"version": REQUEST_VERSION, **data}
 
     @classmethod
     def from_dict(cls, data: dict) -> Request:

@@ -18,6 +18,7 @@ from ..forcing.windows import WindowPlan, plan_for_length
 from ..media.images import load_image, oriented_size
 from ..models.registry import ModelSpec
 from .request import Request
+from .script import resolve_shots, shot_plan
 from .sizes import pick_size
 
 # The official negative prompt (SkyReels-V2 / Wan2.1): artefacts to steer away from.
@@ -27,7 +28,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 FORCING_FIELDS = ("end_image", "video", "base_frames", "overlap", "ar_step", "causal_block", "addnoise",
-                  "causal_attention", "cache")
+                  "causal_attention", "cache", "shots")
 # Official recommendations for diffusion forcing (REFERENCE.md §2).
 OVERLAP_LATENTS = 5  # 17 frames
 ADDNOISE = 20.0
@@ -73,6 +74,8 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
     )
     if spec.forcing:
         filled = _forcing_defaults(filled, spec)
+    if filled.shots is not None:  # the length is the shots' total (core/script.py)
+        filled = resolve_shots(filled, filled.frames if r.frames is not None or r.seconds is not None else None)
     validate(filled, spec)
     return filled
 
@@ -218,6 +221,8 @@ def window_plan(r: Request) -> WindowPlan:
 
 
 def _forcing_length(r: Request) -> tuple[int, WindowPlan]:
+    if r.shots:
+        return shot_plan(r)  # windows cut at the shots' boundaries
     return plan_for_length(
         r.frames, base_frames=r.base_frames, overlap_frames=r.overlap, causal_block=r.causal_block,
         image=bool(r.image), video=bool(r.video), end_image=bool(r.end_image),
