@@ -14,6 +14,10 @@ from .options import (
 )
 
 LONG_RUN_S = 3600  # warn up front about runs longer than this
+COLOR_MATCH_HELP = ("Match each new window's colour (mean and spread of each channel) to the frames it "
+                    "continues from, against brightness and colour drift. A correction, not a cure: it removes "
+                    "a global shift per window, not local errors, and it also evens out a change of light the "
+                    "prompt asks for.")
 
 
 def _amount(flops: float) -> str:
@@ -69,6 +73,7 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     from ..runtime.compile import check_compile
     from ..runtime.plan import resolve_plan
     from .memory import keep_host_memory_flat, release_freed_memory
+    from .progress import ProgressDisplay
 
     runtime = dict(runtime or {})
     dev = check_device(device, spec)
@@ -112,7 +117,7 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     if command == "extend":
         keep_host_memory_flat()
         on_window = release_freed_memory
-    result = loaded.run(job, on_window=on_window)
+    result = loaded.run(job, on_window=on_window, progress=None if quiet else ProgressDisplay())
     if result.resumed and not quiet:
         typer.echo(f"resumed: the decoder's state was rebuilt by decoding {result.replayed_latents} latent frames "
                    "again", err=True)
@@ -230,6 +235,7 @@ def extend(
     end_image: Annotated[Optional[str], typer.Option("--end-image", help="Last frame.")] = None,
     video: Annotated[Optional[str], typer.Option("--video", help="Continue this video; --frames then counts new frames.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run writing to the same -o.")] = False,
+    color_match: Annotated[bool, typer.Option("--color-match", help=COLOR_MATCH_HELP)] = False,
     script: Annotated[Optional[str], typer.Option("--script", help="A shot list (TOML): settings, then [[shot]] tables with a prompt and frames or seconds each; one continuous video, cut between shots. Flags given win over the file.")] = None,
     prompt_file: Annotated[Optional[str], typer.Option("--prompt-file", help="One prompt per line, one line per window (blank lines and # comments skipped).")] = None,
     model: Model = None, output: Output = None, seed: Seed = None, steps: Steps = None, guidance: Guidance = None,
@@ -281,12 +287,19 @@ def extend(
              aspect=o["aspect"], runtime=_runtime(o["offload"], o["quantize"], o["cfg"], o["tiled_decode"],
                                                   o["text_encoder_device"], o["attention"], o["compile"]),
              loras=o["lora"], enhancer=_enhancer(o["enhance"], o["enhancer"]),
+             color_match=_color_mode(o["color_match"]),
              **{name: o[name] for name in EXTEND_FIELDS}, shots=shots)
 
 
 EXTEND_FIELDS = ("prompt", "frames", "base_frames", "overlap", "ar_step", "causal_block", "addnoise", "causal_attention",
                  "image", "end_image", "video", "seconds", "seed", "steps", "guidance", "shift", "height", "width",
                  "fps", "negative_prompt", "sigma_grid")
+
+
+def _color_mode(on: bool) -> str | None:
+    from ..media.colour import DEFAULT_MODE
+
+    return DEFAULT_MODE if on else None
 
 
 def _defaults(command: str) -> str:

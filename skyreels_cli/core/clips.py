@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..forcing.decoding import StreamingDecoder, to_uint8
@@ -21,8 +23,8 @@ def clip_pipeline(pipeline_cls, components: dict, request: Request):
 
 @torch.no_grad()
 def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, progress: bool,
-                  placement) -> WindowFrames:
-    """`num_frames` (4k+1) are made and the first `request.frames` kept."""
+                  placement, on_step: Callable[[int, int], None] | None = None) -> WindowFrames:
+    """`num_frames` (4k+1) are made and the first `request.frames` kept; `on_step(done, steps)` after each step."""
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     kwargs = dict(
         prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=cond.negative_embeds, height=request.height,
@@ -30,6 +32,8 @@ def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, p
         guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="latent",
     )
+    if on_step is not None:
+        kwargs["callback_on_step_end"] = lambda _pipe, i, _t, _kw: on_step(i + 1, request.steps) or {}
     if request.image:
         kwargs["image"] = fit_image(load_image(request.image), request.height, request.width)
     with placement.clip():  # the pipeline encodes the image and denoises in one call

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,6 +21,7 @@ from ..errors import OutOfMemory, ResumeError
 from ..forcing.engine import DiffusionForcingEngine, EngineState, Sampling
 from ..forcing.resume import save_state
 from ..forcing.schedule import make_scheduler
+from ..media import colour
 from ..media.images import fit_frames
 from ..media.sinks import FrameSink
 from ..media.videos import iter_video_frames
@@ -38,6 +40,7 @@ from ..runtime.step_cache import StepCache
 from .clips import clip_pipeline, generate_clip
 from .conditioning import PromptEncoder, image_latent, video_prefix
 from .job import Job, prepare
+from .progress import Progress, RunFinished, RunStarted, StepDone, WindowDone, window_costs
 from .request import Request
 from .resolve import generated_frames, resolve, window_plan
 from .script import shot_conditioning, shots_record
@@ -119,6 +122,9 @@ class Model:
         self._prompts = PromptEncoder(self._pipe, self.placement)
         self._replayed = 0  # latent frames the last resumed run decoded again
         self._cache: StepCache | None = None  # the last run's step cache, for its counts
+        self._events: Progress | None = None  # the running job's progress listener
+        self._colour: list[dict] = []  # run.colour: each window's channel statistics
+        self._made = 0  # frames the running job generated
 
     @property
     def runtime(self) -> dict:
@@ -150,14 +156,16 @@ class Model:
         return prepare(self.spec, request, output, overwrite=overwrite, resume=resume, dtype=self.dtype_name)
 
     def generate(self, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
-                 resume: bool = False, on_window: Callable[[WindowFrames], None] | None = None) -> Result:
+                 resume: bool = False, on_window: Callable[[WindowFrames], None] | None = None,
+                 progress: Progress | None = None) -> Result:
         """Make the video `request` describes into `output` (NAME.mp4 or DIR/ for PNG frames) with its sidecar.
 
         Without `output` it goes to outputs/<time>_<seed>_<prompt>.mp4. Frames are written window by
         window as they are made; a diffusion forcing run saves its state after each window, and
-        `resume=True` continues an interrupted run exactly. `on_window` is called after each window.
+        `resume=True` continues an interrupted run exactly. `on_window` is called after each window;
+        `progress` with each progress event (core/progress.py), in place of the tqdm bars.
         """
-        return self.run(self.prepare(request, output, overwrite=overwrite, resume=resume), on_window)
+        return self.run(self.prepare(request, output, overwrite=overwrite, resume=resume), on_window, progress)
 
     def stream(self, request: Request) -> Iterator[WindowFrames]:
         """Each window's new frames as they are made, writing nothing. A continued `video` is not repeated."""
@@ -167,19 +175,32 @@ class Model:
 
     # ------------------------------------------------------------ running
 
-    def run(self, job: Job, on_window: Callable[[WindowFrames], None] | None = None) -> Result:
-        """Carry out a prepared job (see `prepare`)."""
+    def run(self, job: Job, on_window: Callable[[WindowFrames], None] | None = None,
+            progress: Progress | None = None) -> Result:
+        """Carry out a prepared job (see `prepare`); `progress` receives its progress events."""
         if job.spec != self.spec:
             raise ValueError(f"job for {job.spec.alias} given to model {self.spec.alias}")
+        self._events = progress
         try:
             return self._run(job, on_window)
         finally:
+            self._events = None
             job.release()
+
+    @property
+    def _bars(self) -> bool:
+        """tqdm bars only when nobody listens to the progress events."""
+        return self.progress and self._events is None
+
+    def _emit(self, event) -> None:
+        if self._events is not None:
+            self._events(event)
 
     def _run(self, job: Job, on_window: Callable[[WindowFrames], None] | None) -> Result:
         request, target, saved = job.request, job.target, job.saved
         timer = Timer()
         self._replayed = 0
+        self._colour, self._made = [], 0
         started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -203,7 +224,9 @@ class Model:
             cache = self._cache.stats() if self._cache is not None else None
             if cache is not None:
                 run["step_cache"] = cache
+            run["colour"] = self._colour
             path = sink.finish({**metadata, "run": run})
+        self._emit(RunFinished(self._made, round(time.perf_counter() - started, 3), path))
         return Result(path, target.sidecar, request, sink.frames_written, timer.marks, peak, bool(saved),
                       self._replayed, cache, self.runtime)
 
@@ -246,14 +269,21 @@ class Model:
             self._copy_input_video(request, sink)
         windows = self._windows(request, state, saved.get("generated", 0) if saved else 0)
         bar = self._window_bar(request, state)
+        self._emit(self._started(job))
+        self._colour = list(state.extra.get("colour", [])) if state else []  # a resumed run's earlier windows
         for window, new_state in windows:
             sink.write(window.frames)
             sink.end_window()
+            self._made += len(window.frames)
+            if len(window.frames):
+                self._colour.append(colour.window_record(window.index, window.first_frame, window.frames))
             if new_state is not None and window.index + 1 < window.windows:
+                new_state.extra["colour"] = list(self._colour)
                 save_state(target.work_dir, metadata["request"], metadata["model"], new_state,
                            sink.frames_written, generated=window.first_frame + len(window.frames))
             faults.point("window_saved")
             bar.update()
+            self._emit(WindowDone(window.index, window.windows, sink.frames_written))
             if on_window is not None:
                 on_window(window)
             del window
@@ -263,7 +293,15 @@ class Model:
         total = len(window_plan(request).windows) if self.spec.forcing else 1
         done = state.next_window if state else 0
         return tqdm(total=total, initial=done, desc="windows", unit="window",
-                    disable=not self.progress or total == 1)
+                    disable=not self._bars or total == 1)
+
+    def _started(self, job: Job) -> RunStarted:
+        r, state = job.request, job.saved["engine"] if job.saved else None
+        if not self.spec.forcing:
+            return RunStarted(1, r.frames, job.target.preview)
+        plan = window_plan(r)
+        return RunStarted(len(plan.windows), r.frames, job.target.preview, state.next_window if state else 0,
+                          window_costs(plan, r.steps, r.ar_step))
 
     def _windows(self, request: Request, state: EngineState | None,
                  first: int = 0) -> Iterator[tuple[WindowFrames, EngineState | None]]:
@@ -273,8 +311,9 @@ class Model:
                              self.components["transformer"].dtype)
         if not self.spec.forcing:
             pipe = clip_pipeline(self._pipeline_cls, self.components, request)
-            yield generate_clip(pipe, request, generated_frames(request, self.spec), cond, self.progress,
-                                self.placement), None
+            on_step = None if self._events is None else lambda step, steps: self._emit(StepDone(0, step, steps))
+            yield generate_clip(pipe, request, generated_frames(request, self.spec), cond, self._bars,
+                                self.placement, on_step), None
             return
         yield from self._forcing_windows(request, cond, state, first)
 
@@ -282,9 +321,12 @@ class Model:
         c = self.components
         scheduler = make_scheduler(c["scheduler"].config, request.shift, request.sigma_grid)
         self._cache = StepCache(request.cache) if request.cache else None
-        engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self.progress,
+        on_step = None if self._events is None else lambda *at: self._emit(StepDone(*at))
+        latent_match = colour.match_latents if request.color_match == "latent" else None
+        engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self._bars,
                                         cfg=self.memory.cfg, placement=self.placement,
-                                        tiled_decode=self.memory.tiled_decode, step_cache=self._cache)
+                                        tiled_decode=self.memory.tiled_decode, step_cache=self._cache,
+                                        on_step=on_step, adjust_latents=latent_match)
         plan = window_plan(request)
         sampling = Sampling(request.steps, request.ar_step, request.addnoise, request.causal_attention, request.fps)
         start = end = None
@@ -302,9 +344,13 @@ class Model:
                                                                      c["transformer"].dtype))
         outputs = engine.run(plan, conditioning, sampling, generator, (request.height // 8, request.width // 8),
                              start_latents=start, end_latent=end, emit_start=not request.video, state=state)
+        reference = state.extra.get("colour_reference") if state else None
         for out in outputs:
             self._replayed = engine.replayed
             frames = out.frames[: max(0, request.frames - first)]  # the last window may make a few extra
+            if request.color_match == "pixel" and len(frames):
+                frames, reference = _match_pixels(frames, reference, request.overlap)
+                out.state.extra["colour_reference"] = reference  # saved with the state: --resume goes on
             yield WindowFrames(out.window.index, len(plan.windows), first, frames, out.latents), out.state
             first += len(frames)
 
@@ -318,3 +364,12 @@ class Model:
 def _lora_identity(records: list[dict]) -> list[tuple[str, float]]:
     """What makes LoRAs give the same frames: the files' contents and scales, in order (not their paths)."""
     return [(r["sha256"], float(r["scale"])) for r in records]
+
+
+def _match_pixels(frames: np.ndarray, reference: list | None, overlap: int) -> tuple[np.ndarray, list]:
+    """Frames matched to the reference statistics (none for the first window), and the next reference: the
+    statistics of their last `overlap` frames, the ones the next window continues from."""
+    if reference is not None:
+        frames = colour.match_frames(frames, (np.asarray(reference[0]), np.asarray(reference[1])))
+    mean, std = colour.channel_stats(frames[-overlap:])
+    return frames, [mean.tolist(), std.tolist()]

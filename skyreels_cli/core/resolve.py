@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..forcing.frames import TEMPORAL, check_frames, check_positive, check_size, latent_frames, pixel_frames
 from ..forcing.schedule import GRIDS
 from ..forcing.windows import WindowPlan, plan_for_length
+from ..media.colour import check_mode
 from ..media.images import load_image, oriented_size
 from ..models.registry import ModelSpec
 from .request import Request
@@ -28,7 +29,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 FORCING_FIELDS = ("end_image", "video", "base_frames", "overlap", "ar_step", "causal_block", "addnoise",
-                  "causal_attention", "cache", "shots")
+                  "causal_attention", "cache", "shots", "color_match")
 # Official recommendations for diffusion forcing (REFERENCE.md §2).
 OVERLAP_LATENTS = 5  # 17 frames
 ADDNOISE = 20.0
@@ -157,7 +158,7 @@ def _forcing_defaults(r: Request, spec: ModelSpec) -> Request:
     return replace(
         r, base_frames=base, overlap=overlap, causal_block=block, ar_step=_default(r.ar_step, 0),
         addnoise=_default(r.addnoise, ADDNOISE), causal_attention=_default(r.causal_attention, False),
-        cache=_default(r.cache, 0.0),
+        cache=_default(r.cache, 0.0), color_match=_default(r.color_match, "off"),
     )
 
 
@@ -210,6 +211,7 @@ def _validate_forcing(r: Request) -> None:
     if not math.isfinite(r.cache) or not 0 <= r.cache <= 1:
         raise UsageError(f"--cache must be between 0 (off) and 1, got {r.cache}; 0.02 to 0.05 skips a third to a half "
                          "of the model calls")
+    check_mode(r.color_match)
     if r.end_image:
         load_image(r.end_image, "--end-image")
     window_plan(r)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class EngineState:
     end_latent: torch.Tensor | None
     decoder: dict  # StreamingDecoder.state_dict(): the last latents decoded, not the decoder's cache
     generator: torch.Tensor
+    extra: dict = field(default_factory=dict)  # the caller's own state (colour statistics), saved with it
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -92,7 +93,8 @@ class DiffusionForcingEngine:
     def __init__(
         self, transformer, vae, scheduler, device: torch.device, progress: bool = False, *,
         cfg: str = "separate", solver: str = "vectorised", placement=None, tiled_decode: bool | None = None,
-        step_cache=None,
+        step_cache=None, on_step: Callable[[int, int, int], None] | None = None,
+        adjust_latents: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if cfg not in CFG_MODES:
             raise ValueError(f"unknown cfg mode {cfg!r}; expected one of {CFG_MODES}")
@@ -109,6 +111,9 @@ class DiffusionForcingEngine:
         self.tiled_decode = tiled_decode  # None: as the VAE says (`vae.use_tiling`)
         self.step_cache = step_cache  # runtime.step_cache.StepCache, or None: every model call is computed
         self.replayed = 0  # latent frames decoded again to rebuild the decoder's state on resume
+        self.on_step = on_step  # called with (window, rows done, rows) after each model row
+        # (new latents, clean prefix) -> new latents, before decoding: what it returns is decoded and carried on
+        self.adjust_latents = adjust_latents
 
     def _phase(self, name: str):
         return nullcontext() if self.placement is None else getattr(self.placement, name)()
@@ -175,6 +180,8 @@ class DiffusionForcingEngine:
                     self.step_cache.start_row(row)
                 v = self.velocity(model_in, timestep, cond, sampling.fps)
                 solver.step(v, t, latents, update[row])
+                if self.on_step is not None:
+                    self.on_step(window.index, row + 1, len(rows))
         return latents
 
     def _add_noise(self, model_in, timestep, prefix: int, amount: float, generator: torch.Generator) -> None:
@@ -217,6 +224,9 @@ class DiffusionForcingEngine:
             end = end_latent.to(self.device) if window.end_image else None
             with self._phase("denoising"):
                 self.denoise_window(latents, window, conditioning(window.index), sampling, generator, end)
+            if self.adjust_latents is not None and window.prefix:
+                latents[:, :, window.prefix :] = self.adjust_latents(latents[:, :, window.prefix :],
+                                                                     latents[:, :, : window.prefix])
             with self._phase("decoding"):  # park before the VAE leaves: park() moves the cache off the VAE's device
                 frames, emitted = self._decode_new(decoder, latents, window, emit_start)
                 decoder.park()

@@ -1,0 +1,111 @@
+"""One progress display for a whole run, fed by the library's progress events.
+
+On a terminal it redraws one line (window, step, elapsed, time left, preview); into a file or pipe
+it writes one plain line per window, so logs of hour-long runs stay readable. Either way the run
+ends with a one-line summary. The arithmetic lives in `core/progress.py`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from ..core import progress as p
+from ..core.progress import ProgressEvent, RunFinished, RunStarted, StepDone, WindowDone
+
+REDRAW_S = 0.1  # a terminal line is redrawn at most this often on step events (tiny models step in ms)
+
+
+class ProgressDisplay:
+    """Callable on progress events; writes to `stream` (stderr by default)."""
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic, width: int | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.clock = clock
+        self.width = width
+        self.started: RunStarted | None = None
+        self.t0 = 0.0
+        self.window = 0  # the window being made
+        self.fraction = 0.0  # of it
+        self.step = ""
+        self.last_draw = -REDRAW_S
+        self.drawn = False
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if isinstance(event, RunStarted):
+            self.started, self.t0, self.window = event, self.clock(), event.done
+            self._draw(force=True)
+        elif isinstance(event, StepDone):
+            self.window, self.fraction = event.window, event.step / event.steps
+            self.step = f"step {event.step}/{event.steps}"
+            self._draw()
+        elif isinstance(event, WindowDone):
+            self.window, self.fraction, self.step = event.window + 1, 0.0, ""
+            if self.tty:
+                self._draw(force=True)
+            elif event.windows > 1:
+                self._print(self._window_line(event))
+        elif isinstance(event, RunFinished):
+            self._clear()
+            self._print(summary(event))
+
+    # ------------------------------------------------------------ text
+
+    def _times(self) -> str:
+        elapsed = self.clock() - self.t0
+        s = self.started
+        left = p.eta(elapsed, s.costs or (1.0,) * s.windows, s.done, self.window, self.fraction) if s else None
+        about = "estimating time left" if left is None else f"about {p.format_duration(left)} left"
+        return f"{p.format_duration(elapsed)} elapsed, {about}"
+
+    def _preview(self) -> str:
+        s = self.started
+        # The preview exists once a window is finished; a single clip has none worth naming.
+        if s is None or s.preview is None or s.windows < 2 or self.window == 0:
+            return ""
+        return f"; preview: {s.preview}"
+
+    def _window_line(self, event: WindowDone) -> str:
+        return f"window {event.window + 1}/{event.windows} done, {event.frames} frames, {self._times()}{self._preview()}"
+
+    def _status_line(self) -> str:
+        s = self.started
+        windows = s.windows if s else 1
+        where = f"window {min(self.window + 1, windows)}/{windows}" if windows > 1 else ""
+        parts = ", ".join(p for p in (where, self.step) if p)
+        return f"{parts + ' | ' if parts else ''}{self._times()}{self._preview()}"
+
+    # ------------------------------------------------------------ output
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.tty:
+            return
+        now = self.clock()
+        if not force and now - self.last_draw < REDRAW_S:
+            return
+        self.last_draw = now
+        width = self.width or shutil.get_terminal_size((100, 20)).columns
+        self.stream.write("\r\x1b[K" + self._status_line()[: max(width - 1, 10)])
+        self.stream.flush()
+        self.drawn = True
+
+    def _clear(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.drawn = False
+
+    def _print(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def summary(event: RunFinished) -> str:
+    """The run's last line: frames, time, seconds per frame."""
+    rate = p.seconds_per_frame(event.seconds, event.frames)
+    per = "" if rate is None else f", {rate:.2f} s per frame"
+    return f"done: {event.frames} frames in {p.format_duration(event.seconds)}{per}"

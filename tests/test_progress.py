@@ -1,0 +1,158 @@
+"""One progress display for a whole run: the time-left arithmetic, the display's text for scripted events,
+the events a real run sends, and what `skyreels extend` prints on stderr (nothing with -q)."""
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import skyreels_cli as sk
+from skyreels_cli.cli import app
+from skyreels_cli.cli.progress import ProgressDisplay
+from skyreels_cli.core.progress import (
+    RunFinished,
+    RunStarted,
+    StepDone,
+    WindowDone,
+    eta,
+    format_duration,
+    remaining_seconds,
+    window_costs,
+    work_done,
+)
+from skyreels_cli.forcing.windows import plan_for_length
+
+TINY = ["-m", "tiny", "--device", "cpu", "--height", "64", "--width", "64", "--steps", "2", "--base-frames", "17",
+        "--seed", "3"]
+
+
+# ------------------------------------------------------------ arithmetic
+
+def test_remaining_time_follows_the_rate_seen_so_far():
+    assert remaining_seconds(10.0, 1.0, 4.0) == pytest.approx(30.0)
+    assert remaining_seconds(10.0, 4.0, 4.0) == 0.0
+    assert remaining_seconds(0.0, 0.0, 4.0) is None and remaining_seconds(5.0, 0.0, 4.0) is None
+
+
+def test_work_counts_whole_windows_and_the_fraction_of_the_current_one():
+    costs = (2.0, 2.0, 2.0, 1.0)
+    assert work_done(costs, 0, 0, 0.0) == 0.0
+    assert work_done(costs, 0, 1, 0.5) == 3.0
+    assert work_done(costs, 0, 4, 0.0) == 7.0
+    # resumed at window 2: only this run's work counts against this run's time
+    assert work_done(costs, 2, 3, 0.5) == 2.5
+    assert eta(5.0, costs, 2, 3, 0.0) == pytest.approx(2.5)  # 2 units in 5 s, 1 unit left
+    assert eta(8.0, (1.0,) * 4, 0, 1, 0.0) == pytest.approx(24.0)  # equal windows: 1 of 4 done in 8 s
+
+
+def test_window_costs_weigh_short_and_asynchronous_windows():
+    plan = plan_for_length(49, base_frames=17, overlap_frames=5, causal_block=1, image=False, video=False,
+                           end_image=False)[1]
+    sync = window_costs(plan, steps=4, ar_step=0)
+    assert len(sync) == len(plan.windows) == 4
+    assert sync[0] == 4 * plan.windows[0].length  # rows x latent frames
+    assert sync[-1] < sync[0]  # the last window is shorter
+    lagged = window_costs(plan, steps=4, ar_step=2)
+    assert all(a > s for a, s in zip(lagged, sync))  # asynchronous windows take more rows
+
+
+def test_durations_are_short():
+    assert [format_duration(s) for s in (0.4, 42, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]
+
+
+# ------------------------------------------------------------ the display, on scripted events
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def script(display: ProgressDisplay, clock: Clock) -> None:
+    display(RunStarted(3, 41, Path("out.partial.mp4"), 0, (1.0, 1.0, 1.0)))
+    for window in range(3):
+        for step in (1, 2):
+            clock.now += 5
+            display(StepDone(window, step, 2))
+        display(WindowDone(window, 3, 17 + 12 * window))
+    display(RunFinished(41, 30.0, Path("out.mp4")))
+
+
+def test_plain_lines_one_per_window_with_elapsed_time_left_and_preview():
+    out, clock = io.StringIO(), Clock()
+    script(ProgressDisplay(out, tty=False, clock=clock), clock)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "window 1/3 done, 17 frames, 10s elapsed, about 20s left; preview: out.partial.mp4",
+        "window 2/3 done, 29 frames, 20s elapsed, about 10s left; preview: out.partial.mp4",
+        "window 3/3 done, 41 frames, 30s elapsed, about 0s left; preview: out.partial.mp4",
+        "done: 41 frames in 30s, 0.73 s per frame",
+    ]
+    assert "\r" not in out.getvalue()
+
+
+def test_terminal_redraws_one_line_and_ends_with_the_summary():
+    out, clock = io.StringIO(), Clock()
+    script(ProgressDisplay(out, tty=True, clock=clock, width=200), clock)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("done: 41 frames in 30s, 0.73 s per frame\n")
+    redraws = text.split("\r\x1b[K")
+    assert "window 2/3, step 1/2 | 15s elapsed, about 15s left; preview: out.partial.mp4" in redraws
+    assert redraws[1].startswith("window 1/3 | 0s elapsed, estimating time left")  # before any work: no guess
+    narrow = io.StringIO()
+    display = ProgressDisplay(narrow, tty=True, clock=clock, width=30)
+    display(RunStarted(3, 41, None))
+    assert all(len(part) <= 29 for part in narrow.getvalue().split("\r\x1b[K"))
+
+
+def test_a_resumed_run_counts_from_its_first_window():
+    out, clock = io.StringIO(), Clock()
+    display = ProgressDisplay(out, tty=False, clock=clock)
+    display(RunStarted(4, 53, None, done=2, costs=(1.0, 1.0, 1.0, 1.0)))
+    clock.now += 6
+    display(WindowDone(2, 4, 41))
+    assert out.getvalue() == "window 3/4 done, 41 frames, 6s elapsed, about 6s left\n"
+
+
+# ------------------------------------------------------------ a real run
+
+@pytest.fixture(scope="module")
+def tiny_df():
+    return sk.load("tiny-df", device="cpu", command="extend", progress=True)
+
+
+def test_a_run_sends_each_step_and_window_and_shows_no_bars(tiny_df, tmp_path, capsys):
+    events = []
+    request = sk.Request(prompt="a fox", frames=41, height=64, width=64, steps=2, base_frames=17, seed=1)
+    result = tiny_df.generate(request, tmp_path / "fox.mp4", progress=events.append)
+    started, *middle, finished = events
+    assert started == RunStarted(3, 41, tmp_path / "fox.partial.mp4", 0, started.costs) and len(started.costs) == 3
+    assert [e.window for e in middle if isinstance(e, WindowDone)] == [0, 1, 2]
+    assert [(e.window, e.step) for e in middle if isinstance(e, StepDone)] == [(w, s) for w in range(3) for s in (1, 2)]
+    assert middle[2] == WindowDone(0, 3, 17)  # steps of a window come before it is done
+    assert isinstance(finished, RunFinished) and finished.frames == result.frames == 41
+    assert finished.path == result.path and finished.seconds > 0
+    assert capsys.readouterr().err == "", "a listener replaces the tqdm bars"
+
+
+def test_extend_prints_windows_and_a_summary_on_stderr(tmp_path):
+    out = tmp_path / "fox.mp4"
+    result = CliRunner().invoke(app, ["extend", "a red fox", *TINY, "--frames", "41", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n"
+    lines = result.stderr.splitlines()
+    windows = [line for line in lines if line.startswith("window ")]
+    assert [w.split(" done")[0] for w in windows] == ["window 1/3", "window 2/3", "window 3/3"]
+    assert all("elapsed" in w and f"preview: {tmp_path / 'fox.partial.mp4'}" in w for w in windows)
+    assert re.fullmatch(r"done: 41 frames in \d+s, \d+\.\d\d s per frame", lines[-1])
+
+
+def test_quiet_extend_writes_nothing_on_stderr(tmp_path):
+    out = tmp_path / "fox.mp4"
+    result = CliRunner().invoke(app, ["extend", "a red fox", *TINY, "--frames", "41", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "" and result.stdout == f"{out}\n"
