@@ -42,6 +42,7 @@ def describe(recorded) -> list[str]:
     lines = [f"{recorded.source}: made by skyreels {recorded.version} (settings read from {recorded.settings})"]
     lines += _model_lines(recorded.model)
     lines += ["request:"] + [f"  {name:<17} {value}" for name, value in _request_items(recorded.request)]
+    lines += _shot_lines(recorded.shots or recorded.request.get("shots") or [])
     if recorded.run is None:
         lines.append("run: not recorded in the video itself (its sidecar JSON was not beside it)")
     else:
@@ -63,12 +64,25 @@ def _request_items(request: dict) -> list[tuple[str, str]]:
 
     items = []
     for name, value in request.items():
-        if value is None or name == "version":
+        if value is None or name in ("version", "shots"):
             continue
         if name == "negative_prompt" and value == DEFAULT_NEGATIVE_PROMPT:
             value = "(the official list)"
         items.append((name, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)))
     return items
+
+
+def _shot_lines(shots: list[dict]) -> list[str]:
+    """A shot list as a table: where each shot starts in the generated video, its length and prompt (as made
+    when the sidecar says; else as asked, cuts then rounded up to whole latent frames)."""
+    if not shots:
+        return []
+    lines, first = ["shots:", "  shot  from frame  frames  prompt"], 0
+    for number, shot in enumerate(shots, start=1):
+        first = shot.get("first_frame", first)
+        lines.append(f"  {number:>4}  {first:>10}  {shot['frames']:>6}  {shot['prompt']}")
+        first += shot["frames"]
+    return lines
 
 
 def _run_lines(run: dict) -> list[str]:

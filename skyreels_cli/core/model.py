@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import __version__, faults
 from ..errors import OutOfMemory, ResumeError
 from ..forcing.engine import DiffusionForcingEngine, EngineState, Sampling
-from ..forcing.resume import save_state
+from ..forcing.resume import log_window, logged_windows, save_state
 from ..forcing.schedule import make_scheduler
 from ..media import colour
 from ..media.images import fit_frames
@@ -270,15 +270,19 @@ class Model:
         windows = self._windows(request, state, saved.get("generated", 0) if saved else 0)
         bar = self._window_bar(request, state)
         self._emit(self._started(job))
-        self._colour = list(state.extra.get("colour", [])) if state else []  # a resumed run's earlier windows
+        # A resumed run's earlier windows; a fresh run starts its log afresh (logged_windows(..., 0) empties it).
+        self._colour = logged_windows(target.work_dir, state.next_window if state else 0)
         for window, new_state in windows:
             sink.write(window.frames)
             sink.end_window()
             self._made += len(window.frames)
-            if len(window.frames):
-                self._colour.append(colour.window_record(window.index, window.first_frame, window.frames))
+            record = colour.window_record(window.index, window.first_frame, window.frames) if len(window.frames) \
+                else None
+            if record is not None:
+                self._colour.append(record)
             if new_state is not None and window.index + 1 < window.windows:
-                new_state.extra["colour"] = list(self._colour)
+                if record is not None:
+                    log_window(target.work_dir, record)
                 save_state(target.work_dir, metadata["request"], metadata["model"], new_state,
                            sink.frames_written, generated=window.first_frame + len(window.frames))
             faults.point("window_saved")

@@ -31,6 +31,7 @@ class Recorded:
     model: dict           # alias, repo, revision, kind, dtype, quantize, device
     run: dict | None      # timings, frames, runtime, ...: only in the sidecar (None when read from the tag)
     version: str | None   # the skyreels that made it
+    shots: list | None = None  # a shot list's frames as made: prompt, first_frame, frames, windows (sidecar only)
 
     @property
     def model_name(self) -> str:
@@ -73,7 +74,7 @@ def read_recorded(path: str | Path) -> Recorded:
                              "skyreels is needed")
     return Recorded(source=source, settings=where, request=dict(settings["request"]),
                     model=dict(settings.get("model") or {}), run=settings.get("run"),
-                    version=settings.get("skyreels"))
+                    version=settings.get("skyreels"), shots=settings.get("shots"))
 
 
 def _sidecar_of(source: Path) -> Path:

@@ -8,6 +8,7 @@ the generator) and how many frames are already in the output. A few tens of MB a
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from ..media.files import fsync_file
 from .engine import EngineState
 
 STATE_FILE = "state.pt"
+# One JSON line per finished window (its colour statistics): a record that grows by ~100 bytes a window, kept
+# out of the state so the state stays the same size however long the video.
+WINDOW_LOG = "windows.jsonl"
 
 
 def state_path(work_dir: Path) -> Path:
@@ -59,3 +63,31 @@ def load_state(work_dir: Path, output: Path) -> dict:
 
 def discard_state(work_dir: Path) -> None:
     state_path(work_dir).unlink(missing_ok=True)
+    (work_dir / WINDOW_LOG).unlink(missing_ok=True)
+
+
+def log_window(work_dir: Path, record: dict) -> None:
+    """Append one window's record, on disk before that window's state is saved."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / WINDOW_LOG, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+
+def logged_windows(work_dir: Path, before: int) -> list[dict]:
+    """The records of windows 0 .. before-1: those the saved state covers. A record written by a run killed before
+    its state was saved (or a line cut short by the kill) is left out, and the log is rewritten without it."""
+    path = work_dir / WINDOW_LOG
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("window", before) < before:
+            records.append(record)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return records
