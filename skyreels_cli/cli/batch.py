@@ -55,7 +55,7 @@ def batch(
         with ModelCache().installed():
             outcomes = [_run_job(job, len(jobs), dry_run, quiet) for job in in_model_order(jobs)]
         if not quiet or any(o.failed for o in outcomes):
-            typer.echo(summary(outcomes), err=True)
+            typer.echo(summary(outcomes, dry_run), err=True)
         if any(o.failed for o in outcomes):
             raise typer.Exit(1)
 

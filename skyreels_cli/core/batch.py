@@ -206,7 +206,7 @@ class ModelCache:
             self.release()
 
 
-def summary(outcomes: list[Outcome]) -> str:
+def summary(outcomes: list[Outcome], dry_run: bool = False) -> str:
     """A table, in file order: each job's command, status, time and output (or why it failed)."""
     rows = [("job", "command", "status", "time", "output")]
     for o in sorted(outcomes, key=lambda o: o.job.number):
@@ -215,10 +215,7 @@ def summary(outcomes: list[Outcome]) -> str:
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
     failed = sum(o.failed for o in outcomes)
-    lines.append(f"{len(outcomes) - failed} of {len(outcomes)} jobs {'checked' if _checked(outcomes) else 'done'}"
+    lines.append(f"{len(outcomes) - failed} of {len(outcomes)} jobs {'checked' if dry_run else 'done'}"
                  + (f", {failed} failed" if failed else ""))
     return "\n".join(line.rstrip() for line in lines)
 
-
-def _checked(outcomes: list[Outcome]) -> bool:
-    return any(o.status == "checked" for o in outcomes)

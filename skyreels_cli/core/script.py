@@ -154,6 +154,13 @@ def _plain_types(hint) -> tuple[type, ...]:
 def check_types(path: Path, text: str, settings: dict, options: Mapping[str, Option], where: str,
                 table: str | None = None, index: int = 0) -> None:
     """Refuse a setting whose value the option cannot take (a string for --height, a number for --model...)."""
+    if settings.get("lora") is not None:  # a repeatable option: text, or a list of text
+        value = settings["lora"]
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+            raise file_error(path, text, f"lora {where} must be text or a list of text, got {value!r}", "lora", table,
+                             index)
+        settings["lora"] = items
     for key, value in settings.items():
         accepted = options[key].types if key in options else ()
         if accepted and not (isinstance(value, accepted) and (bool in accepted or not isinstance(value, bool))):
@@ -307,6 +314,8 @@ def _checked_shot(shot: Shot, i: int, fps: float) -> Shot:
     if frames is None and shot.seconds is not None:
         if not (math.isfinite(shot.seconds) and shot.seconds > 0):
             raise UsageError(f"{where}: seconds must be a positive number, got {shot.seconds}")
+        if not math.isfinite(shot.seconds * fps):
+            raise UsageError(f"{where}: seconds {shot.seconds} is too long at {fps} fps")
         frames = max(1, round(shot.seconds * fps))
     if frames is not None and frames <= 0:
         raise UsageError(f"{where}: frames must be positive, got {frames}")

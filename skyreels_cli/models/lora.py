@@ -70,7 +70,12 @@ def resolve_lora(spec: LoraSpec | str) -> ResolvedLora:
     if local.exists():
         path = _pick_file(local, spec.source)
     elif _looks_like_repo(spec.source):
-        path = _from_hub(spec.source)
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            path = _from_hub(spec.source)
+        except HFValidationError:
+            raise UsageError(f"--lora {spec.source}: no such file, and not a Hub repo id (org/name)") from None
     else:
         raise UsageError(f"--lora {spec.source}: no such file, and not a Hub repo id (org/name)")
     return ResolvedLora(spec, path.resolve(), sha256_of(path))
