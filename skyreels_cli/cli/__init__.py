@@ -10,9 +10,23 @@ def main() -> None:
     """Run the command line; usage errors from the parser get the same one-line form as ours."""
     import sys
 
+    from ..errors import SkyreelsError
+    from ..runtime.parallel import launch, launched_by_torchrun, strip_gpus
     from .app import INTERRUPTED, INTERRUPTED_DEFAULT
     from .interrupt import responsive_ctrl_c
 
+    try:
+        gpus, argv = strip_gpus(sys.argv[1:])
+    except SkyreelsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    if gpus is not None and gpus > 1 and not launched_by_torchrun():
+        try:  # torchrun starts one process per GPU, each running this command without --gpus
+            sys.exit(launch(gpus, argv))
+        except SkyreelsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+    sys.argv[1:] = argv
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
     try:
         with responsive_ctrl_c(INTERRUPTED.get(command, INTERRUPTED_DEFAULT)):

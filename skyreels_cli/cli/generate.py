@@ -8,9 +8,9 @@ import typer
 
 from .app import app, user_errors
 from .options import (
-    Aspect, Attention, Cache, Cfg, Compile, Device, DryRun, Dtype, Enhance, Enhancer, Fps, Frames, From, Grid, Guidance,
-    Height, Lora, Model, Negative, Offload, Output, Overwrite, Quantize, Quiet, Resolution, Seconds, Seed, Shift, Steps,
-    TextEncoderDevice, TiledDecode, Width,
+    Aspect, Attention, Cache, Cfg, Compile, Device, DryRun, Dtype, Enhance, Enhancer, Fps, Frames, From, Gpus, Grid,
+    Guidance, Height, Lora, Model, Negative, Offload, Output, Overwrite, Quantize, Quiet, Resolution, Ring, Seconds, Seed,
+    Shift, Steps, TextEncoderDevice, TiledDecode, Ulysses, Width,
 )
 
 LONG_RUN_S = 3600  # warn up front about runs longer than this
@@ -65,6 +65,21 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     `loras`: --lora values; `enhancer`: the --enhance LLM ("" for the default), None for no enhancement.
     `recorded`: settings read by --from, which the request fields given (not None) override.
     """
+    runtime = dict(runtime or {})
+    parallel = _join_parallel(device)  # under torchrun: rank 0 leads, the others follow it
+    if parallel is not None and not parallel.is_main:
+        return _follow(parallel, spec, dtype, runtime, loras)
+    try:
+        _lead(command, spec, device, dtype, output, overwrite, quiet, dry_run, resume, runtime, loras, enhancer,
+              recorded, parallel, fields)
+    finally:
+        if parallel is not None and not parallel.shared_job:
+            parallel.share(None)  # stopped before loading (an error, --dry-run): the others wait for nothing
+
+
+def _lead(command, spec, device, dtype, output, overwrite, quiet, dry_run, resume, runtime, loras, enhancer, recorded,
+          parallel, fields) -> None:
+    """`_run` on a single process, or on rank 0 of a context-parallel run."""
     from .. import load, prepare
     from ..core.enhance import enhance_fields
     from ..models.loading import check_device, dtype_name, pick_dtype
@@ -75,8 +90,7 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     from .memory import keep_host_memory_flat, release_freed_memory
     from .progress import ProgressDisplay
 
-    runtime = dict(runtime or {})
-    dev = check_device(device, spec)
+    dev = parallel.device if parallel is not None else check_device(device, spec)
     if recorded is not None:
         dtype, runtime["quantize"] = recorded.load_options(dev.type, dtype, runtime.get("quantize", "auto"))
     # Checked here too so that --dry-run refuses a kernel that cannot run on this device, as a run would.
@@ -95,7 +109,7 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
         r = job.request
         frames = r.base_frames if spec.forcing else r.frames
         _, reason = resolve_plan(spec, dev, height=r.height, width=r.width, frames=frames,
-                                 **{k: v for k, v in runtime.items() if k not in ("attention", "compile")})
+                                 **{k: v for k, v in runtime.items() if k not in NOT_MEMORY})
         work = f"; about {_amount(estimate[0])} of transformer work, {_duration(estimate[1])} on {dev.type}" \
             if estimate else ""
         typer.echo(f"{command}: {job.describe()}{work}")
@@ -104,15 +118,21 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
     if estimate and estimate[1] > LONG_RUN_S and not quiet:
         typer.echo(f"warning: this run is about {_amount(estimate[0])} of transformer work, roughly "
                    f"{_duration(estimate[1])} on {dev.type} (Ctrl-C stops it; --dry-run checks a plan first)", err=True)
+    if parallel is not None:  # the other ranks load the same way, then follow this job
+        parallel.share((dtype, runtime, job.request))
+        parallel.shared_job = True
     try:
         loaded = load(spec, device=str(dev), dtype=dtype, progress=not quiet, plan_for=job.request, loras=loras,
-                      **runtime)
+                      parallel=parallel or False, **runtime)
     except BaseException:
         job.release()
         raise
     if not quiet:
         typer.echo(f"{command}: {job.describe()}", err=True)
         typer.echo(f"memory plan: {loaded.memory_reason}", err=True)
+        if parallel is not None:
+            typer.echo(f"parallel: {parallel.world} processes, {parallel.layout.describe()}; started in "
+                       f"{parallel.startup_s():.1f} s", err=True)
     on_window = None
     if command == "extend":
         keep_host_memory_flat()
@@ -126,6 +146,30 @@ def _run(command: str, spec, device: str, dtype: str | None, output: str | None,
         typer.echo(f"step cache: skipped {c['skipped']} of {c['calls']} model calls, threshold {c['threshold']}",
                    err=True)
     typer.echo(str(result.path))
+
+
+NOT_MEMORY = ("attention", "compile", "ulysses", "ring")  # runtime options the memory planner does not take
+
+
+def _join_parallel(device: str):
+    """This process's place in a torchrun launch (None when not launched by torchrun)."""
+    from ..runtime.parallel import init_parallel, launched_by_torchrun
+
+    return init_parallel(device) if launched_by_torchrun() else None
+
+
+def _follow(parallel, spec, dtype, runtime: dict, loras) -> None:
+    """A rank but the first: load as rank 0 did, then take part in its job; prints nothing."""
+    from .. import load
+    from ..models.lora import resolve_lora
+
+    started = parallel.share(None)
+    if started is None:  # rank 0 stopped before loading (a usage error, --dry-run): it says why
+        return
+    dtype, runtime, request = started
+    loaded = load(spec, device=str(parallel.device), dtype=dtype, progress=False, plan_for=request,
+                  loras=[resolve_lora(text) for text in loras or []], parallel=parallel, **runtime)
+    loaded.follow()
 
 
 def _request(recorded, fields: dict, spec):
@@ -147,9 +191,10 @@ def _enhancer(enhance: bool, enhancer: str | None) -> str | None:
 
 
 def _runtime(offload: str, quantize: str, cfg: str, tiled_decode: bool | None, text_encoder_device: str | None,
-             attention: str, compile: bool) -> dict:
+             attention: str, compile: bool, ulysses: int | None = None, ring: int | None = None) -> dict:
     return {"offload": offload, "quantize": quantize, "cfg": cfg, "tiled_decode": tiled_decode,
-            "text_encoder_device": text_encoder_device or "auto", "attention": attention, "compile": compile}
+            "text_encoder_device": text_encoder_device or "auto", "attention": attention, "compile": compile,
+            "ulysses": ulysses, "ring": ring}
 
 
 @app.command()
@@ -163,6 +208,7 @@ def t2v(
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
     lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
     resolution: Resolution = None, aspect: Aspect = None, from_: From = None,
+    gpus: Gpus = None, ulysses: Ulysses = None, ring: Ring = None,
 ) -> None:
     """Text to video: one clip from a prompt.
 
@@ -180,7 +226,8 @@ def t2v(
             raise _missing("PROMPT", "t2v", '"a red fox running through snow"')
         _run("t2v", _spec(model, "t2v", recorded), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
              recorded=recorded, resolution=resolution, aspect=aspect,
-             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile, ulysses,
+                              ring),
              loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
@@ -199,6 +246,7 @@ def i2v(
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
     lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
     resolution: Resolution = None, aspect: Aspect = None, from_: From = None,
+    gpus: Gpus = None, ulysses: Ulysses = None, ring: Ring = None,
 ) -> None:
     """Image to video: animate a still image. A portrait image gives a portrait video.
 
@@ -214,7 +262,8 @@ def i2v(
             raise _missing("IMAGE", "i2v", 'photo.png "the waves roll in"')
         _run("i2v", _spec(model, "i2v", recorded), device, dtype, output, overwrite, quiet, dry_run, cache=cache,
              recorded=recorded, resolution=resolution, aspect=aspect,
-             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile),
+             runtime=_runtime(offload, quantize, cfg, tiled_decode, text_encoder_device, attention, compile, ulysses,
+                              ring),
              loras=lora, enhancer=_enhancer(enhance, enhancer), prompt=prompt, image=image, seed=seed,
              steps=steps, guidance=guidance, shift=shift, height=height, width=width, frames=frames, seconds=seconds, fps=fps,
              negative_prompt=negative_prompt, sigma_grid=sigma_grid)
@@ -246,6 +295,7 @@ def extend(
     cache: Cache = None, overwrite: Overwrite = False, quiet: Quiet = False, dry_run: DryRun = False,
     lora: Lora = None, enhance: Enhance = False, enhancer: Enhancer = None,
     resolution: Resolution = None, aspect: Aspect = None, from_: From = None,
+    gpus: Gpus = None, ulysses: Ulysses = None, ring: Ring = None,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
 
@@ -285,7 +335,8 @@ def extend(
         _run("extend", _spec(o["model"], "extend", recorded), o["device"], o["dtype"], o["output"], o["overwrite"],
              o["quiet"], o["dry_run"], o["resume"], cache=o["cache"], recorded=recorded, resolution=o["resolution"],
              aspect=o["aspect"], runtime=_runtime(o["offload"], o["quantize"], o["cfg"], o["tiled_decode"],
-                                                  o["text_encoder_device"], o["attention"], o["compile"]),
+                                                  o["text_encoder_device"], o["attention"], o["compile"],
+                                                  o["ulysses"], o["ring"]),
              loras=o["lora"], enhancer=_enhancer(o["enhance"], o["enhancer"]),
              color_match=_color_mode(o["color_match"]),
              **{name: o[name] for name in EXTEND_FIELDS}, shots=shots)

@@ -44,3 +44,8 @@ Enhancer = Annotated[str | None, typer.Option("--enhancer", help="LLM for --enha
 Resolution = Annotated[Optional[str], typer.Option("--resolution", help="540p (544x960) or 720p (720x1280) at --aspect: sets height and width (default: the model's own size).")]
 Aspect = Annotated[Optional[str], typer.Option("--aspect", help="16:9, 9:16, 1:1, 4:3 or 3:4 at about the model's pixel count (default: the start image's, else the model's); a --height or --width given sets that side.")]
 From = Annotated[Optional[str], typer.Option("--from", help="Run again with the settings recorded in this skyreels video, PNG folder or settings JSON (same seed: same frames); options given here override them.")]
+
+# Several GPUs (context parallelism): how many processes, and how they share attention.
+Gpus = Annotated[Optional[int], typer.Option("--gpus", help="Run on this many GPUs of this machine (starts torchrun for you; with --device cpu, that many CPU processes).")]
+Ulysses = Annotated[Optional[int], typer.Option("--ulysses", help="Processes sharing attention heads (Ulysses); default: as many as the head count allows.")]
+Ring = Annotated[Optional[int], typer.Option("--ring", help="Processes passing keys and values round (ring attention); --ulysses x --ring = processes.")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..forcing.decoding import StreamingDecoder, to_uint8
@@ -23,8 +24,10 @@ def clip_pipeline(pipeline_cls, components: dict, request: Request):
 
 @torch.no_grad()
 def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, progress: bool,
-                  placement, on_step: Callable[[int, int], None] | None = None) -> WindowFrames:
-    """`num_frames` (4k+1) are made and the first `request.frames` kept; `on_step(done, steps)` after each step."""
+                  placement, on_step: Callable[[int, int], None] | None = None, decode: bool = True) -> WindowFrames:
+    """`num_frames` (4k+1) are made and the first `request.frames` kept; `on_step(done, steps)` after each step.
+
+    `decode=False` (context-parallel ranks but the first): the latents only, no frames."""
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     kwargs = dict(
         prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=cond.negative_embeds, height=request.height,
@@ -38,6 +41,8 @@ def generate_clip(pipe, request: Request, num_frames: int, cond: Conditioning, p
         kwargs["image"] = fit_image(load_image(request.image), request.height, request.width)
     with placement.clip():  # the pipeline encodes the image and denoises in one call
         latents = pipe(**kwargs).frames
+    if not decode:
+        return WindowFrames(0, 1, 0, np.zeros((0, request.height, request.width, 3), np.uint8), latents.cpu())
     with placement.decoding():
         decoder = StreamingDecoder(pipe.vae, progress=progress, tiling=placement.plan.tiled_decode)
         frames = to_uint8(decoder.decode(latents))[: request.frames]

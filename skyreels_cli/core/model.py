@@ -36,6 +36,7 @@ from ..runtime.attention import apply_backend, pick_backend
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.memory import MemoryPlan
 from ..runtime.modulation import install_per_frame_modulation
+from ..runtime.parallel import Parallel, choose_layout, enable_context_parallel, share_encoder
 from ..runtime.step_cache import StepCache
 from .clips import clip_pipeline, generate_clip
 from .conditioning import PromptEncoder, image_latent, video_prefix
@@ -52,7 +53,8 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
          offload: str = "auto", quantize: str = "auto", cfg: str = "auto", tiled_decode: bool | None = None,
          text_encoder_device: str = "auto", attention: str = "auto", compile: bool = False,
          vram_gb: float | None = None, plan_for: Request | None = None, progress: bool = True,
-         command: str | None = None, loras: Sequence[str | LoraSpec | ResolvedLora] = ()) -> Model:
+         command: str | None = None, loras: Sequence[str | LoraSpec | ResolvedLora] = (),
+         parallel: Parallel | bool | None = None, ulysses: int | None = None, ring: int | None = None) -> Model:
     """Load a checkpoint (registry alias, Hub repo id or local folder; downloaded if needed) onto `device`
     ("auto": CUDA when visible; the CPU only for tiny models unless asked for by name).
 
@@ -66,11 +68,20 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
 
     `loras`: `PATH_OR_REPO[:SCALE]` values (or `models.lora` specs), checked to fit and applied before
     the memory plan; part of the model's identity (recorded in each sidecar, compared on resume).
+
+    `parallel`: context parallelism over the processes torchrun started (None: when started by torchrun;
+    False: never; or a `runtime.parallel.Parallel` already joined). `ulysses`, `ring` choose the layout
+    (default: as much Ulysses as the head count allows). Every rank calls `generate` the same way; only
+    rank 0 writes and gets a `Result` (the others get None).
     """
+    from ..runtime.parallel import init_parallel, launched_by_torchrun
     from ..runtime.plan import resolve_plan
 
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, command)
-    dev = check_device(device, spec)
+    if parallel is None and launched_by_torchrun() or parallel is True:
+        parallel = init_parallel(device)
+    parallel = parallel or None
+    dev = parallel.device if parallel is not None else check_device(device, spec)
     torch_dtype = pick_dtype(dtype, dev)
     size = {} if plan_for is None else {"height": plan_for.height, "width": plan_for.width,
                                          "frames": plan_for.base_frames if spec.forcing else plan_for.frames}
@@ -87,7 +98,8 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
         # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.
         records = apply_loras(components["transformer"], loras, spec.alias)
     loaded = Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3),
-                   memory=memory, attention=attention, compile=compile, loras=records)
+                   memory=memory, attention=attention, compile=compile, loras=records, parallel=parallel,
+                   ulysses=ulysses, ring=ring)
     loaded.memory_reason = reason
     return loaded
 
@@ -95,7 +107,8 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
 class Model:
     def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, dtype: torch.dtype,
                  progress: bool = True, load_seconds: float = 0.0, *, memory: MemoryPlan | None = None,
-                 attention: str = "auto", compile: bool = False, loras: list[dict] | None = None) -> None:
+                 attention: str = "auto", compile: bool = False, loras: list[dict] | None = None,
+                 parallel: Parallel | None = None, ulysses: int | None = None, ring: int | None = None) -> None:
         import diffusers
 
         self.spec = spec
@@ -114,12 +127,18 @@ class Model:
             install_per_frame_modulation(transformer)
         self.placement = Placement(components, device, self.memory)
         self.attention = apply_backend(transformer, attention, device)
+        self.parallel = parallel
+        if parallel is not None:  # after the kernel is set (ring may change it) and the modulation installed
+            parallel.layout = choose_layout(transformer.config.num_attention_heads, parallel.world, ulysses, ring)
+            enable_context_parallel(transformer, parallel.layout, device, per_frame=spec.forcing)
         self.compiled = compile
         if compile:
             compile_blocks(transformer, device)
         self._pipeline_cls = getattr(diffusers, KINDS[spec.kind].pipeline)
         self._pipe = self._pipeline_cls(**components)  # its encode_prompt and video_processor
         self._prompts = PromptEncoder(self._pipe, self.placement)
+        if parallel is not None:  # rank 0 encodes each prompt once, the others receive the embeddings
+            self._prompts._encode = share_encoder(self._prompts._encode, parallel)
         self._replayed = 0  # latent frames the last resumed run decoded again
         self._cache: StepCache | None = None  # the last run's step cache, for its counts
         self._events: Progress | None = None  # the running job's progress listener
@@ -130,8 +149,17 @@ class Model:
     def runtime(self) -> dict:
         """How this model runs, as recorded in each sidecar."""
         m = self.memory
-        return {"offload": m.offload, "quantize": m.quantize, "cfg": m.cfg, "tiled_decode": m.tiled_decode,
-                "text_encoder_device": m.text_encoder_device, "attention": self.attention, "compile": self.compiled}
+        runtime = {"offload": m.offload, "quantize": m.quantize, "cfg": m.cfg, "tiled_decode": m.tiled_decode,
+                   "text_encoder_device": m.text_encoder_device, "attention": self.attention, "compile": self.compiled}
+        if self.parallel is not None:
+            runtime["parallel"] = {"processes": self.parallel.world, "ulysses": self.parallel.layout.ulysses,
+                                   "ring": self.parallel.layout.ring}
+        return runtime
+
+    @property
+    def _decodes(self) -> bool:
+        """Only rank 0 of a context-parallel run decodes and writes."""
+        return self.parallel is None or self.parallel.is_main
 
     def remove_loras(self) -> None:
         """Run without the LoRAs from now on: the transformer's own weights come back exactly."""
@@ -165,7 +193,25 @@ class Model:
         `resume=True` continues an interrupted run exactly. `on_window` is called after each window;
         `progress` with each progress event (core/progress.py), in place of the tqdm bars.
         """
-        return self.run(self.prepare(request, output, overwrite=overwrite, resume=resume), on_window, progress)
+        if self.parallel is not None and not self.parallel.is_main:
+            return self.follow()
+        try:
+            job = self.prepare(request, output, overwrite=overwrite, resume=resume)
+        except BaseException:
+            if self.parallel is not None:
+                self.parallel.share(None)  # the other ranks stop waiting
+            raise
+        return self.run(job, on_window, progress)
+
+    def follow(self) -> None:
+        """On a context-parallel rank but the first: take part in rank 0's next job, writing nothing."""
+        job = self.parallel.share(None)
+        if job is None:  # rank 0 refused the request (it says why)
+            return
+        request, saved = job
+        state = saved["engine"] if saved else None
+        for _ in self._windows(request, state, saved.get("generated", 0) if saved else 0):
+            pass
 
     def stream(self, request: Request) -> Iterator[WindowFrames]:
         """Each window's new frames as they are made, writing nothing. A continued `video` is not repeated."""
@@ -180,6 +226,8 @@ class Model:
         """Carry out a prepared job (see `prepare`); `progress` receives its progress events."""
         if job.spec != self.spec:
             raise ValueError(f"job for {job.spec.alias} given to model {self.spec.alias}")
+        if self.parallel is not None:  # the other ranks run what rank 0 resolved: same seed, same state
+            self.parallel.share((job.request, job.saved))
         self._events = progress
         try:
             return self._run(job, on_window)
@@ -317,7 +365,7 @@ class Model:
             pipe = clip_pipeline(self._pipeline_cls, self.components, request)
             on_step = None if self._events is None else lambda step, steps: self._emit(StepDone(0, step, steps))
             yield generate_clip(pipe, request, generated_frames(request, self.spec), cond, self._bars,
-                                self.placement, on_step), None
+                                self.placement, on_step, decode=self._decodes), None
             return
         yield from self._forcing_windows(request, cond, state, first)
 
@@ -330,7 +378,7 @@ class Model:
         engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, self.device, self._bars,
                                         cfg=self.memory.cfg, placement=self.placement,
                                         tiled_decode=self.memory.tiled_decode, step_cache=self._cache,
-                                        on_step=on_step, adjust_latents=latent_match)
+                                        on_step=on_step, adjust_latents=latent_match, decode=self._decodes)
         plan = window_plan(request)
         sampling = Sampling(request.steps, request.ar_step, request.addnoise, request.causal_attention, request.fps)
         start = end = None
@@ -350,6 +398,8 @@ class Model:
                              start_latents=start, end_latent=end, emit_start=not request.video, state=state)
         reference = state.extra.get("colour_reference") if state else None
         for out in outputs:
+            if self.parallel is not None:  # every rank must have drawn the same noise and made the same latents
+                self.parallel.check_same(out.latents, f"window {out.window.index + 1}")
             self._replayed = engine.replayed
             frames = out.frames[: max(0, request.frames - first)]  # the last window may make a few extra
             if request.color_match == "pixel" and len(frames):

@@ -95,6 +95,7 @@ class DiffusionForcingEngine:
         cfg: str = "separate", solver: str = "vectorised", placement=None, tiled_decode: bool | None = None,
         step_cache=None, on_step: Callable[[int, int, int], None] | None = None,
         adjust_latents: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        decode: bool = True,
     ) -> None:
         if cfg not in CFG_MODES:
             raise ValueError(f"unknown cfg mode {cfg!r}; expected one of {CFG_MODES}")
@@ -114,6 +115,8 @@ class DiffusionForcingEngine:
         self.on_step = on_step  # called with (window, rows done, rows) after each model row
         # (new latents, clean prefix) -> new latents, before decoding: what it returns is decoded and carried on
         self.adjust_latents = adjust_latents
+        # False on the ranks of a context-parallel run but the first: they denoise with it, rank 0 decodes
+        self.decode = decode
 
     def _phase(self, name: str):
         return nullcontext() if self.placement is None else getattr(self.placement, name)()
@@ -210,10 +213,11 @@ class DiffusionForcingEngine:
             prefix = start_latents
         else:
             generator.set_state(state.generator)
-            with self._phase("decoding"):
-                self.replayed = decoder.load_state_dict(state.decoder)
-                decoder.park()
             prefix, end_latent = state.prefix, state.end_latent
+            if self.decode:
+                with self._phase("decoding"):
+                    self.replayed = decoder.load_state_dict(state.decoder)
+                    decoder.park()
         channels = self.vae.config.z_dim
         first = 0 if state is None else state.next_window
         for window in plan.windows[first:]:
@@ -227,9 +231,9 @@ class DiffusionForcingEngine:
             if self.adjust_latents is not None and window.prefix:
                 latents[:, :, window.prefix :] = self.adjust_latents(latents[:, :, window.prefix :],
                                                                      latents[:, :, : window.prefix])
-            with self._phase("decoding"):  # park before the VAE leaves: park() moves the cache off the VAE's device
+            with self._phase("decoding") if self.decode else nullcontext():
                 frames, emitted = self._decode_new(decoder, latents, window, emit_start)
-                decoder.park()
+                decoder.park()  # before the VAE leaves: park() moves the cache off the VAE's device
             prefix = latents[:, :, window.length - plan.overlap :].cpu()
             new_state = EngineState(window.index + 1, prefix, end_latent, decoder.state_dict(), generator.get_state())
             yield WindowOutput(window, frames, emitted, new_state)
@@ -237,6 +241,9 @@ class DiffusionForcingEngine:
     def _decode_new(self, decoder: StreamingDecoder, latents: torch.Tensor, window: Window, emit_start: bool):
         """This window's new frames, and the latents they come from."""
         new = latents[:, :, window.prefix :]
+        if not self.decode:  # no frames: the latents only (what a first window emits, as below)
+            kept = latents if window.index == 0 and window.prefix and emit_start else new
+            return np.zeros((0, *(8 * s for s in latents.shape[3:]), 3), np.uint8), kept.cpu()
         if window.index == 0 and window.prefix:
             # The first window's prefix starts the timeline: decode it (the decoder is causal and
             # needs it), and keep its frames only if they are not already in the output.

@@ -1,0 +1,510 @@
+"""Context parallelism: one transformer call spread over N processes by splitting its token sequence.
+
+Built on diffusers' own machinery (`ContextParallelConfig`, `ModelMixin.enable_parallelism`): a plan says,
+as data, where the sequence is split and gathered; diffusers' hooks do the splitting and its attention
+dispatcher runs Ulysses (all-to-all across heads) or ring attention (key/value blocks passed round,
+merged by their log-sum-exp). diffusers 0.42 has a plan for Wan's transformer but none for SkyReels-V2's;
+`context_parallel_plan` is ours. What differs from Wan:
+
+* Per-frame modulation (diffusion forcing, runtime/modulation.py). Blocks get a table of one row per latent
+  frame, (B, 6, F, 1, dim), and view their tokens as (B, rows, tokens/rows, dim). We split the tokens
+  evenly (as Wan does: 25 latent frames do not divide by 2, 4 or 8, but 25 x 2040 tokens do), so a rank's
+  tokens may begin or end mid-frame. Each rank therefore gets a table of *groups*: with `g = gcd(h*w,
+  tokens per rank)` tokens per group, every group lies inside one frame, and repeating each frame's row
+  h*w/g times then taking this rank's equal share gives exactly the rows of its tokens. The block code is
+  unchanged (it already broadcasts "one row per equal run of tokens"); the table stays at most F rows.
+* The output modulation is per frame too and our forward applies it to the whole sequence, so the gather
+  is at `norm_out` (elementwise, so gathering its output equals running it whole), not at `proj_out`.
+  Clip models (t2v/i2v, one timestep per sample) use Wan's plan: gather at `proj_out`.
+* The fps embedding is added to the modulation before the blocks: one value per sample, the same on every
+  rank, nothing to split.
+* Text and I2V image tokens (512 + 257) stay whole on every rank, as in Wan's plan. diffusers' SkyReels
+  processor passes the parallel config to cross-attention too, which would all-to-all the replicated keys
+  (right numbers, N times the traffic); we clear it on `attn2`, so cross-attention runs locally on each
+  rank's queries against all text/image keys.
+
+Processes: `init_parallel` joins the group torchrun describes (NCCL on CUDA, gloo on the CPU), builds the
+("ring", "ulysses") device mesh itself (diffusers builds it for an accelerator: on the CPU it divides by a
+device count of 0), and starts a watchdog so that when one rank dies the others stop within seconds.
+Rank 0 encodes the prompt, decodes and writes; every rank draws the same noise from the request's seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import DeviceError, UsageError
+
+# How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
+# next one), not how fast a dead rank is noticed: the watchdog and torchrun do that in seconds.
+COLLECTIVE_TIMEOUT_S = 1800
+HEARTBEAT_S = 1.0
+DEAD_AFTER_S = 10.0
+# Attention kernels that return the log-sum-exp ring attention merges partial results with. None of
+# diffusers' backends returns it on the CPU ("native" refuses, "_native_flash" calls a CUDA-only op), so on
+# the CPU `_native_flash`'s forward op is routed to torch's CPU flash kernel, which returns it (fp32 too).
+RING_BACKENDS = ("flash", "_flash_3", "sage", "_native_cudnn", "_native_flash")
+RING_FALLBACK = "_native_flash"
+
+
+# ------------------------------------------------------------------ layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How N ranks share attention: Ulysses across heads, ring across the sequence, or both (N = u x r)."""
+
+    ulysses: int
+    ring: int
+
+    @property
+    def world(self) -> int:
+        return self.ulysses * self.ring
+
+    def describe(self) -> str:
+        parts = [f"ulysses {self.ulysses}" if self.ulysses > 1 else "", f"ring {self.ring}" if self.ring > 1 else ""]
+        return " x ".join(p for p in parts if p) or "one process"
+
+    def flags(self) -> str:
+        return f"--ulysses {self.ulysses} --ring {self.ring}"
+
+
+def valid_layouts(heads: int, world: int) -> list[Layout]:
+    """Every layout of `world` ranks for `heads` attention heads, the most Ulysses first."""
+    return [Layout(u, world // u) for u in range(world, 0, -1) if world % u == 0 and heads % u == 0]
+
+
+def choose_layout(heads: int, world: int, ulysses: int | None = None, ring: int | None = None) -> Layout:
+    """The layout asked for (`--ulysses`, `--ring`, either may be left out), or the default: as much Ulysses
+    as the head count allows (one all-to-all per attention, no extra kernel calls), ring for the rest."""
+    choices = valid_layouts(heads, world)
+    listed = ", ".join(c.flags() for c in choices)
+    if ulysses is None and ring is None:
+        return choices[0]
+    if ulysses is None:
+        ulysses = world // ring if ring and world % ring == 0 else 0
+    ring = world // ulysses if ring is None and ulysses and world % ulysses == 0 else ring
+    picked = Layout(ulysses or 0, ring or 0)
+    if picked not in choices:
+        why = (f"{heads} heads do not split {ulysses} ways" if ulysses and heads % ulysses
+               else f"--ulysses x --ring must equal the {world} processes")
+        raise UsageError(f"cannot run --ulysses {ulysses} --ring {ring} on {world} processes: {why}; "
+                         f"valid choices: {listed}")
+    return picked
+
+
+def check_sequence(tokens_per_frame: int, frames: int, world: int) -> None:
+    """Every rank must get the same number of tokens (diffusers' equal split)."""
+    if (tokens_per_frame * frames) % world:
+        fits = [n for n in range(2, 9) if (tokens_per_frame * frames) % n == 0]
+        raise UsageError(f"{frames} latent frames of {tokens_per_frame} tokens do not split over {world} "
+                         f"processes; process counts that fit: {fits or 'none'}")
+
+
+# ------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class FrameRows:
+    """Plan entry of ours: a per-frame table (rows along `frame_dim`) handed to each rank as the rows of
+    its own tokens (see the module docstring). `source` names the rotary embedding argument, already split,
+    from which the local token count is read."""
+
+    frame_dim: int = 2
+    expected_dims: int = 5
+    source: str = "rotary_emb"
+
+
+def context_parallel_plan(per_frame: bool) -> dict[str, Any]:
+    """The plan for `SkyReelsV2Transformer3DModel`: diffusers' entries, plus our `FrameRows` under
+    per-frame modulation. Keys are module names, as in diffusers' `_cp_plan`."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    plan: dict[str, Any] = {
+        # RoPE is computed for the whole grid, then each rank keeps its tokens' rows: (1, S, 1, D)
+        "rope": {0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+                 1: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)},
+        # tokens split once, entering the first block; text/image tokens stay whole (see docstring)
+        "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+    }
+    if per_frame:
+        plan["blocks.*"] = {"temb": FrameRows()}
+        plan["norm_out"] = ContextParallelOutput(gather_dim=1, expected_dims=3)
+    else:
+        plan["proj_out"] = ContextParallelOutput(gather_dim=1, expected_dims=3)
+    return plan
+
+
+def frame_rows(table: torch.Tensor, local_tokens: int, world: int, rank: int, dim: int = 2) -> torch.Tensor:
+    """The rows of `table` (one per frame along `dim`) for this rank's `local_tokens` consecutive tokens."""
+    frames = table.shape[dim]
+    per_frame, rest = divmod(local_tokens * world, frames)
+    if rest:
+        raise ValueError(f"{local_tokens * world} tokens are not {frames} whole frames")
+    group = math.gcd(per_frame, local_tokens)  # every group of `group` tokens lies inside one frame
+    rows = table.repeat_interleave(per_frame // group, dim=dim) if group < per_frame else table
+    return rows.chunk(world, dim=dim)[rank]
+
+
+class _FrameRowsHook:
+    """Forward pre-hook on each block: replaces the per-frame table by this rank's rows, computed once per
+    model call (every block gets the same table object)."""
+
+    def __init__(self, entry: FrameRows, name: str, world: int, rank: int, position: int) -> None:
+        self.entry, self.name, self.world, self.rank, self.position = entry, name, world, rank, position
+        self._source: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+
+    def __call__(self, module, args, kwargs):
+        args = list(args)
+        table = kwargs[self.name] if self.name in kwargs else args[self.position]
+        if not torch.is_tensor(table) or table.dim() != self.entry.expected_dims:
+            return None
+        if table is not self._source:
+            rotary = kwargs.get(self.entry.source, args[3] if len(args) > 3 else None)
+            self._source = table
+            self._rows = frame_rows(table, rotary[0].shape[1], self.world, self.rank, self.entry.frame_dim)
+        if self.name in kwargs:
+            kwargs[self.name] = self._rows
+        else:
+            args[self.position] = self._rows
+        return tuple(args), kwargs
+
+
+# ------------------------------------------------------------------ applying it to a model
+
+
+def enable_context_parallel(transformer, layout: Layout, device: torch.device, per_frame: bool) -> dict[str, Any]:
+    """Split `transformer`'s calls over the process group as `layout` says; returns the plan applied.
+
+    Call after the attention backend is set (ring needs one that returns the log-sum-exp: switched to
+    one if not) and after per-frame modulation is installed (`per_frame`).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
+
+    if transformer.config.num_frame_per_block > 1:
+        raise UsageError("a checkpoint with num_frame_per_block > 1 builds a dense causal mask: "
+                         "it cannot run with context parallelism; run on one GPU")
+    heads = transformer.config.num_attention_heads
+    if layout not in valid_layouts(heads, layout.world):
+        raise UsageError(f"{heads} heads cannot run {layout.flags()}; valid choices: "
+                         + ", ".join(c.flags() for c in valid_layouts(heads, layout.world)))
+    if layout.ring > 1:
+        _ring_backend(transformer)
+    plan = context_parallel_plan(per_frame)
+    ours = {name: entry for name, entry in plan.items() if isinstance(entry, dict)
+            and any(isinstance(v, FrameRows) for v in entry.values())}
+    mesh = _mesh(device, layout)
+    config = ContextParallelConfig(ring_degree=layout.ring, ulysses_degree=layout.ulysses, mesh=mesh)
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def resolve(self, _config):  # diffusers' resolver picks `accelerator:rank % count`: wrong on the CPU
+        parallel = ParallelConfig(context_parallel_config=config)
+        parallel.setup(rank, world, device, mesh=mesh)
+        self._parallel_config = parallel
+        return parallel
+
+    transformer._resolve_parallel_config = types.MethodType(resolve, transformer)
+    try:
+        with _quiet_diffusers():
+            transformer.enable_parallelism(config=config, cp_plan={k: v for k, v in plan.items() if k not in ours})
+    finally:
+        del transformer._resolve_parallel_config
+    for block in transformer.blocks:  # cross-attention: local queries against whole text/image keys
+        block.attn2.processor = _own_processor(block)
+        block.attn2.processor._parallel_config = None
+    for name, entry in ours.items():
+        _add_frame_rows(transformer, name, entry, world, config._flattened_mesh.get_local_rank())
+    return plan
+
+
+def _own_processor(block):
+    """attn2's processor, copied if attn1 shares the same object (clearing it must not reach attn1)."""
+    import copy
+
+    processor = block.attn2.processor
+    return copy.copy(processor) if processor is block.attn1.processor else processor
+
+
+def _add_frame_rows(transformer, name: str, entry: dict, world: int, rank: int) -> None:
+    import inspect
+
+    from diffusers.hooks.context_parallel import _get_submodule_by_name
+
+    modules = _get_submodule_by_name(transformer, name)
+    for module in modules if isinstance(modules, list) else [modules]:
+        params = list(inspect.signature(type(module).forward).parameters)[1:]
+        for arg, spec in entry.items():
+            hook = _FrameRowsHook(spec, arg, world, rank, params.index(arg))
+            module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _ring_backend(transformer) -> None:
+    """Ring attention merges partial results by their log-sum-exp: SDPA's math/efficient paths do not
+    return it, so self-attention moves to a kernel that does."""
+    for block in transformer.blocks:
+        processor = block.attn1.processor
+        backend = getattr(processor, "_attention_backend", None)
+        backend = getattr(backend, "value", backend)
+        if backend not in RING_BACKENDS:
+            processor = _own_attn1(block)
+            processor._attention_backend = RING_FALLBACK
+    _route_native_flash_on_cpu()
+
+
+def _route_native_flash_on_cpu() -> None:
+    """`_native_flash`'s context-parallel forward op, for CPU tensors, on torch's CPU flash kernel (which
+    returns the log-sum-exp); CUDA tensors go to diffusers' own. Process-wide, installed once."""
+    from diffusers.models import attention_dispatch as ad
+
+    original = ad._native_flash_attention_forward_op
+    if getattr(original, "_skyreels_cpu", False):
+        return
+
+    def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+        if query.device.type != "cpu":
+            return original(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                            return_lse, _save_ctx, _parallel_config)
+        q, k, v = (x.transpose(1, 2).contiguous() for x in (query, key, value))  # (B, H, S, D) for the kernel
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
+                                                                              scale=scale)
+        out, lse = out.transpose(1, 2).contiguous(), lse.transpose(1, 2).contiguous()  # model layout
+        return (out, lse) if return_lse else out
+
+    forward_op._skyreels_cpu = True
+    ad._native_flash_attention_forward_op = forward_op
+
+
+def _own_attn1(block):
+    import copy
+
+    if block.attn1.processor is block.attn2.processor:
+        block.attn1.processor = copy.copy(block.attn1.processor)
+    return block.attn1.processor
+
+
+def _mesh(device: torch.device, layout: Layout):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (layout.ring, layout.ulysses), mesh_dim_names=("ring", "ulysses"))
+
+
+class _quiet_diffusers:
+    """diffusers warns that `enable_parallelism` is experimental on every call: once per rank is noise."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("diffusers.models.modeling_utils")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+# ------------------------------------------------------------------ processes
+
+
+@dataclass
+class Parallel:
+    """This process's place in a context-parallel run."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    layout: Layout | None = None
+    started: float = field(default_factory=time.perf_counter)
+    shared_job: bool = False  # rank 0 has told the others what to run (the CLI's bookkeeping)
+    _watchdog: threading.Thread | None = None
+
+    def startup_s(self) -> float:
+        """Seconds since this process joined the group (start-up: loading, splitting, first collectives)."""
+        return time.perf_counter() - self.started
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 encodes the prompt, decodes, and writes the output, sidecar and resume state."""
+        return self.rank == 0
+
+    def share(self, value: Any) -> Any:
+        """`value` from rank 0 on every rank (any picklable object; tensors come back on the CPU)."""
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self._comm_device)
+        return box[0]
+
+    def broadcast(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """Rank 0's tensor (or None) on every rank, on this rank's device: shape first, then the data."""
+        meta = self.share(None if tensor is None else (tuple(tensor.shape), tensor.dtype))
+        if meta is None:
+            return None
+        shape, dtype = meta
+        buffer = tensor.to(self._comm_device) if self.is_main else torch.empty(shape, dtype=dtype,
+                                                                               device=self._comm_device)
+        dist.broadcast(buffer, src=0)
+        return buffer.to(self.device)
+
+    def check_same(self, tensor: torch.Tensor, what: str) -> None:
+        """Raise on every rank if `tensor` differs between ranks (one float64 checksum, min and max)."""
+        total = tensor.double().sum().reshape(1).to(self._comm_device)
+        low, high = total.clone(), total.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError(f"{what}: the processes made different latents (checksums {low.item()} to "
+                               f"{high.item()}); their noise or inputs differ")
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def share_encoder(encode, parallel: Parallel):
+    """`encode(prompt, negative, cfg) -> (positive, negative or None)` run by rank 0 only; every rank gets
+    its embeddings (the text encoder is the slowest thing to start and to run once per prompt)."""
+
+    def shared(*args, **kwargs):
+        positive, negative = encode(*args, **kwargs) if parallel.is_main else (None, None)
+        return parallel.broadcast(positive), parallel.broadcast(negative)
+
+    return shared
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COLLECTIVE_TIMEOUT_S,
+                  watchdog: bool = True) -> Parallel:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+
+    NCCL with one GPU per local rank on CUDA, gloo on the CPU. More local ranks than GPUs is refused.
+    """
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    want = torch.device("cuda" if str(device) == "auto" and torch.cuda.is_available() else
+                        ("cpu" if str(device) == "auto" else device))
+    if want.type == "cuda":
+        check_gpus(local_world)
+        torch.cuda.set_device(local)
+        want = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s),
+                                **({"device_id": want} if want.type == "cuda" else {}))
+    parallel = Parallel(rank, world, local, want)
+    if watchdog:
+        parallel._watchdog = start_watchdog(rank, world)
+    return parallel
+
+
+def check_gpus(wanted: int) -> None:
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if wanted > visible:
+        raise DeviceError(f"{wanted} processes on this machine but {visible} GPUs visible: one GPU per process; "
+                          f"use --gpus {visible} or fewer" if visible else
+                          f"{wanted} GPU processes asked for but no GPU is visible; add --device cpu to run on "
+                          "the CPU")
+
+
+def start_watchdog(rank: int, world: int, every_s: float = HEARTBEAT_S,
+                   dead_after_s: float = DEAD_AFTER_S) -> threading.Thread:
+    """A thread that beats in the rendezvous store and ends this process when another rank stops beating.
+
+    A collective blocked on a dead peer may wait for its timeout (NCCL never notices a peer vanish);
+    this stops every survivor within seconds, so resources are freed and the last saved window stays.
+    """
+    store = dist.distributed_c10d._get_default_store()
+
+    def beat() -> None:
+        seen: dict[int, tuple[bytes, float]] = {}
+        while True:
+            try:
+                store.set(f"skyreels/beat/{rank}", str(time.time()))
+                for other in range(world):
+                    if other == rank:
+                        continue
+                    value = store.get(f"skyreels/beat/{other}") if store.check([f"skyreels/beat/{other}"]) else b""
+                    last = seen.get(other)
+                    now = time.monotonic()
+                    if last is None or last[0] != value:
+                        seen[other] = (value, now)
+                    elif now - last[1] > dead_after_s and value:
+                        _die(f"rank {other} stopped responding")
+            except Exception as exc:  # noqa: BLE001  the store lives with torchrun's agent or rank 0: gone means they are
+                _die(f"lost the process group ({type(exc).__name__})")
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=beat, name="skyreels-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _die(why: str) -> None:
+    print(f"error: {why}; stopping this rank (the finished windows are kept: add --resume)", file=sys.stderr,
+          flush=True)
+    os._exit(1)
+
+
+# ------------------------------------------------------------------ launching
+
+
+def strip_gpus(argv: list[str]) -> tuple[int | None, list[str]]:
+    """`--gpus N` (or `--gpus=N`) taken out of `argv`: (N or None, the rest)."""
+    out, count, skip = [], None, False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--gpus":
+            if i + 1 >= len(argv):
+                raise UsageError("--gpus needs a number of processes, e.g. --gpus 2")
+            count, skip = argv[i + 1], True
+        elif arg.startswith("--gpus="):
+            count = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+    if count is None:
+        return None, out
+    if not str(count).isdigit() or int(count) < 1:
+        raise UsageError(f"--gpus takes a whole number of processes, not {count!r}")
+    return int(count), out
+
+
+def launch_command(count: int, argv: list[str]) -> list[str]:
+    """torchrun on this machine, `count` processes, each running `python -m skyreels_cli` with `argv`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={count}",
+            "--monitor-interval=0.5", "-m", "skyreels_cli", *argv]
+
+
+def launch(count: int, argv: list[str]) -> int:
+    """Run `skyreels ARGV` on `count` local processes; returns torchrun's exit code.
+
+    Checked first: `count` GPUs must be visible unless the command runs on the CPU (`--device cpu`).
+    """
+    import subprocess
+
+    on_cpu = any(a in ("cpu", "--device=cpu") for a in argv) and ("--device" in argv or "-d" in argv
+                                                                  or "--device=cpu" in argv)
+    if not on_cpu:
+        check_gpus(count)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.call(launch_command(count, argv), env=env)
