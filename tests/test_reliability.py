@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,9 @@ def test_ctrl_c_stops_even_inside_one_long_native_operation(hub_models, tmp_path
     out = tmp_path / "long.mp4"
     env = {**os.environ, "SKYREELS_FAULT": f"denoise_row:{3 * STEPS + 1}:hang"}  # inside window 4
     proc = subprocess.Popen([*EXE, *LONG, "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    # A deaf run would block the readlines below for ever: past this, it is killed and the asserts fail.
+    deadline = threading.Timer(240, proc.kill)
+    deadline.start()
     assert proc.stderr.readline().startswith("fault: hanging")
     proc.send_signal(signal.SIGINT)
     assert "Ctrl-C again" in proc.stderr.readline()
@@ -130,6 +134,7 @@ def test_ctrl_c_stops_even_inside_one_long_native_operation(hub_models, tmp_path
     proc.send_signal(signal.SIGINT)
     assert "--resume" in proc.stderr.readline()
     assert proc.wait(timeout=60) == 130
+    deadline.cancel()
     assert run([*LONG, "-o", out, "--resume"]).returncode == 0
     assert run([*LONG, "-o", tmp_path / "straight.mp4"]).returncode == 0
     assert out.read_bytes() == (tmp_path / "straight.mp4").read_bytes()

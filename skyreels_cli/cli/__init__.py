@@ -11,7 +11,7 @@ def main() -> None:
     import sys
 
     from ..errors import SkyreelsError
-    from ..runtime.parallel import launch, launched_by_torchrun, strip_gpus
+    from ..runtime.launch import launch, launched_by_torchrun, strip_gpus  # torch-free: see runtime/launch.py
     from .app import INTERRUPTED, INTERRUPTED_DEFAULT
     from .interrupt import responsive_ctrl_c
 

@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import DeviceError, UsageError
+from .launch import launch, launch_command, launched_by_torchrun, strip_gpus  # noqa: F401  (the launcher's half)
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
 # next one), not how fast a dead rank is noticed: the watchdog and torchrun do that in seconds.
@@ -387,10 +388,6 @@ def share_encoder(encode, parallel: Parallel):
     return shared
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-
-
 def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COLLECTIVE_TIMEOUT_S,
                   watchdog: bool = True) -> Parallel:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
@@ -467,44 +464,3 @@ def _die(why: str) -> None:
 # ------------------------------------------------------------------ launching
 
 
-def strip_gpus(argv: list[str]) -> tuple[int | None, list[str]]:
-    """`--gpus N` (or `--gpus=N`) taken out of `argv`: (N or None, the rest)."""
-    out, count, skip = [], None, False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if arg == "--gpus":
-            if i + 1 >= len(argv):
-                raise UsageError("--gpus needs a number of processes, e.g. --gpus 2")
-            count, skip = argv[i + 1], True
-        elif arg.startswith("--gpus="):
-            count = arg.split("=", 1)[1]
-        else:
-            out.append(arg)
-    if count is None:
-        return None, out
-    if not str(count).isdigit() or int(count) < 1:
-        raise UsageError(f"--gpus takes a whole number of processes, not {count!r}")
-    return int(count), out
-
-
-def launch_command(count: int, argv: list[str]) -> list[str]:
-    """torchrun on this machine, `count` processes, each running `python -m skyreels_cli` with `argv`."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={count}",
-            "--monitor-interval=0.5", "-m", "skyreels_cli", *argv]
-
-
-def launch(count: int, argv: list[str]) -> int:
-    """Run `skyreels ARGV` on `count` local processes; returns torchrun's exit code.
-
-    Checked first: `count` GPUs must be visible unless the command runs on the CPU (`--device cpu`).
-    """
-    import subprocess
-
-    on_cpu = any(a in ("cpu", "--device=cpu") for a in argv) and ("--device" in argv or "-d" in argv
-                                                                  or "--device=cpu" in argv)
-    if not on_cpu:
-        check_gpus(count)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call(launch_command(count, argv), env=env)
