@@ -41,6 +41,7 @@ from skyreels_cli.forcing.schedule import make_scheduler, step_matrix, timestep_
 from skyreels_cli.forcing.solver import make_solver
 from skyreels_cli.models.architectures import architecture
 from skyreels_cli.models.registry import resolve_model
+from skyreels_cli.runtime.trace import default_dtype
 
 FLOOR_FLOPS = 800e12  # bf16 dense matrix rate measured on an H100 (REFERENCE.md §6)
 TEXT_TOKENS = 512
@@ -71,13 +72,8 @@ def build_transformer(spec, device: torch.device, smoke: bool = False):
 
     arch = transformer_arch(spec, smoke)
     torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with device:
-            model = SkyReelsV2Transformer3DModel(**arch.config()).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    with device, default_dtype(torch.bfloat16):
+        model = SkyReelsV2Transformer3DModel(**arch.config()).eval()
     for name, module in model.named_modules():  # as from_pretrained keeps them
         if any(key in name.split(".") for key in model._keep_in_fp32_modules):
             module.float()

@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Self
@@ -42,6 +41,7 @@ from skyreels_cli.runtime.modulation import (
     install_per_frame_modulation,
     remove_per_frame_modulation,
 )
+from skyreels_cli.runtime.trace import default_dtype
 
 MB = 1e6
 TARGET = 0.15  # |predicted / measured - 1| the planner aims to stay within
@@ -180,17 +180,6 @@ def row(phase: str, model: str, case: str, predicted: trace.Trace, real: Measure
     return Row(phase, model, case, predicted.activations, real.activations,
                predicted.weights + predicted.inputs + predicted.activations,
                real.weights + real.inputs + real.activations, real.rss, real.seconds)
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Modules built inside get parameters of `dtype` directly (no `.to()` copy), as the trace builds them."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 # ---------------------------------------------------------------------------------------------- transformer

@@ -56,7 +56,7 @@ class TextEncoderArch:
 
     def config(self) -> dict:
         return {"vocab_size": self.vocab, "d_model": self.d_model, "d_kv": self.d_kv, "d_ff": self.d_ff,
-                    "num_layers": self.layers, "num_heads": self.heads, "feed_forward_proj": "gated-gelu"}
+                "num_layers": self.layers, "num_heads": self.heads, "feed_forward_proj": "gated-gelu"}
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class ImageEncoderArch:
 
     def config(self) -> dict:
         return {"hidden_size": self.hidden, "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
-                    "intermediate_size": self.intermediate, "projection_dim": self.projection, "image_size": self.image,
-                    "patch_size": self.patch, "hidden_act": "gelu"}
+                "intermediate_size": self.intermediate, "projection_dim": self.projection, "image_size": self.image,
+                "patch_size": self.patch, "hidden_act": "gelu"}
 
 
 @dataclass(frozen=True)

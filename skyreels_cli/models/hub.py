@@ -158,7 +158,7 @@ def hub_mismatches(spec: ModelSpec, folder: Path) -> list[str] | None:
             continue  # not a file skyreels fetches
         if size is not None and local.stat().st_size != size:
             found.append(f"{local} has {local.stat().st_size} bytes where the Hub lists {size}")
-        elif sha256 and _sha256(local) != sha256:
+        elif sha256 and sha256_of(local) != sha256:
             found.append(f"{local} differs from the Hub's copy (sha256)")
     return found
 
@@ -171,14 +171,12 @@ def hub_facts(spec: ModelSpec) -> dict[str, tuple[int | None, str | None]]:
     return {s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
+def sha256_of(path: Path) -> str:
+    """The file's sha256 as the Hub lists it (huggingface_hub's own chunked hashing)."""
+    from huggingface_hub.utils.sha import sha_fileobj
 
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha_fileobj(fh).hex()
 
 
 def cached_snapshot(spec: ModelSpec) -> Path | None:

@@ -15,7 +15,6 @@ and its blocks, which PEFT never touches, so their order does not matter.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, UsageError
+from .hub import sha256_of
 
 PREFIX = "transformer."
 # The tensors of one adapted layer, by the suffix that follows the layer's name.
@@ -79,14 +79,6 @@ def resolve_lora(spec: LoraSpec | str) -> ResolvedLora:
     else:
         raise UsageError(f"--lora {spec.source}: no such file, and not a Hub repo id (org/name)")
     return ResolvedLora(spec, path.resolve(), sha256_of(path))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_like_repo(source: str) -> bool:

@@ -102,8 +102,8 @@ class Trace:
 # ---------------------------------------------------------------------------------------------- tracing helpers
 
 @contextmanager
-def _fake_build(dtype: torch.dtype) -> Iterator[None]:
-    """Modules built inside get fake parameters of `dtype` (set as the default: no `.to()` copy is made)."""
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside get parameters of `dtype` (set as the default: no `.to()` copy is made)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -153,7 +153,7 @@ def _transformer(arch: TransformerArch, height: int, width: int, latents: int, b
     from diffusers import SkyReelsV2Transformer3DModel
 
     with _fake_mode():
-        with _fake_build(torch.bfloat16):
+        with default_dtype(torch.bfloat16):
             model = SkyReelsV2Transformer3DModel(**arch.config()).eval()
         _keep_in_fp32(model)
         if per_frame_modulation:
@@ -180,7 +180,7 @@ def _transformer_weights(arch: TransformerArch, weights: str) -> Trace:
     """
     from diffusers import SkyReelsV2Transformer3DModel
 
-    with torch.device("meta"), _fake_build(torch.bfloat16):
+    with torch.device("meta"), default_dtype(torch.bfloat16):
         model = SkyReelsV2Transformer3DModel(**arch.config()).eval()
     _keep_in_fp32(model)
     upcast = 0
@@ -219,7 +219,7 @@ def _text_encoder(arch: TextEncoderArch) -> Trace:
     from transformers import UMT5Config, UMT5EncoderModel
 
     with _fake_mode():
-        with _fake_build(torch.bfloat16):
+        with default_dtype(torch.bfloat16):
             model = UMT5EncoderModel(UMT5Config(**arch.config())).eval()
         ids = torch.zeros(1, arch.tokens, dtype=torch.long)
         mask = torch.ones(1, arch.tokens, dtype=torch.long)
@@ -231,7 +231,7 @@ def _image_encoder(arch: ImageEncoderArch) -> Trace:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     with _fake_mode():
-        with _fake_build(torch.bfloat16):
+        with default_dtype(torch.bfloat16):
             model = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.config())).eval()
         pixels = torch.empty(1, 3, arch.image, arch.image, dtype=torch.bfloat16)
         total, given, peak = _measure(model, [pixels],
@@ -259,7 +259,7 @@ def _vae_decode(arch: VaeArch, height: int, width: int, tiled: bool) -> Trace:
     areas = [th * tw for th, tw in tiles]
     h, w = (8 * side for side in max(tiles, key=lambda t: t[0] * t[1]))
     with _fake_mode():
-        with _fake_build(torch.float32):
+        with default_dtype(torch.float32):
             vae = _vae()(**arch.config()).eval()
         z = torch.empty(1, arch.z_dim, 1, h // 8, w // 8)
         cache: list = [None] * vae._cached_conv_counts["decoder"]
@@ -278,7 +278,7 @@ def _vae_decode(arch: VaeArch, height: int, width: int, tiled: bool) -> Trace:
 def _vae_encode(arch: VaeArch, height: int, width: int) -> Trace:
     """The encoder on one chunk of 4 frames in fp32 (the cache already full), as `AutoencoderKLWan._encode`."""
     with _fake_mode():
-        with _fake_build(torch.float32):
+        with default_dtype(torch.float32):
             vae = _vae()(**arch.config()).eval()
         first, chunk = torch.empty(1, 3, 1, height, width), torch.empty(1, 3, 4, height, width)
         cache: list = [None] * vae._cached_conv_counts["encoder"]
