@@ -205,7 +205,7 @@ def fake_transformer(arch: TransformerArch, height: int, width: int, latents: in
     from diffusers import SkyReelsV2Transformer3DModel
 
     with trace._fake_mode():
-        with trace._fake_build(dtype):
+        with default_dtype(dtype):
             model = SkyReelsV2Transformer3DModel(**arch.config()).eval()
         trace._keep_in_fp32(model)
         if modulation:
