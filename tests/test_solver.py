@@ -172,8 +172,10 @@ def test_batched_guidance_equals_two_passes(df):
         batched = engine["batched"].velocity(latents, timesteps, cond, 24)
         swapped = engine["separate"].velocity(latents, timesteps, Conditioning(cond.negative_embeds,
                                                                                cond.prompt_embeds, 5.0), 24)
-    tol = 1e-12 if separate.dtype == torch.float64 else 1e-5
-    torch.testing.assert_close(batched, separate, atol=tol, rtol=tol)
+    # Batch 2 and batch 1 round differently (other GEMM blocking), and guidance 5 multiplies the difference of
+    # the two passes by up to 11: the tolerance is relative to the velocity's scale (about 9 here).
+    tol = (1e-12 if separate.dtype == torch.float64 else 1e-5) * separate.abs().max().item()
+    torch.testing.assert_close(batched, separate, atol=tol, rtol=0)
     # Swapped halves would move the result far past the tolerance, and the frames really differ.
     assert (swapped - separate).abs().max() > 100 * 1e-5 * separate.abs().max()
     assert separate.std(dim=(0, 1, 3, 4)).min() > 0.1
