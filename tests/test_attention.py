@@ -186,10 +186,25 @@ def test_peak_memory_at_540p_is_linear_in_tokens():
     assert qkv < peak < 2.5 * qkv < layout.tokens**2  # q, k, v + output + one copy of visible keys/values
 
 
+@pytest.mark.parametrize("blocks,tail", LAYOUTS)
+@pytest.mark.parametrize("shares", [2, 3, 7])
+def test_a_run_of_queries_gets_its_rows_of_the_whole(blocks, tail, shares):
+    # A context-parallel rank holds the queries of a run of tokens (starting mid-block) and every key.
+    layout = BlockCausalLayout(with_tail(blocks, tail), 3, tail)
+    q, k, v = torch.randn(3, 2, layout.tokens, 2, 8).unbind(0)
+    whole = block_causal_attention(q, k, v, layout, sdpa)
+    bounds = torch.linspace(0, layout.tokens, shares + 1).round().long().tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        part = block_causal_attention(q[:, start:end], k, v, layout, sdpa, query_start=start)
+        torch.testing.assert_close(part, whole[:, start:end], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        block_causal_attention(q[:, 2:], k, v, layout, sdpa, query_start=3)  # runs past the last token
+
+
 def test_layout_rejects_a_mismatched_sequence():
     layout = BlockCausalLayout((2, 2), 4)
     q = torch.randn(1, 12, 1, 4)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="do not match"):
         block_causal_attention(q, q, q, layout, sdpa)
     with pytest.raises(ValueError, match="last block"):
         BlockCausalLayout((2, 2), 4, visible_tail=1)

@@ -5,10 +5,13 @@ the log-sum-exp ring attention needs). Timesteps differ per frame in diffusion f
 80/2 = 40 tokens end mid-frame (16 tokens a frame): a rank given the wrong modulation rows would differ.
 """
 
+import json
+import math
 import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +104,199 @@ def test_dead_rank_stops_the_others_and_resume_finishes(extend_reference, tmp_pa
                              env=_env(), check=False, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_frames(read_png_frames(out), extend_reference)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A start image, an end image, and another start image (to show that the image is used)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    y, x = np.mgrid[0:64, 0:64]
+    start = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    paths = folder / "start.png", folder / "end.png", folder / "other.png"
+    for path, pixels in zip(paths, (start, start[::-1, ::-1], 255 - start)):
+        Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+    return paths
+
+
+def _sidecar(out: Path) -> dict:
+    return json.loads((out / "settings.json").read_text())
+
+
+def test_i2v_equals_one_process_and_the_others_read_only_the_transformer(hub_models, images, tmp_path):
+    start, _, other = images
+    i2v = ["i2v", str(start), "the waves roll in", "-m", ALIASES["i2v"], "--frames", "17", *SIZE]
+    reference = _single(i2v, tmp_path / "single")
+    other_image = _single(["i2v", str(other), *i2v[2:]], tmp_path / "other")
+    # the image steers the frames: a rank given the wrong image latents or embeddings would show
+    assert np.abs(other_image.astype(int) - reference.astype(int)).max() > 20
+    out = tmp_path / "parallel"
+    done = _torchrun([*i2v, "--ulysses", "2", "-o", f"{out}/"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_frames(read_png_frames(out), reference)
+
+    ranks = _sidecar(out)["run"]["runtime"]["parallel"]
+    assert ranks["processes"] == 2 and ranks["ulysses"] == 2 and len(ranks["startup_s"]) == 2
+    assert all(0 < s < 300 for s in ranks["startup_s"])
+    # rank 1 read the transformer's weights only: no text encoder, image encoder or VAE
+    transformer = safetensors_bytes(hub_models["i2v"] / "transformer")
+    everything = sum(safetensors_bytes(folder) for folder in hub_models["i2v"].iterdir() if folder.is_dir())
+    assert ranks["loaded_bytes"] == [everything, transformer] and everything > 2 * transformer
+    info = subprocess.run([sys.executable, "-m", "skyreels_cli", "info", str(out)], env=_env(), check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "parallel: 2 processes (ulysses 2), ready in" in info.stdout, info.stdout
+
+
+def safetensors_bytes(folder: Path) -> int:
+    """Bytes of tensor data in a component folder's safetensors files (their headers say)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            for name in f.keys():
+                sliced = f.get_slice(name)
+                total += math.prod(sliced.get_shape()) * DTYPE_BYTES[sliced.get_dtype()]
+    return total
+
+
+DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8}
+
+
+@pytest.fixture(scope="module")
+def causal_reference(hub_models, images, tmp_path_factory) -> tuple[list[str], np.ndarray]:
+    """Two windows from a start image to an end image with block-causal attention, on one process."""
+    start, end, _ = images
+    args = [*EXTEND, "--image", str(start), "--end-image", str(end), "--causal-block", "1"]
+    plain = _single(args, tmp_path_factory.mktemp("plain") / "out")
+    causal = _single([*args, "--causal-attention"], tmp_path_factory.mktemp("causal") / "out")
+    # causal attention changes the frames: a rank attending over the wrong keys would show
+    assert np.abs(causal.astype(int) - plain.astype(int)).max() > 5
+    return [*args, "--causal-attention"], causal
+
+
+@pytest.mark.parametrize("layout", [["--ulysses", "2"], ["--ring", "2"]], ids=["ulysses", "ring"])
+def test_causal_attention_from_image_to_image_equals_one_process(layout, causal_reference, tmp_path):
+    # 6 latent frames a window (5 and the end image) of 16 tokens: each rank's 48 tokens end mid-frame
+    args, reference = causal_reference
+    out = tmp_path / "parallel"
+    done = _torchrun([*args, *layout, "-o", f"{out}/"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_frames(read_png_frames(out), reference)
+
+
+API_SCRIPT = """
+import sys
+import skyreels_cli as sk
+
+model = sk.load(sys.argv[1], device="cpu", progress=False)  # under torchrun: joins the group, loads once
+for seed in (5, 6):
+    request = sk.Request(prompt="a red fox running", frames=29, base_frames=17, overlap=5, height=64, width=64,
+                         steps=3, seed=seed)
+    result = model.generate(request, output=f"{sys.argv[2]}/{seed}/")  # every rank calls it; rank 0 writes
+    print(f"rank {model.parallel.rank}: {None if result is None else result.frames}")
+"""
+
+
+def test_python_api_under_torchrun_loads_once_and_generates_twice(extend_reference, tmp_path):
+    script = tmp_path / "api.py"
+    script.write_text(API_SCRIPT)
+    done = _torchrun([ALIASES["df"], str(tmp_path / "out")], script=script)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(done.stdout.split("\n")[:-1]) == ["rank 0: 29", "rank 0: 29", "rank 1: None", "rank 1: None"]
+    _assert_same_frames(read_png_frames(tmp_path / "out" / "5"), extend_reference)  # as the command line made it
+    assert np.abs(read_png_frames(tmp_path / "out" / "6").astype(int) - extend_reference.astype(int)).max() > 20
+
+
+def _one_line_refusal(args: list[str], says: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", *args], env=_env(), check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_layout_flags_on_one_process_are_refused(hub_models, tmp_path):
+    for flags in (["--ulysses", "2"], ["--ring", "2", "--dry-run"]):
+        _one_line_refusal([*T2V, *flags, "-o", f"{tmp_path}/x/"], "add --gpus N")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_size_that_does_not_split_is_one_line_through_gpus(hub_models, tmp_path):
+    # 80x48: 15 tokens a latent frame, 5 latent frames: 75 tokens do not halve. torchrun adds nothing to the line.
+    args = ["extend", "a red fox", "-m", ALIASES["df"], "--frames", "17", "--height", "48", "--width", "80",
+            "--device", "cpu", "--gpus", "2", "-o", f"{tmp_path}/x/"]
+    _one_line_refusal(args, "do not split evenly over 2 processes: use 3 or 5 processes")
+    _one_line_refusal([*args, "--dry-run"], "do not split evenly")
+    assert not list(tmp_path.iterdir())
+
+
+def test_split_check_counts_every_call():
+    from skyreels_cli.core.request import Request
+    from skyreels_cli.core.resolve import check_split, resolve
+    from skyreels_cli.models.registry import resolve_model
+
+    spec = resolve_model(ALIASES["df"])
+    request = resolve(Request(prompt="a fox", frames=29, base_frames=17, overlap=5, height=64, width=64, seed=1), spec)
+    check_split(request, spec, 2)
+    check_split(request, spec, 5)  # 16 tokens a frame, windows of 5 latent frames: 80 tokens
+    with pytest.raises(P.UsageError, match="calls of 5 and 6 latent frames.*: use 2, 4 or 8 processes"):
+        # the last window also holds the end image: 96 tokens, which 5 does not divide
+        check_split(replace(request, end_image="end.png"), spec, 5)
+
+
+MAIN_FIRST_SCRIPT = """
+import sys, time
+from pathlib import Path
+from skyreels_cli.errors import ModelError
+from skyreels_cli.runtime.parallel import init_parallel
+
+folder = Path(sys.argv[1])
+p = init_parallel("cpu", watchdog=False)
+
+def build():  # rank 0 finishes only once rank 1 is waiting
+    while not (folder / "waiting").exists():
+        time.sleep(0.01)
+    (folder / "built").write_text("x")
+    return "built"
+
+if p.is_main:
+    print("rank 0:", p.main_first("build", build))
+else:
+    (folder / "waiting").write_text("x")
+    print("rank 1 finds it built:", p.main_first("build", lambda: (folder / "built").exists()))
+
+def fail():
+    raise ModelError("no space left")
+
+try:
+    p.main_first("download", fail if p.is_main else lambda: "ran anyway")
+except ModelError as exc:
+    print(f"rank {p.rank} stopped: {exc}")
+p.close()
+"""
+
+
+def test_the_others_wait_for_the_first_and_stop_when_it_fails(tmp_path):
+    script = tmp_path / "main_first.py"
+    script.write_text(MAIN_FIRST_SCRIPT)
+    done = _torchrun([str(tmp_path)], script=script, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(done.stdout.strip().splitlines()) == [
+        "rank 0 stopped: no space left", "rank 0: built",
+        "rank 1 finds it built: True", "rank 1 stopped: the first process could not download (it says why); "
+        "this one stops too"]
+
+
+def test_a_fresh_cache_is_built_once_under_gpus(tmp_path):
+    # no model in this cache: rank 0 builds the tiny checkpoint while rank 1 waits, then both load it
+    home = tmp_path / "hf"
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", "t2v", "a red fox", "-m", "tiny", "--frames", "5",
+                           *SIZE, "--gpus", "2", "-o", f"{tmp_path}/out/"], env=_env(HF_HOME=str(home)),
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(read_png_frames(tmp_path / "out")) == 5
+    assert (home / "skyreels-tiny" / "df" / "model_index.json").is_file()
 
 
 # ------------------------------------------------------------------ pure functions, in process

@@ -86,10 +86,12 @@ def _lead(command, spec, device, dtype, output, overwrite, quiet, dry_run, resum
     from ..models.lora import resolve_lora
     from ..runtime.attention import pick_backend
     from ..runtime.compile import check_compile
+    from ..runtime.parallel import check_layout_options
     from ..runtime.plan import resolve_plan
     from .memory import keep_host_memory_flat, release_freed_memory
     from .progress import ProgressDisplay
 
+    check_layout_options(runtime.get("ulysses"), runtime.get("ring"), parallel)  # --dry-run refuses them too
     dev = parallel.device if parallel is not None else check_device(device, spec)
     if recorded is not None:
         dtype, runtime["quantize"] = recorded.load_options(dev.type, dtype, runtime.get("quantize", "auto"))
@@ -100,7 +102,8 @@ def _lead(command, spec, device, dtype, output, overwrite, quiet, dry_run, resum
     dtype = dtype_name(pick_dtype(dtype, dev))
     loras = [resolve_lora(text) for text in loras or []]  # a missing file is refused before anything loads
     fields = enhance_fields(fields, enhancer, dev, dry_run=dry_run, say=None if quiet else _say)
-    job = prepare(spec, _request(recorded, fields, spec), output, overwrite=overwrite, resume=resume, dtype=dtype)
+    job = prepare(spec, _request(recorded, fields, spec), output, overwrite=overwrite, resume=resume, dtype=dtype,
+                  processes=1 if parallel is None else parallel.world)
     if job.saved and runtime.get("quantize", "auto") == "auto":  # continue with the weights it started with
         runtime["quantize"] = job.saved["model"].get("quantize", "none")
     estimate = job.estimate(dev.type)
@@ -131,8 +134,11 @@ def _lead(command, spec, device, dtype, output, overwrite, quiet, dry_run, resum
         typer.echo(f"{command}: {job.describe()}", err=True)
         typer.echo(f"memory plan: {loaded.memory_reason}", err=True)
         if parallel is not None:
-            typer.echo(f"parallel: {parallel.world} processes, {parallel.layout.describe()}; started in "
-                       f"{parallel.startup_s():.1f} s", err=True)
+            ranks = loaded.runtime["parallel"]
+            weights = ranks["loaded_bytes"]
+            typer.echo(f"parallel: {parallel.world} processes, {parallel.layout.describe()}; ready in "
+                       f"{max(ranks['startup_s']):.1f} s; weights read: {weights[0] / 1e9:.3g} GB by the first, "
+                       f"{max(weights[1:]) / 1e9:.3g} GB by each other", err=True)
     on_window = None
     if command == "extend":
         keep_host_memory_flat()

@@ -95,7 +95,11 @@ def _run_lines(run: dict) -> list[str]:
     if run.get("peak_vram_gb") is not None:
         lines.append(f"  peak VRAM {run['peak_vram_gb']} GB")
     if run.get("runtime"):
-        lines.append("  runtime: " + ", ".join(f"{k} {v}" for k, v in run["runtime"].items()))
+        runtime = dict(run["runtime"])
+        ranks = runtime.pop("parallel", None)
+        lines.append("  runtime: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
+        if ranks:
+            lines.append("  " + _parallel_line(ranks))
     if run.get("resumed"):
         lines.append(f"  resumed (decoder state rebuilt from {run.get('replayed_latents', 0)} latent frames)")
     cache = run.get("step_cache")
@@ -106,6 +110,18 @@ def _run_lines(run: dict) -> list[str]:
              "step_cache", "colour"}
     lines += [f"  {name}: {json.dumps(value, ensure_ascii=False)}" for name, value in run.items() if name not in known]
     return lines
+
+
+def _parallel_line(ranks: dict) -> str:
+    layout = " x ".join(f"{name} {ranks[name]}" for name in ("ulysses", "ring") if ranks.get(name, 1) > 1)
+    line = f"parallel: {ranks.get('processes')} processes" + (f" ({layout})" if layout else "")
+    if ranks.get("startup_s"):
+        line += f", ready in {max(ranks['startup_s']):.1f} s"
+    weights = ranks.get("loaded_bytes")
+    if weights and len(weights) > 1:
+        line += (f", weights read {weights[0] / 1e9:.3g} GB by the first process, "
+                 f"{max(weights[1:]) / 1e9:.3g} GB by each other")
+    return line
 
 
 def colour_table(colour: list[dict]) -> list[str]:

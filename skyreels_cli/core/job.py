@@ -14,7 +14,7 @@ from ..media.lock import OutputLock
 from ..media.targets import OutputTarget, resolve_output
 from ..models.registry import ModelSpec
 from .request import Request
-from .resolve import resolve
+from .resolve import check_split, resolve
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ class Job:
 
 
 def prepare(spec: ModelSpec, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
-            resume: bool = False, dtype: str | None = None) -> Job:
-    """Resolve and check a request for `spec` and its output; with `resume`, read and match the saved state."""
+            resume: bool = False, dtype: str | None = None, processes: int = 1) -> Job:
+    """Resolve and check a request for `spec` and its output; with `resume`, read and match the saved state.
+    `processes`: how many share each transformer call (context parallelism), which the size must suit."""
     output = None if output is None else str(output)
     inputs = (request.image, request.end_image, request.video)
     saved = None
@@ -73,6 +74,8 @@ def prepare(spec: ModelSpec, request: Request, output: str | Path | None = None,
         if request.seed is None:  # continue with the interrupted run's seed
             request = replace(request, seed=int(saved["request"]["seed"]))
     resolved = resolve(request, spec)
+    if processes > 1:
+        check_split(resolved, spec, processes)
     target = resolve_output(output, prompt=resolved.prompt, seed=resolved.seed, overwrite=overwrite, resume=resume,
                             inputs=inputs)
     lock = OutputLock(target.lock, target.path).acquire()

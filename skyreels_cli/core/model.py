@@ -27,7 +27,7 @@ from ..media.sinks import FrameSink
 from ..media.videos import iter_video_frames
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
-from ..models.loading import check_device, dtype_name, load_components, pick_dtype
+from ..models.loading import check_device, dtype_name, load_components, loaded_bytes, pick_dtype
 from ..models.lora import LoraSpec, ResolvedLora, apply_loras, remove_loras, resolve_lora
 from ..models.placement import Placement
 from ..models.registry import ModelSpec, resolve_model
@@ -36,7 +36,15 @@ from ..runtime.attention import apply_backend, pick_backend
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.memory import MemoryPlan
 from ..runtime.modulation import install_per_frame_modulation
-from ..runtime.parallel import Parallel, choose_layout, enable_context_parallel, share_encoder
+from ..runtime.parallel import (
+    FOLLOWER_READS,
+    Parallel,
+    check_layout_options,
+    choose_layout,
+    enable_context_parallel,
+    share_encoder,
+    share_image_inputs,
+)
 from ..runtime.step_cache import StepCache
 from .clips import clip_pipeline, generate_clip
 from .conditioning import PromptEncoder, image_latent, video_prefix
@@ -81,6 +89,7 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
     if parallel is None and launched_by_torchrun() or parallel is True:
         parallel = init_parallel(device)
     parallel = parallel or None
+    check_layout_options(ulysses, ring, parallel)
     dev = parallel.device if parallel is not None else check_device(device, spec)
     torch_dtype = pick_dtype(dtype, dev)
     size = {} if plan_for is None else {"height": plan_for.height, "width": plan_for.width,
@@ -92,9 +101,14 @@ def load(model: str | ModelSpec | None = None, *, device: str = "auto", dtype: s
         check_compile(dev)
     loras = [lora if isinstance(lora, ResolvedLora) else resolve_lora(lora) for lora in loras]  # found before loading
     started = time.perf_counter()
+    follower = parallel is not None and not parallel.is_main
     with third_party_quiet(not progress):
-        folder = ensure_model(spec, progress=progress)
-        components = load_components(folder, spec.kind, torch_dtype)
+        if parallel is None:
+            folder = ensure_model(spec, progress=progress)
+        else:  # one download (or tiny build) on rank 0; the others then find it in the cache
+            folder = parallel.main_first("get the model", lambda: ensure_model(spec, progress=progress))
+        # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
+        components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None)
         # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.
         records = apply_loras(components["transformer"], loras, spec.alias)
     loaded = Model(spec, folder, components, dev, torch_dtype, progress, round(time.perf_counter() - started, 3),
@@ -139,6 +153,9 @@ class Model:
         self._prompts = PromptEncoder(self._pipe, self.placement)
         if parallel is not None:  # rank 0 encodes each prompt once, the others receive the embeddings
             self._prompts._encode = share_encoder(self._prompts._encode, parallel)
+            # What each process read and how long it took to be ready, as the sidecar records it.
+            self._ranks = parallel.gather({"startup_s": round(parallel.startup_s(), 3),
+                                           "loaded_bytes": loaded_bytes(components)})
         self._replayed = 0  # latent frames the last resumed run decoded again
         self._cache: StepCache | None = None  # the last run's step cache, for its counts
         self._events: Progress | None = None  # the running job's progress listener
@@ -153,7 +170,9 @@ class Model:
                    "text_encoder_device": m.text_encoder_device, "attention": self.attention, "compile": self.compiled}
         if self.parallel is not None:
             runtime["parallel"] = {"processes": self.parallel.world, "ulysses": self.parallel.layout.ulysses,
-                                   "ring": self.parallel.layout.ring}
+                                   "ring": self.parallel.layout.ring,
+                                   "startup_s": [r["startup_s"] for r in self._ranks],
+                                   "loaded_bytes": [r["loaded_bytes"] for r in self._ranks]}
         return runtime
 
     @property
@@ -181,7 +200,8 @@ class Model:
 
     def prepare(self, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
                 resume: bool = False) -> Job:
-        return prepare(self.spec, request, output, overwrite=overwrite, resume=resume, dtype=self.dtype_name)
+        return prepare(self.spec, request, output, overwrite=overwrite, resume=resume, dtype=self.dtype_name,
+                       processes=1 if self.parallel is None else self.parallel.world)
 
     def generate(self, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
                  resume: bool = False, on_window: Callable[[WindowFrames], None] | None = None,
@@ -363,6 +383,8 @@ class Model:
                              self.components["transformer"].dtype)
         if not self.spec.forcing:
             pipe = clip_pipeline(self._pipeline_cls, self.components, request)
+            if self.parallel is not None:  # rank 0 encodes the image; the others receive its embeddings and latents
+                share_image_inputs(pipe, self.parallel)
             on_step = None if self._events is None else lambda step, steps: self._emit(StepDone(0, step, steps))
             yield generate_clip(pipe, request, generated_frames(request, self.spec), cond, self._bars,
                                 self.placement, on_step, decode=self._decodes), None
@@ -381,15 +403,7 @@ class Model:
                                         on_step=on_step, adjust_latents=latent_match, decode=self._decodes)
         plan = window_plan(request)
         sampling = Sampling(request.steps, request.ar_step, request.addnoise, request.causal_attention, request.fps)
-        start = end = None
-        if state is None and (request.image or request.video or request.end_image):
-            with self.placement.encoding_images():  # the VAE's encoder (model offload: only while it encodes)
-                if request.image:
-                    start = image_latent(self._pipe, request.image, "--image", request)
-                elif request.video:
-                    start = video_prefix(c["vae"], request)
-                if request.end_image:
-                    end = image_latent(self._pipe, request.end_image, "--end-image", request)
+        start, end = self._image_latents(request) if state is None else (None, None)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         conditioning = (lambda _: cond) if not request.shots else shot_conditioning(
             request, lambda prompt, negative, guidance: self._prompts(prompt, negative, guidance,
@@ -407,6 +421,24 @@ class Model:
                 out.state.extra["colour_reference"] = reference  # saved with the state: --resume goes on
             yield WindowFrames(out.window.index, len(plan.windows), first, frames, out.latents), out.state
             first += len(frames)
+
+    def _image_latents(self, request: Request) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The clean latents of the start image or continued video, and of the end image (None if not given).
+        In a context-parallel run rank 0 encodes them and the others receive them."""
+        if self.parallel is not None and not self.parallel.is_main:
+            return self.parallel.broadcast(None), self.parallel.broadcast(None)
+        start = end = None
+        if request.image or request.video or request.end_image:
+            with self.placement.encoding_images():  # the VAE's encoder (model offload: only while it encodes)
+                if request.image:
+                    start = image_latent(self._pipe, request.image, "--image", request)
+                elif request.video:
+                    start = video_prefix(self.components["vae"], request)
+                if request.end_image:
+                    end = image_latent(self._pipe, request.end_image, "--end-image", request)
+        if self.parallel is not None:
+            start, end = self.parallel.broadcast(start), self.parallel.broadcast(end)
+        return start, end
 
     def _copy_input_video(self, request: Request, sink: FrameSink) -> None:
         """The video being continued goes into the output first, streamed in chunks."""

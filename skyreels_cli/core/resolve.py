@@ -237,3 +237,22 @@ def generated_frames(r: Request, spec: ModelSpec) -> int:
     if spec.forcing:
         return _forcing_length(r)[0]
     return pixel_frames(latent_frames(r.frames + TEMPORAL - 1)) if r.frames > 1 else 1
+
+
+def check_split(r: Request, spec: ModelSpec, processes: int) -> None:
+    """Context parallelism splits each transformer call's tokens evenly over the processes: every window's
+    (end image included) or the clip's must divide. Refused before anything loads, with what fits."""
+    per_frame = (r.height // 16) * (r.width // 16)
+    if spec.forcing:
+        lengths = {w.length + w.end_image for w in window_plan(r).windows}
+    else:
+        lengths = {latent_frames(generated_frames(r, spec))}
+    if all(per_frame * length % processes == 0 for length in lengths):
+        return
+    fits = [str(n) for n in range(2, 9) if all(per_frame * length % n == 0 for length in lengths)]
+    counts = f"{', '.join(fits[:-1])} or {fits[-1]}" if len(fits) > 1 else (fits[0] if fits else "")
+    frames = " and ".join(str(n) for n in sorted(lengths))
+    raise UsageError(f"{r.width}x{r.height} gives {per_frame} tokens a latent frame and calls of {frames} latent "
+                     f"frames, which do not split evenly over {processes} processes: "
+                     + (f"use {counts} processes, or " if counts else "use ")
+                     + f"a size whose (width/16) x (height/16) divides by {processes}")

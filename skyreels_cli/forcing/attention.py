@@ -101,17 +101,25 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def block_causal_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: BlockCausalLayout, attend: Attend,
+    query_start: int = 0,
 ) -> torch.Tensor:
     """Block-causal self-attention as one unmasked `attend(q, k, v)` call per query block.
 
     Tensors are (batch, tokens, heads, head_dim), diffusers' dispatcher layout. Equal, up to float
     rounding, to `attend` with `block_causal_mask(...)` (softmax does not care about key order).
+    `key` and `value` hold the whole sequence; `query` may hold only the run of tokens from
+    `query_start` on (a context-parallel rank's share), and gets the rows of the result for those.
     """
-    if query.shape[1] != layout.tokens or key.shape[1] != layout.tokens:
-        raise ValueError(f"sequence of {query.shape[1]} tokens does not match the causal layout ({layout.tokens})")
+    query_end = query_start + query.shape[1]
+    if key.shape[1] != layout.tokens or query_start < 0 or query_end > layout.tokens:
+        raise ValueError(f"queries {query_start}:{query_end} over {key.shape[1]} keys do not match the causal "
+                         f"layout ({layout.tokens} tokens)")
     tail_start = layout.tokens - layout.visible_tail * layout.tokens_per_frame
     out = None
     for q_start, q_end, seen in layout.spans():
+        q_start, q_end = max(q_start, query_start) - query_start, min(q_end, query_end) - query_start
+        if q_start >= q_end:  # this block's queries are on another rank
+            continue
         if seen >= tail_start:  # the prefix meets the tail: every key is visible
             seen = layout.tokens
         if seen == layout.tokens or not layout.visible_tail:  # a prefix: a view, no copy
@@ -137,16 +145,20 @@ def _wrap_dispatch(original: Callable) -> Callable:
     def dispatch_attention_fn(query, key, value, attn_mask=None, *args, **kwargs):
         if not isinstance(attn_mask, BlockCausalLayout):
             return original(query, key, value, attn_mask, *args, **kwargs)
-        if kwargs.get("parallel_config") is not None:
-            from ..errors import UsageError
+        parallel_config = kwargs.pop("parallel_config", None)
 
-            # Under context parallelism each rank holds a shard of the sequence: global block spans do not apply.
-            raise UsageError("--causal-attention cannot be combined with context parallelism; run on one GPU")
-
-        def attend(q, k, v):
+        def attend(q, k, v):  # one block's queries on this process, over the keys they may see
             return original(q, k, v, None, *args, **kwargs)
 
-        return block_causal_attention(query, key, value, attn_mask, attend)
+        if parallel_config is None:
+            return block_causal_attention(query, key, value, attn_mask, attend)
+        # Context parallelism: each process holds a run of the tokens; it gathers the keys (and swaps
+        # heads for sequence under Ulysses), then runs its own queries' blocks over them.
+        from ..runtime.parallel import whole_sequence_attention
+
+        return whole_sequence_attention(
+            query, key, value, parallel_config,
+            lambda q, k, v, start: block_causal_attention(q, k, v, attn_mask, attend, query_start=start))
 
     dispatch_attention_fn.__wrapped__ = original
     return dispatch_attention_fn

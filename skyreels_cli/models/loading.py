@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -49,13 +51,52 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 
 
-def load_components(folder: Path, kind: str, dtype: torch.dtype) -> dict:
-    """Every component of the checkpoint on the CPU: the VAE in fp32, the rest in `dtype`."""
+def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collection[str] | None = None) -> dict:
+    """Every component of the checkpoint on the CPU: the VAE in fp32, the rest in `dtype`.
+
+    `read`: the components whose weights are read (None: all). The others are not read at all: the VAE
+    is built from its config on the meta device (the pipelines read its config, never its weights) and
+    the rest are None. A context-parallel rank but the first reads only the transformer this way.
+    """
     import diffusers
 
     pipeline_cls = getattr(diffusers, KINDS[kind].pipeline)
+    skipped = {} if read is None else {name: _empty(folder, name) for name in _component_names(folder)
+                                       if name not in read}
     try:
-        pipe = pipeline_cls.from_pretrained(folder, dtype={"vae": torch.float32, "default": dtype})
+        pipe = pipeline_cls.from_pretrained(folder, dtype={"vae": torch.float32, "default": dtype}, **skipped)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"could not load the checkpoint in {folder}: {str(exc).splitlines()[0]}") from None
     return dict(pipe.components)
+
+
+def loaded_bytes(components: dict) -> int:
+    """Bytes of checkpoint weights the components hold: their state dicts, as stored in memory (buffers the
+    models compute themselves, such as rotary tables, are not weights; meta stand-ins hold none)."""
+    seen: dict[int, int] = {}
+    for component in components.values():
+        if isinstance(component, torch.nn.Module):
+            for t in component.state_dict().values():
+                if not t.is_meta:
+                    seen[t.data_ptr()] = t.numel() * t.element_size()  # tied weights once
+    return sum(seen.values())
+
+
+def is_empty(module) -> bool:
+    """A stand-in built from a config on the meta device (see `load_components`)."""
+    return isinstance(module, torch.nn.Module) and any(p.is_meta for p in module.parameters())
+
+
+def _component_names(folder: Path) -> list[str]:
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+
+
+def _empty(folder: Path, name: str):
+    if name != "vae":
+        return None
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLWan
+
+    with init_empty_weights():
+        return AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(Path(folder) / "vae"))

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import torch
 
 from ..runtime.memory import MemoryPlan, apply_offload_hooks, apply_quantization
+from .loading import is_empty
 
 HOST = torch.device("cpu")
 TEXT = "text_encoder"
@@ -36,13 +37,14 @@ class Placement:
     """Applies `plan` to `components` (on the host, as loaded) for runs on `device`."""
 
     def __init__(self, components: dict, device: torch.device, plan: MemoryPlan | None = None) -> None:
-        self.components = components
+        # A stand-in with no weights (a follower rank's VAE, models/loading.py) is never placed.
+        self.components = {name: c for name, c in components.items() if not is_empty(c)}
         self.device = torch.device(device)
         self.plan = plan or MemoryPlan()
         self._in_use: Counter[str] = Counter()
         # Where each component is now (as loaded: the host): moves to where it already is are skipped.
-        self.location = {name: _device_of(c) for name, c in components.items() if isinstance(c, torch.nn.Module)}
-        transformer = components.get("transformer")
+        self.location = {name: _device_of(c) for name, c in self.components.items() if isinstance(c, torch.nn.Module)}
+        transformer = self.components.get("transformer")
         if transformer is not None:
             # Storage first: group offload then pins and moves the weights as they will be stored.
             apply_quantization(transformer, self.plan.quantize)

@@ -40,8 +40,9 @@ def strip_gpus(argv: list[str]) -> tuple[int | None, list[str]]:
 
 
 def launch_command(count: int, argv: list[str]) -> list[str]:
-    """torchrun on this machine, `count` processes, each running `python -m skyreels_cli` with `argv`."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={count}",
+    """torchrun on this machine (quiet about a failed process: runtime/torchrun.py), `count` processes, each
+    running `python -m skyreels_cli` with `argv`."""
+    return [sys.executable, "-m", "skyreels_cli.runtime.torchrun", "--standalone", f"--nproc-per-node={count}",
             "--monitor-interval=0.5", "-m", "skyreels_cli", *argv]
 
 

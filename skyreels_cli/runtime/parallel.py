@@ -22,11 +22,16 @@ merged by their log-sum-exp). diffusers 0.42 has a plan for Wan's transformer bu
   processor passes the parallel config to cross-attention too, which would all-to-all the replicated keys
   (right numbers, N times the traffic); we clear it on `attn2`, so cross-attention runs locally on each
   rank's queries against all text/image keys.
+* Block-causal attention (`--causal-attention`, forcing/attention.py) cuts self-attention into one call per
+  query block over the keys that block may see, which needs every key. `whole_sequence_attention` gives
+  it them: Ulysses' all-to-all as diffusers does it, then under ring an all-gather of keys and values (as
+  diffusers' ring attention gathers them too), and each rank runs the blocks of its own queries.
 
 Processes: `init_parallel` joins the group torchrun describes (NCCL on CUDA, gloo on the CPU), builds the
 ("ring", "ulysses") device mesh itself (diffusers builds it for an accelerator: on the CPU it divides by a
 device count of 0), and starts a watchdog so that when one rank dies the others stop within seconds.
-Rank 0 encodes the prompt, decodes and writes; every rank draws the same noise from the request's seed.
+Rank 0 encodes the prompt and images, decodes and writes, and shares embeddings and latents; the others read
+only the transformer's weights (`FOLLOWER_READS`). Every rank draws the same noise from the request's seed.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ import time
 import types
 from dataclasses import dataclass, field
 from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..errors import DeviceError, UsageError
+from ..errors import DeviceError, ModelError, UsageError
 from .launch import launch, launch_command, launched_by_torchrun, strip_gpus  # noqa: F401  (the launcher's half)
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
@@ -55,6 +61,10 @@ DEAD_AFTER_S = 10.0
 # Attention kernels that return the log-sum-exp ring attention merges partial results with. None of
 # diffusers' backends returns it on the CPU ("native" refuses, "_native_flash" calls a CUDA-only op), so on
 # the CPU `_native_flash`'s forward op is routed to torch's CPU flash kernel, which returns it (fp32 too).
+# What a rank but the first reads from the checkpoint: rank 0 encodes the prompt and images and decodes,
+# and shares embeddings and latents, so the others never load the text encoder (UMT5-XXL, 11 GB in bf16),
+# the VAE or the image encoder (models/loading.py builds a weightless VAE for its config).
+FOLLOWER_READS = ("transformer", "scheduler")
 RING_BACKENDS = ("flash", "_flash_3", "sage", "_native_cudnn", "_native_flash")
 RING_FALLBACK = "_native_flash"
 
@@ -105,12 +115,13 @@ def choose_layout(heads: int, world: int, ulysses: int | None = None, ring: int 
     return picked
 
 
-def check_sequence(tokens_per_frame: int, frames: int, world: int) -> None:
-    """Every rank must get the same number of tokens (diffusers' equal split)."""
-    if (tokens_per_frame * frames) % world:
-        fits = [n for n in range(2, 9) if (tokens_per_frame * frames) % n == 0]
-        raise UsageError(f"{frames} latent frames of {tokens_per_frame} tokens do not split over {world} "
-                         f"processes; process counts that fit: {fits or 'none'}")
+def check_layout_options(ulysses: int | None, ring: int | None, parallel: Parallel | None) -> None:
+    """--ulysses and --ring describe how several processes share a run: on one process they mean nothing."""
+    if parallel is None and (ulysses is not None or ring is not None):
+        given = " ".join(f"--{name} {value}" for name, value in (("ulysses", ulysses), ("ring", ring))
+                         if value is not None)
+        raise UsageError(f"{given} splits a run over several processes, but this is one: add --gpus N (or start it "
+                         "with torchrun --nproc-per-node N)")
 
 
 # ------------------------------------------------------------------ the plan
@@ -296,6 +307,43 @@ def _own_attn1(block):
     return block.attn1.processor
 
 
+def whole_sequence_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config,
+                             attend) -> torch.Tensor:
+    """Self-attention that needs every key at once (block-causal attention), under context parallelism.
+
+    Each process holds a run of the tokens, (B, S/N, H, D). Ulysses swaps sequence for heads as diffusers
+    does (all-to-all: the ring group's run of tokens, H/u heads); ring then all-gathers the keys and values
+    of the whole sequence (as diffusers' ring attention does before its loop: the same bytes and memory).
+    `attend(q, k, v, query_start)` gets this process's queries, which start at token `query_start`, with
+    all keys; its output goes back the way the queries came.
+    """
+    from diffusers.models.attention_dispatch import _all_to_all_dim_exchange
+
+    cp = parallel_config.context_parallel_config
+    ulysses = cp._ulysses_mesh.get_group() if cp.ulysses_degree > 1 else None
+    if ulysses is not None:  # (B, S/N, H, D) -> (B, S/r, H/u, D)
+        query, key, value = (_all_to_all_dim_exchange(x.contiguous(), 2, 1, ulysses) for x in (query, key, value))
+    start = 0
+    if cp.ring_degree > 1:  # (B, S/r, H/u, D) keys and values -> the whole sequence, in ring order
+        group = cp._ring_mesh.get_group()
+        key, value = (_all_gather_tokens(x, group) for x in (key, value))
+        start = cp._ring_local_rank * query.shape[1]
+    out = attend(query, key, value, start)
+    if ulysses is not None:  # back: (B, S/r, H/u, D) -> (B, S/N, H, D)
+        out = _all_to_all_dim_exchange(out.contiguous(), 1, 2, ulysses)
+    return out
+
+
+def _all_gather_tokens(x: torch.Tensor, group) -> torch.Tensor:
+    import torch.distributed._functional_collectives as funcol
+
+    # A functional collective, as diffusers' own hooks use (benchmarks/parallel_scaling.py counts them);
+    # `all_gather_single` is the newer name of `all_gather_tensor`, which warns from torch 2.10 on.
+    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+    gathered = gather(x.contiguous(), 1, group)
+    return gathered.wait() if isinstance(gathered, funcol.AsyncCollectiveTensor) else gathered
+
+
 def _mesh(device: torch.device, layout: Layout):
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -331,6 +379,7 @@ class Parallel:
     started: float = field(default_factory=time.perf_counter)
     shared_job: bool = False  # rank 0 has told the others what to run (the CLI's bookkeeping)
     _watchdog: threading.Thread | None = None
+    _waits: int = 0  # calls of `main_first` so far
 
     def startup_s(self) -> float:
         """Seconds since this process joined the group (start-up: loading, splitting, first collectives)."""
@@ -346,6 +395,33 @@ class Parallel:
         box = [value if self.is_main else None]
         dist.broadcast_object_list(box, src=0, device=self._comm_device)
         return box[0]
+
+    def main_first(self, name: str, work: Callable[[], Any]) -> Any:
+        """`work()` on rank 0, then on the others (a download or build they then find in the cache).
+
+        The others wait in the rendezvous store, not in a collective, so a download may take as long as it
+        takes; if rank 0's `work` fails, they stop too (rank 0 says why)."""
+        store = dist.distributed_c10d._get_default_store()
+        self._waits += 1  # every rank calls in the same order: the n-th call of each shares one key
+        key = f"skyreels/main-first/{self._waits}"
+        if self.is_main:
+            try:
+                result = work()
+            except BaseException:
+                store.set(key, "failed")
+                raise
+            store.set(key, "done")
+            return result
+        store.wait([key], timedelta(days=7))
+        if store.get(key) != b"done":
+            raise ModelError(f"the first process could not {name} (it says why); this one stops too")
+        return work()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value` (picklable), in rank order, on every rank."""
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
 
     def broadcast(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         """Rank 0's tensor (or None) on every rank, on this rank's device: shape first, then the data."""
@@ -384,6 +460,28 @@ def share_encoder(encode, parallel: Parallel):
     def shared(*args, **kwargs):
         positive, negative = encode(*args, **kwargs) if parallel.is_main else (None, None)
         return parallel.broadcast(positive), parallel.broadcast(negative)
+
+    return shared
+
+
+def share_image_inputs(pipe, parallel: Parallel) -> None:
+    """A T2V/I2V pipeline whose image inputs rank 0 computes and the others receive: the CLIP image
+    embeddings and the latents with the VAE-encoded first frame (`prepare_latents` also draws the noise,
+    which every rank would draw the same). The other ranks then need neither image encoder nor VAE."""
+    for name in ("encode_image", "prepare_latents"):
+        original = getattr(pipe, name, None)
+        if original is not None:
+            setattr(pipe, name, _from_rank_0(original, parallel))
+
+
+def _from_rank_0(method, parallel: Parallel):
+    def shared(*args, **kwargs):
+        result = method(*args, **kwargs) if parallel.is_main else None
+        many = parallel.share(isinstance(result, tuple))
+        if not many:
+            return parallel.broadcast(result)
+        count = parallel.share(len(result) if parallel.is_main else None)
+        return tuple(parallel.broadcast(result[i] if parallel.is_main else None) for i in range(count))
 
     return shared
 

@@ -365,6 +365,11 @@ def trace_transformer(arch: TransformerArch, height: int, width: int, latents: i
                  block_weights=stored.block_weights, leaf_weights=stored.leaf_weights)
 
 
+def trace_transformer_weights(arch: TransformerArch, weights: str = "bf16") -> int:
+    """Bytes of the transformer's weights as stored (`weights`: as for `trace_transformer`)."""
+    return _cached("transformer_weights", _transformer_weights, arch, weights).weights
+
+
 def trace_text_encoder(arch: TextEncoderArch) -> Trace:
     """The text encoder in bf16 encoding one prompt of `arch.tokens` tokens."""
     return _cached("text_encoder", _text_encoder, arch)
