@@ -1,13 +1,16 @@
 """Context-parallel scaling: seconds per step of one window, and bytes each rank exchanges per step.
 
     python benchmarks/parallel_scaling.py predict              # the table for RESULTS.md (no processes)
-    python benchmarks/parallel_scaling.py cpu                  # 1, 2, 3 gloo processes, tiny DF model
+    python benchmarks/parallel_scaling.py cpu [--causal]       # 1, 2, 3 gloo processes, tiny DF model
+    python benchmarks/parallel_scaling.py startup              # weights each rank reads, full-size models
     python benchmarks/parallel_scaling.py gpu --model PATH     # 1, 2, 4, 8 GPUs (as many as visible)
 
 One "step" is one transformer call on a whole window (guidance's second call doubles it). Bytes are counted
 by wrapping the functional collectives diffusers' hooks and attention use (all-to-all, all-gather): what
 leaves each rank. Prediction, Ulysses: q, k, v and the output each cross once, (N-1)/N of them leaving each
 rank: 4 x tokens x dim x bytes x (N-1)/N per layer. Ring (all-gather rotation): k and v, (N-1)/N each.
+`--causal` runs block-causal attention (blocks of one latent frame): Ulysses moves the same bytes, ring
+all-gathers the other ranks' k and v at once, which is what the rotation passes round.
 """
 
 from __future__ import annotations
@@ -76,14 +79,20 @@ class Counter:
 
         self.sent = 0
         self.calls = 0
-        for name in ("all_to_all_single", "all_gather_tensor"):
+        # Newer torch's all_gather_tensor calls all_gather_single: count the one that does the work.
+        gather = "all_gather_single" if hasattr(fc, "all_gather_single") else "all_gather_tensor"
+        for name in ("all_to_all_single", gather):
             setattr(fc, name, self._wrap(getattr(fc, name), name))
 
     def _wrap(self, original, name: str):
+        import inspect
+
         import torch.distributed as dist
 
+        signature = inspect.signature(original)
+
         def counted(tensor, *args, **kwargs):
-            world = dist.get_world_size(kwargs.get("group", args[-1] if args else None))
+            world = dist.get_world_size(signature.bind(tensor, *args, **kwargs).arguments["group"])
             size = tensor.numel() * tensor.element_size()
             self.sent += size * (world - 1) / world if name == "all_to_all_single" else size * (world - 1)
             self.calls += 1
@@ -122,6 +131,11 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
             transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, enable_diffusion_forcing=True,
                         fps=[1], return_dict=False)
 
+    if args.causal:  # blocks of one latent frame, as `extend --causal-attention --causal-block 1`
+        from skyreels_cli.forcing.attention import causal_attention
+
+        causal = causal_attention(transformer, (1,) * args.latent_frames, (args.height // 16) * (args.width // 16))
+        causal.__enter__()
     step()  # warm-up
     if counter:
         counter.sent = counter.calls = 0
@@ -172,17 +186,41 @@ def measure(args) -> list[dict]:
     return rows
 
 
+def startup() -> list[dict]:
+    """Weights each rank of a context-parallel run holds after loading, for every released architecture
+    (from the planner's fake-tensor traces: bf16 transformer and encoders, fp32 VAE). Rank 0 reads every
+    component; the others read the transformer only (runtime/parallel.py FOLLOWER_READS)."""
+    from skyreels_cli.models.architectures import ARCHITECTURES
+    from skyreels_cli.runtime import trace
+
+    rows = []
+    for (kind, size), arch in ARCHITECTURES.items():
+        parts = {
+            "transformer": trace.trace_transformer_weights(arch.transformer),
+            "text_encoder": trace.trace_text_encoder(arch.text_encoder).weights,
+            "vae": trace.trace_vae_encode(arch.vae, 544, 960).weights,
+            "image_encoder": trace.trace_image_encoder(arch.image_encoder).weights if arch.image_encoder else 0,
+        }
+        everything = sum(parts.values())
+        rows.append({"model": arch.name, **{k: v / 1e9 for k, v in parts.items()}, "rank_0_gb": everything / 1e9,
+                     "other_rank_gb": parts["transformer"] / 1e9,
+                     "host_gb_8_ranks_before": 8 * everything / 1e9,
+                     "host_gb_8_ranks_now": (everything + 7 * parts["transformer"]) / 1e9})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("predict", "cpu", "gpu"))
+    parser.add_argument("mode", choices=("predict", "cpu", "gpu", "startup"))
+    parser.add_argument("--causal", action="store_true", help="block-causal attention (blocks of one frame)")
     parser.add_argument("--model", help="a DF checkpoint folder (gpu mode); the tiny random model otherwise")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--latent-frames", type=int, default=None)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    if args.mode == "predict":
-        for row in predict():
+    if args.mode in ("predict", "startup"):
+        for row in predict() if args.mode == "predict" else startup():
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
         return
     cpu = args.mode == "cpu"
