@@ -37,3 +37,9 @@ class ResumeError(SkyreelsError):
 
 class OutOfMemory(SkyreelsError):
     """The GPU ran out of memory; the message names a plan predicted to fit."""
+
+
+class PeerLost(SkyreelsError):
+    """Another process of a context-parallel run stopped (it, or its machine, says why)."""
+
+    exit_code = 1

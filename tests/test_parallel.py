@@ -44,8 +44,9 @@ def _single(args: list[str], output: Path) -> np.ndarray:
 
 def _torchrun(args: list[str], *, script: Path | None = None, env: dict | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
+    """torchrun with two processes, through our quiet wrapper (runtime/torchrun.py) as --gpus starts it."""
     target = [str(script)] if script else ["-m", "skyreels_cli"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+    cmd = [sys.executable, "-m", "skyreels_cli.runtime.torchrun", "--standalone", "--nproc-per-node=2",
            "--monitor-interval=0.5", *target, *args]
     return subprocess.run(cmd, env=_env(**(env or {})), check=False, capture_output=True, text=True, timeout=timeout)
 
@@ -84,7 +85,8 @@ def test_t2v_with_gpus_flag_equals_one_process(hub_models, tmp_path):
     _assert_same_frames(read_png_frames(out), reference)
 
 
-def test_dead_rank_stops_the_others_and_resume_finishes(extend_reference, tmp_path):
+@pytest.mark.parametrize("resume_on", ["one process", "two processes"])
+def test_dead_rank_stops_the_others_and_resume_finishes(resume_on, extend_reference, tmp_path):
     wrapper = tmp_path / "rank_fault.py"
     wrapper.write_text(  # the fault only in rank 1: it dies in the middle of window 2
         "import os, runpy, sys\n"
@@ -98,10 +100,18 @@ def test_dead_rank_stops_the_others_and_resume_finishes(extend_reference, tmp_pa
     took = time.monotonic() - started
     assert done.returncode != 0 and not out.exists(), done.stderr[-2000:]
     assert took < 60, f"the surviving rank took {took:.0f} s to stop"
+    # the survivor says so on one line (its collective failed, or its watchdog noticed), with no traceback
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "add --resume" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
     partial = tmp_path / "killed.partial"
     assert len(list(partial.glob("[0-9]*.png"))) == 17, "window 1 kept"
-    resumed = subprocess.run([sys.executable, "-m", "skyreels_cli", *EXTEND, "-o", f"{out}/", "--resume"],
-                             env=_env(), check=False, capture_output=True, text=True, timeout=300)
+    resume = [*EXTEND, "-o", f"{out}/", "--resume"]
+    if resume_on == "one process":
+        resumed = subprocess.run([sys.executable, "-m", "skyreels_cli", *resume], env=_env(), check=False,
+                                 capture_output=True, text=True, timeout=300)
+    else:  # both ranks continue from the state rank 0 saved
+        resumed = _torchrun([*resume, "--ring", "2"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_frames(read_png_frames(out), extend_reference)
 
@@ -182,6 +192,22 @@ def test_causal_attention_from_image_to_image_equals_one_process(layout, causal_
     args, reference = causal_reference
     out = tmp_path / "parallel"
     done = _torchrun([*args, *layout, "-o", f"{out}/"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_frames(read_png_frames(out), reference)
+
+
+def test_continuing_a_video_equals_one_process(hub_models, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    made = subprocess.run([sys.executable, "-m", "skyreels_cli", *T2V, "-o", str(clip)], env=_env(), check=False,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    # rank 0 encodes the video's last frames and copies the video into the output; the others get the latents
+    args = ["extend", "the fox keeps running", "-m", ALIASES["df"], "--video", str(clip), "--frames", "20",
+            "--base-frames", "17", "--overlap", "5", *SIZE]
+    reference = _single(args, tmp_path / "single")
+    assert reference.shape[0] == 17 + 20
+    out = tmp_path / "parallel"
+    done = _torchrun([*args, "--ulysses", "2", "-o", f"{out}/"])
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same_frames(read_png_frames(out), reference)
 

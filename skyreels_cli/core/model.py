@@ -230,8 +230,14 @@ class Model:
             return
         request, saved = job
         state = saved["engine"] if saved else None
-        for _ in self._windows(request, state, saved.get("generated", 0) if saved else 0):
-            pass
+        with self.parallel.peers_lost_as_errors(self._kept):
+            for _ in self._windows(request, state, saved.get("generated", 0) if saved else 0):
+                pass
+
+    @property
+    def _kept(self) -> str:
+        """What an interrupted run leaves behind."""
+        return "the finished windows are kept: add --resume" if self.spec.forcing else "nothing was written"
 
     def stream(self, request: Request) -> Iterator[WindowFrames]:
         """Each window's new frames as they are made, writing nothing. A continued `video` is not repeated."""
@@ -250,7 +256,10 @@ class Model:
             self.parallel.share((job.request, job.saved))
         self._events = progress
         try:
-            return self._run(job, on_window)
+            if self.parallel is None:
+                return self._run(job, on_window)
+            with self.parallel.peers_lost_as_errors(self._kept):
+                return self._run(job, on_window)
         finally:
             self._events = None
             job.release()

@@ -42,15 +42,16 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..errors import DeviceError, ModelError, UsageError
+from ..errors import DeviceError, ModelError, PeerLost, UsageError
 from .launch import launch, launch_command, launched_by_torchrun, strip_gpus  # noqa: F401  (the launcher's half)
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
@@ -351,10 +352,14 @@ def _mesh(device: torch.device, layout: Layout):
 
 
 class _quiet_diffusers:
-    """diffusers warns that `enable_parallelism` is experimental on every call: once per rank is noise."""
+    """diffusers warns that `enable_parallelism` is experimental on every call: once per rank is noise. Its hooks
+    also call torch's deprecated `all_gather_tensor` (a FutureWarning per rank and run that no user can act on)."""
 
     def __enter__(self):
         import logging
+        import warnings
+
+        warnings.filterwarnings("ignore", message=r".*all_gather_tensor.* is deprecated", category=FutureWarning)
 
         self.logger = logging.getLogger("diffusers.models.modeling_utils")
         self.level = self.logger.level
@@ -417,6 +422,17 @@ class Parallel:
             raise ModelError(f"the first process could not {name} (it says why); this one stops too")
         return work()
 
+    @contextmanager
+    def peers_lost_as_errors(self, kept: str) -> Iterator[None]:
+        """A collective that fails because another process is gone (gloo notices at once; NCCL waits, and the
+        watchdog stops this process instead) becomes one `PeerLost` line; `kept` says what is left."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if not (isinstance(exc, dist.DistError) or "/gloo/" in str(exc)):
+                raise
+            raise PeerLost(f"another process of this run stopped ({_first_sentence(exc)}); {kept}") from None
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's `value` (picklable), in rank order, on every rank."""
         values: list[Any] = [None] * self.world
@@ -451,6 +467,15 @@ class Parallel:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _first_sentence(exc: Exception) -> str:
+    """"Connection closed by peer [127.0.0.1]:41371" of gloo's "[.../pair.cc:553] Connection closed by peer
+    [127.0.0.1]:41371. This is typically caused by..."."""
+    import re
+
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return text.split(". ")[0].rstrip(".")[:160]
 
 
 def share_encoder(encode, parallel: Parallel):
