@@ -59,13 +59,13 @@ from .launch import launch, launch_command, launched_by_torchrun, strip_gpus  # 
 COLLECTIVE_TIMEOUT_S = 1800
 HEARTBEAT_S = 1.0
 DEAD_AFTER_S = 10.0
-# Attention kernels that return the log-sum-exp ring attention merges partial results with. None of
-# diffusers' backends returns it on the CPU ("native" refuses, "_native_flash" calls a CUDA-only op), so on
-# the CPU `_native_flash`'s forward op is routed to torch's CPU flash kernel, which returns it (fp32 too).
 # What a rank but the first reads from the checkpoint: rank 0 encodes the prompt and images and decodes,
 # and shares embeddings and latents, so the others never load the text encoder (UMT5-XXL, 11 GB in bf16),
 # the VAE or the image encoder (models/loading.py builds a weightless VAE for its config).
 FOLLOWER_READS = ("transformer", "scheduler")
+# Attention kernels that return the log-sum-exp ring attention merges partial results with. None of
+# diffusers' backends returns it on the CPU ("native" refuses, "_native_flash" calls a CUDA-only op), so on
+# the CPU `_native_flash`'s forward op is routed to torch's CPU flash kernel, which returns it (fp32 too).
 RING_BACKENDS = ("flash", "_flash_3", "sage", "_native_cudnn", "_native_flash")
 RING_FALLBACK = "_native_flash"
 
@@ -470,8 +470,8 @@ class Parallel:
 
 
 def _first_sentence(exc: Exception) -> str:
-    """"Connection closed by peer [127.0.0.1]:41371" of gloo's "[.../pair.cc:553] Connection closed by peer
-    [127.0.0.1]:41371. This is typically caused by..."."""
+    """The gist of a backend error: of gloo's `[.../pair.cc:553] Connection closed by peer [127.0.0.1]:41371.
+    This is typically caused by...`, `Connection closed by peer [127.0.0.1]:41371`."""
     import re
 
     text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
