@@ -134,11 +134,9 @@ def _lead(command, spec, device, dtype, output, overwrite, quiet, dry_run, resum
         typer.echo(f"{command}: {job.describe()}", err=True)
         typer.echo(f"memory plan: {loaded.memory_reason}", err=True)
         if parallel is not None:
-            ranks = loaded.runtime["parallel"]
-            weights = ranks["loaded_bytes"]
-            typer.echo(f"parallel: {parallel.world} processes, {parallel.layout.describe()}; ready in "
-                       f"{max(ranks['startup_s']):.1f} s; weights read: {weights[0] / 1e9:.3g} GB by the first, "
-                       f"{max(weights[1:]) / 1e9:.3g} GB by each other", err=True)
+            from .info import parallel_line
+
+            typer.echo(parallel_line(loaded.runtime["parallel"]), err=True)
     on_window = None
     if command == "extend":
         keep_host_memory_flat()

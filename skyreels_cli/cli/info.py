@@ -99,7 +99,7 @@ def _run_lines(run: dict) -> list[str]:
         ranks = runtime.pop("parallel", None)
         lines.append("  runtime: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
         if ranks:
-            lines.append("  " + _parallel_line(ranks))
+            lines.append("  " + parallel_line(ranks))
     if run.get("resumed"):
         lines.append(f"  resumed (decoder state rebuilt from {run.get('replayed_latents', 0)} latent frames)")
     cache = run.get("step_cache")
@@ -112,7 +112,8 @@ def _run_lines(run: dict) -> list[str]:
     return lines
 
 
-def _parallel_line(ranks: dict) -> str:
+def parallel_line(ranks: dict) -> str:
+    """The sidecar's `run.runtime.parallel` on one line (also printed when a parallel run starts)."""
     layout = " x ".join(f"{name} {ranks[name]}" for name in ("ulysses", "ring") if ranks.get(name, 1) > 1)
     line = f"parallel: {ranks.get('processes')} processes" + (f" ({layout})" if layout else "")
     if ranks.get("startup_s"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from ..runtime.parallel import (
     check_layout_options,
     choose_layout,
     enable_context_parallel,
-    share_encoder,
+    from_rank_0,
     share_image_inputs,
 )
 from ..runtime.step_cache import StepCache
@@ -152,7 +152,7 @@ class Model:
         self._pipe = self._pipeline_cls(**components)  # its encode_prompt and video_processor
         self._prompts = PromptEncoder(self._pipe, self.placement)
         if parallel is not None:  # rank 0 encodes each prompt once, the others receive the embeddings
-            self._prompts._encode = share_encoder(self._prompts._encode, parallel)
+            self._prompts._encode = from_rank_0(self._prompts._encode, parallel)
             # What each process read and how long it took to be ready, as the sidecar records it.
             self._ranks = parallel.gather({"startup_s": round(parallel.startup_s(), 3),
                                            "loaded_bytes": loaded_bytes(components)})
@@ -256,9 +256,7 @@ class Model:
             self.parallel.share((job.request, job.saved))
         self._events = progress
         try:
-            if self.parallel is None:
-                return self._run(job, on_window)
-            with self.parallel.peers_lost_as_errors(self._kept):
+            with nullcontext() if self.parallel is None else self.parallel.peers_lost_as_errors(self._kept):
                 return self._run(job, on_window)
         finally:
             self._events = None
@@ -434,8 +432,11 @@ class Model:
     def _image_latents(self, request: Request) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The clean latents of the start image or continued video, and of the end image (None if not given).
         In a context-parallel run rank 0 encodes them and the others receive them."""
-        if self.parallel is not None and not self.parallel.is_main:
-            return self.parallel.broadcast(None), self.parallel.broadcast(None)
+        if self.parallel is not None:
+            return from_rank_0(self._encode_images, self.parallel)(request)
+        return self._encode_images(request)
+
+    def _encode_images(self, request: Request) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         start = end = None
         if request.image or request.video or request.end_image:
             with self.placement.encoding_images():  # the VAE's encoder (model offload: only while it encodes)
@@ -445,8 +446,6 @@ class Model:
                     start = video_prefix(self.components["vae"], request)
                 if request.end_image:
                     end = image_latent(self._pipe, request.end_image, "--end-image", request)
-        if self.parallel is not None:
-            start, end = self.parallel.broadcast(start), self.parallel.broadcast(end)
         return start, end
 
     def _copy_input_video(self, request: Request, sink: FrameSink) -> None:

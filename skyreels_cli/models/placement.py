@@ -43,7 +43,8 @@ class Placement:
         self.plan = plan or MemoryPlan()
         self._in_use: Counter[str] = Counter()
         # Where each component is now (as loaded: the host): moves to where it already is are skipped.
-        self.location = {name: _device_of(c) for name, c in self.components.items() if isinstance(c, torch.nn.Module)}
+        self.location = {name: _device_of(c) for name, c in self.components.items()
+                         if isinstance(c, torch.nn.Module)}
         transformer = self.components.get("transformer")
         if transformer is not None:
             # Storage first: group offload then pins and moves the weights as they will be stored.

@@ -478,13 +478,17 @@ def _first_sentence(exc: Exception) -> str:
     return text.split(". ")[0].rstrip(".")[:160]
 
 
-def share_encoder(encode, parallel: Parallel):
-    """`encode(prompt, negative, cfg) -> (positive, negative or None)` run by rank 0 only; every rank gets
-    its embeddings (the text encoder is the slowest thing to start and to run once per prompt)."""
+def from_rank_0(compute: Callable, parallel: Parallel) -> Callable:
+    """`compute` run by rank 0 only; every rank gets its result (a tensor, None, or a tuple of them) on its
+    device. For what only rank 0 loads: prompt embeddings (the text encoder is the slowest thing to start),
+    image latents (the VAE's encoder), I2V image embeddings."""
 
     def shared(*args, **kwargs):
-        positive, negative = encode(*args, **kwargs) if parallel.is_main else (None, None)
-        return parallel.broadcast(positive), parallel.broadcast(negative)
+        result = compute(*args, **kwargs) if parallel.is_main else None
+        count = parallel.share(len(result) if isinstance(result, tuple) else None)  # a tuple's length, or None
+        if count is None:
+            return parallel.broadcast(result)
+        return tuple(parallel.broadcast(result[i] if parallel.is_main else None) for i in range(count))
 
     return shared
 
@@ -496,19 +500,7 @@ def share_image_inputs(pipe, parallel: Parallel) -> None:
     for name in ("encode_image", "prepare_latents"):
         original = getattr(pipe, name, None)
         if original is not None:
-            setattr(pipe, name, _from_rank_0(original, parallel))
-
-
-def _from_rank_0(method, parallel: Parallel):
-    def shared(*args, **kwargs):
-        result = method(*args, **kwargs) if parallel.is_main else None
-        many = parallel.share(isinstance(result, tuple))
-        if not many:
-            return parallel.broadcast(result)
-        count = parallel.share(len(result) if parallel.is_main else None)
-        return tuple(parallel.broadcast(result[i] if parallel.is_main else None) for i in range(count))
-
-    return shared
+            setattr(pipe, name, from_rank_0(original, parallel))
 
 
 def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COLLECTIVE_TIMEOUT_S,
