@@ -43,3 +43,18 @@ class PeerLost(SkyreelsError):
     """Another process of a context-parallel run stopped (it, or its machine, says why)."""
 
     exit_code = 1
+
+
+class SkyreelsWarning(UserWarning):
+    """Something a user may not expect (an input changed on the way in, a prompt cut short); the run goes on.
+
+    The CLI prints each as one `warning: ...` line on stderr (none with --quiet); a Python caller gets
+    an ordinary warning it can filter, record or turn into an error with the `warnings` module.
+    """
+
+
+def warn(message: str) -> None:
+    """Say `message` once as a SkyreelsWarning (one line: what happened and what to do about it)."""
+    import warnings
+
+    warnings.warn(SkyreelsWarning(message), stacklevel=2)

@@ -6,6 +6,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .errors import SkyreelsWarning
+
 
 @contextmanager
 def third_party_quiet(enabled: bool = True) -> Iterator[None]:
@@ -27,6 +29,8 @@ def third_party_quiet(enabled: bool = True) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # Ours are for the user: whoever asked for quiet filters them itself (the CLI's --quiet does).
+            warnings.simplefilter("always", SkyreelsWarning)
             yield
     finally:
         dlog.set_verbosity(saved[0])

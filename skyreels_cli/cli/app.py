@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 
-from ..errors import SkyreelsError
+from ..errors import SkyreelsError, SkyreelsWarning
 
 app = typer.Typer(
     name="skyreels",
@@ -44,10 +45,12 @@ def _options(
 
 
 @contextmanager
-def user_errors(command: str = "") -> Iterator[None]:
-    """Library errors become one line on stderr and an exit code; SKYREELS_DEBUG=1 shows the traceback."""
+def user_errors(command: str = "", quiet: bool = False) -> Iterator[None]:
+    """Library errors become one line on stderr and an exit code; SKYREELS_DEBUG=1 shows the traceback.
+    The library's warnings become `warning: ...` lines on stderr (none when `quiet`)."""
     try:
-        yield
+        with _warnings_as_lines(quiet):
+            yield
     except SkyreelsError as exc:
         if os.environ.get("SKYREELS_DEBUG"):
             raise
@@ -56,3 +59,20 @@ def user_errors(command: str = "") -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED.get(command, INTERRUPTED_DEFAULT), err=True)
         raise typer.Exit(130) from None
+
+
+@contextmanager
+def _warnings_as_lines(quiet: bool) -> Iterator[None]:
+    """SkyreelsWarnings as one line each on stderr, every time (or not at all when `quiet`); others as before."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if quiet else "always", SkyreelsWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs) -> None:
+            if issubclass(category, SkyreelsWarning):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
