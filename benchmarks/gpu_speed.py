@@ -40,7 +40,7 @@ from skyreels_cli.forcing.engine import Conditioning, DiffusionForcingEngine
 from skyreels_cli.forcing.schedule import make_scheduler, step_matrix, timestep_rows
 from skyreels_cli.forcing.solver import make_solver
 from skyreels_cli.models.architectures import architecture
-from skyreels_cli.models.registry import resolve_model
+from skyreels_cli.models.naming import resolve_model
 from skyreels_cli.runtime.trace import default_dtype
 
 FLOOR_FLOPS = 800e12  # bf16 dense matrix rate measured on an H100 (REFERENCE.md §6)

@@ -6,6 +6,9 @@
     for window in model.stream(sk.Request(prompt="a cat", frames=97, seed=1)):
         window.frames  # uint8 [T, H, W, 3]
 
+    job = sk.Job("extend", sk.Request(prompt="a sailboat at dusk", seconds=30), output="sail.mp4")
+    sk.run(job, on_event=print)            # what `skyreels extend ... -o sail.mp4` runs
+
 Names are imported on first use, so `skyreels --help` does not wait for torch.
 """
 
@@ -16,13 +19,20 @@ __version__ = "0.2.0"
 # public name -> module that defines it
 _EXPORTS = {
     "load": "core.model", "Model": "core.model",
-    "Request": "core.request",
-    "Job": "core.job", "prepare": "core.job",
+    "Request": "core.request", "Shot": "core.request",
+    "Job": "core.job", "LoadOptions": "run_options",
+    "run": "core.runner", "check": "core.runner", "Checked": "core.runner",
+    "read_batch": "core.batch", "run_batch": "core.batch", "ModelPool": "core.pool",
+    "read_script": "core.shot_list", "prepare": "core.prepare",
+    "Cancel": "core.run",
+    "RunStarted": "core.events", "StepDone": "core.events", "WindowDone": "core.events",
+    "RunFinished": "core.events", "PromptEnhanced": "core.events",
     "Result": "core.results", "WindowFrames": "core.results",
     "DEFAULT_NEGATIVE_PROMPT": "core.resolve",
-    "ModelSpec": "models.registry", "load_registry": "models.registry", "resolve_model": "models.registry",
+    "ModelSpec": "models.registry", "load_registry": "models.registry", "resolve_model": "models.naming",
     "SkyreelsError": "errors", "UsageError": "errors", "ModelError": "errors", "InputFileError": "errors",
-    "OutputError": "errors", "DeviceError": "errors", "ResumeError": "errors",
+    "OutputError": "errors", "DeviceError": "errors", "ResumeError": "errors", "OutOfMemory": "errors",
+    "Cancelled": "errors", "SkyreelsWarning": "errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -1,14 +1,27 @@
-"""The exceptions the library raises for problems a user can fix.
+"""The exceptions the library raises for problems a user can fix, and how their messages name a setting.
 
-The CLI turns each into one line on stderr and an exit code; a Python caller
-gets a normal exception with the same message.
+The CLI turns each into one line on stderr and an exit code; a Python caller gets a normal exception with
+the same message, spelled for Python: a message names a setting through `setting()`, which writes
+`--frames 17` while the command line is running (`command_line_spelling()`) and `frames=17` otherwise.
+`field` on an error names the setting that is wrong (a Request or LoadOptions field), for callers that
+point at it: a batch file's line, an HTTP field.
 """
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class SkyreelsError(Exception):
     """A problem with the user's input or environment: message says what and how to fix it."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field  # the setting at fault, when there is one
 
 
 class UsageError(SkyreelsError):
@@ -39,6 +52,13 @@ class OutOfMemory(SkyreelsError):
     """The GPU ran out of memory; the message names a plan predicted to fit."""
 
 
+class Cancelled(SkyreelsError):
+    """The run was cancelled (its `cancel` event was set); a diffusion forcing run keeps its finished windows
+    for `resume=True`."""
+
+    exit_code = 130
+
+
 class PeerLost(SkyreelsError):
     """Another process of a context-parallel run stopped (it, or its machine, says why)."""
 
@@ -58,3 +78,61 @@ def warn(message: str) -> None:
     import warnings
 
     warnings.warn(SkyreelsWarning(message), stacklevel=2)
+
+
+# ------------------------------------------------------------------ naming a setting in a message
+
+_SPELLING: contextvars.ContextVar[str] = contextvars.ContextVar("skyreels_spelling", default="python")
+# Settings whose command-line flag is not --name-with-dashes.
+FLAGS = {"output": "-o", "loras": "--lora", "vram_gb": "--vram"}
+_UNSET = object()
+
+
+@contextmanager
+def command_line_spelling() -> Iterator[None]:
+    """Messages raised inside name settings as flags (`--frames 17`): the CLI's own spelling."""
+    token = _SPELLING.set("cli")
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+@contextmanager
+def file_spelling() -> Iterator[None]:
+    """Messages raised inside name settings as a TOML file writes them (`frames = -4`)."""
+    token = _SPELLING.set("file")
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+def on_command_line() -> bool:
+    return _SPELLING.get() == "cli"
+
+
+def setting(name: str, value: object = _UNSET, *, quoted: bool = False) -> str:
+    """How the user writes setting `name` (with `value`): `--base-frames 3` on the command line,
+    `base_frames=3` from Python (`quoted`: `--attention 'fast'` on the command line too). A true flag
+    alone (`setting("overwrite", True)`) is `--overwrite`."""
+    spelling = _SPELLING.get()
+    if spelling == "cli":
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        if value is _UNSET or value is True:
+            return flag
+        return f"{flag} {value!r}" if quoted else f"{flag} {value}"
+    if spelling == "file":
+        import json
+
+        return name if value is _UNSET else f"{name} = {json.dumps(value) if isinstance(value, str) else value}"
+    return name if value is _UNSET else f"{name}={value!r}"
+
+
+def again_with(name: str) -> str:
+    """The advice to repeat the call with a flag set: `run the same command with --resume`,
+    `run it again with resume = true` or `call again with resume=True`."""
+    spelling = _SPELLING.get()
+    if spelling == "cli":
+        return f"run the same command with {setting(name, True)}"
+    return f"run it again with {name} = true" if spelling == "file" else f"call again with {name}=True"

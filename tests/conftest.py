@@ -64,6 +64,38 @@ def image_file(tmp_path) -> Path:
     return path
 
 
+def invoke(*args):
+    """The CLI in-process, as a user types it (every argument turned to text)."""
+    from typer.testing import CliRunner
+
+    from skyreels_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """The one `error: ...` line a refused command prints (exit `code`, no traceback); returns it."""
+    message = result.output.strip()
+    assert result.exit_code == code, message
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def frames_of(model, request) -> np.ndarray:
+    """Every frame `model.stream(request)` makes, joined."""
+    return np.concatenate([w.frames for w in model.stream(request)])
+
+
+def mean_levels(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 videos, in levels of 255."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def read_png_frames(folder: Path) -> np.ndarray:
     files = sorted(folder.glob("[0-9]*.png"))
     return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])

@@ -10,7 +10,7 @@ import torch
 
 import skyreels_cli as sk
 
-from .conftest import ALIASES, read_png_frames
+from .conftest import ALIASES, frames_of, mean_levels, read_png_frames
 
 SMALL = dict(height=64, width=64, frames=17, steps=3)
 
@@ -23,14 +23,6 @@ def df_model(hub_models):
 @pytest.fixture(scope="module")
 def i2v_model(hub_models):
     return sk.load(ALIASES["i2v"], device="cpu", progress=False)
-
-
-def frames_of(model, request) -> np.ndarray:
-    return np.concatenate([w.frames for w in model.stream(request)])
-
-
-def mean_levels(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
 def test_request_round_trips_through_a_dict():

@@ -138,7 +138,7 @@ def test_help_says_it_is_a_correction_not_a_cure():
 
 def test_a_clip_model_refuses_color_match():
     from skyreels_cli.core.resolve import resolve
-    from skyreels_cli.models.registry import resolve_model
+    from skyreels_cli.models.naming import resolve_model
 
     with pytest.raises(UsageError, match="color_match applies to diffusion forcing models only"):
         resolve(sk.Request(prompt="a fox", color_match="latent"), resolve_model("tiny-t2v", "t2v"))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from skyreels_cli.errors import UsageError
-from skyreels_cli.models.placement import Placement
+from skyreels_cli.runtime.placement import Placement
 from skyreels_cli.models.tiny import build_components
 from skyreels_cli.runtime.memory import (
     MemoryPlan,
@@ -330,7 +330,7 @@ def test_text_encoder_on_cpu_never_touches_the_device():
     c = stand_ins()
     placement = Placement(c, CUDA, MemoryPlan(text_encoder_device="cpu", text_encoder_beside=False))
     assert placement.text_encoder_device == CPU
-    with placement.text_encoder() as encoder:  # the old name still works
+    with placement.encoding() as encoder:
         assert encoder is c["text_encoder"]
         assert where(c) == {"text_encoder": "cpu", "transformer": "cuda", "vae": "cuda", "image_encoder": "cuda"}
     assert "cuda" not in c["text_encoder"].moves and c["transformer"].moves == ["cuda"]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from skyreels_cli.runtime import launch as L
 from skyreels_cli.runtime import parallel as P
 
 from .conftest import ALIASES, read_png_frames
@@ -251,7 +252,7 @@ def test_a_size_that_does_not_split_is_one_line_through_gpus(hub_models, tmp_pat
 def test_split_check_counts_every_call():
     from skyreels_cli.core.request import Request
     from skyreels_cli.core.resolve import check_split, resolve
-    from skyreels_cli.models.registry import resolve_model
+    from skyreels_cli.models.naming import resolve_model
 
     spec = resolve_model(ALIASES["df"])
     request = resolve(Request(prompt="a fox", frames=29, base_frames=17, overlap=5, height=64, width=64, seed=1), spec)
@@ -343,10 +344,10 @@ def test_layout_choice_and_errors():
 
 
 def test_gpus_flag_is_taken_out():
-    assert P.strip_gpus(["extend", "x", "--gpus", "4", "-q"]) == (4, ["extend", "x", "-q"])
-    assert P.strip_gpus(["t2v", "--gpus=2"]) == (2, ["t2v"])
+    assert L.strip_gpus(["extend", "x", "--gpus", "4", "-q"]) == (4, ["extend", "x", "-q"])
+    assert L.strip_gpus(["t2v", "--gpus=2"]) == (2, ["t2v"])
     with pytest.raises(P.UsageError, match="whole number"):
-        P.strip_gpus(["t2v", "--gpus", "two"])
+        L.strip_gpus(["t2v", "--gpus", "two"])
     if not torch.cuda.is_available():
         with pytest.raises(P.DeviceError, match="no GPU is visible"):
-            P.check_gpus(2)
+            L.check_gpus(2)

@@ -12,7 +12,7 @@ import skyreels_cli.cli.plan  # noqa: F401  (registers `skyreels plan` on the ap
 from skyreels_cli.cli.app import app
 from skyreels_cli.errors import UsageError
 from skyreels_cli.models.architectures import TransformerArch, VaeArch, architecture
-from skyreels_cli.models.registry import resolve_model
+from skyreels_cli.models.naming import resolve_model
 from skyreels_cli.runtime import memory, plan, trace
 
 runner = CliRunner()

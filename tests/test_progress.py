@@ -1,5 +1,5 @@
-"""One progress display for a whole run: the time-left arithmetic, the display's text for scripted events,
-the events a real run sends, and what `skyreels extend` prints on stderr (nothing with -q)."""
+"""One progress display for a whole run: the time-left arithmetic, the run's clock, the display's text for
+scripted events, the events a real run sends, and what `skyreels extend` prints on stderr (nothing with -q)."""
 
 import io
 import re
@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 import skyreels_cli as sk
 from skyreels_cli.cli import app
 from skyreels_cli.cli.progress import ProgressDisplay
-from skyreels_cli.core.progress import (
+from skyreels_cli.core.events import (
+    RunClock,
     RunFinished,
     RunStarted,
     StepDone,
@@ -59,10 +60,8 @@ def test_window_costs_weigh_short_and_asynchronous_windows():
 
 
 def test_durations_are_short():
-    assert [format_duration(s) for s in (0.4, 42, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]
+    assert [format_duration(s) for s in (0.4, 42, 185, 3725, 93600)] == ["0s", "42s", "3m05s", "1h02m", "1d02h"]
 
-
-# ------------------------------------------------------------ the display, on scripted events
 
 class Clock:
     def __init__(self) -> None:
@@ -72,19 +71,34 @@ class Clock:
         return self.now
 
 
-def script(display: ProgressDisplay, clock: Clock) -> None:
-    display(RunStarted(3, 41, Path("out.partial.mp4"), 0, (1.0, 1.0, 1.0)))
+def test_the_run_clock_estimates_what_is_left_from_this_runs_pace():
+    clock = Clock()
+    run = RunClock((2.0, 2.0, 1.0), start=1, clock=clock)  # resumed at window 1 of 3
+    assert run.elapsed() == 0 and run.eta(1, 0.0) is None  # no work done yet: no guess
+    clock.now += 4
+    assert run.elapsed() == 4 and run.eta(1, 0.5) == pytest.approx(8.0)  # 1 unit in 4 s, 2 left
+    assert run.eta(3, 0.0) == 0.0
+
+
+# ------------------------------------------------------------ the display, on scripted events
+
+def script(display: ProgressDisplay) -> None:
+    """A three-window run of 30 s, as a RunClock times it: 5 s a step, 2 steps a window."""
+    costs, clock = (1.0, 1.0, 1.0), Clock()
+    run = RunClock(costs, clock=clock)
+    display(RunStarted(3, 41, Path("out.partial.mp4"), 0, "", "", run.elapsed(), None))
     for window in range(3):
         for step in (1, 2):
             clock.now += 5
-            display(StepDone(window, step, 2))
-        display(WindowDone(window, 3, 17 + 12 * window))
+            display(StepDone(window, step, 2, run.elapsed(), run.eta(window, step / 2)))
+        display(WindowDone(window, 3, 17 + 12 * window, Path("out.partial.mp4"), run.elapsed(),
+                           run.eta(window + 1, 0.0)))
     display(RunFinished(41, 30.0, Path("out.mp4")))
 
 
 def test_plain_lines_one_per_window_with_elapsed_time_left_and_preview():
-    out, clock = io.StringIO(), Clock()
-    script(ProgressDisplay(out, tty=False, clock=clock), clock)
+    out = io.StringIO()
+    script(ProgressDisplay(out, tty=False))
     lines = out.getvalue().splitlines()
     assert lines == [
         "window 1/3 done, 17 frames, 10s elapsed, about 20s left; preview: out.partial.mp4",
@@ -97,24 +111,30 @@ def test_plain_lines_one_per_window_with_elapsed_time_left_and_preview():
 
 def test_terminal_redraws_one_line_and_ends_with_the_summary():
     out, clock = io.StringIO(), Clock()
-    script(ProgressDisplay(out, tty=True, clock=clock, width=200), clock)
+
+    def paced() -> float:  # redraws are paced by the display's clock: let every step through
+        clock.now += 1
+        return clock.now
+
+    script(ProgressDisplay(out, tty=True, clock=paced, width=200))
     text = out.getvalue()
     assert text.count("\n") == 1 and text.endswith("done: 41 frames in 30s, 0.73 s per frame\n")
     redraws = text.split("\r\x1b[K")
     assert "window 2/3, step 1/2 | 15s elapsed, about 15s left; preview: out.partial.mp4" in redraws
     assert redraws[1].startswith("window 1/3 | 0s elapsed, estimating time left")  # before any work: no guess
     narrow = io.StringIO()
-    display = ProgressDisplay(narrow, tty=True, clock=clock, width=30)
+    display = ProgressDisplay(narrow, tty=True, clock=paced, width=30)
     display(RunStarted(3, 41, None))
     assert all(len(part) <= 29 for part in narrow.getvalue().split("\r\x1b[K"))
 
 
 def test_a_resumed_run_counts_from_its_first_window():
     out, clock = io.StringIO(), Clock()
-    display = ProgressDisplay(out, tty=False, clock=clock)
-    display(RunStarted(4, 53, None, done=2, costs=(1.0, 1.0, 1.0, 1.0)))
+    run = RunClock((1.0, 1.0, 1.0, 1.0), start=2, clock=clock)
+    display = ProgressDisplay(out, tty=False)
+    display(RunStarted(4, 53, None, done=2))
     clock.now += 6
-    display(WindowDone(2, 4, 41))
+    display(WindowDone(2, 4, 41, None, run.elapsed(), run.eta(3, 0.0)))
     assert out.getvalue() == "window 3/4 done, 41 frames, 6s elapsed, about 6s left\n"
 
 
@@ -128,12 +148,18 @@ def tiny_df():
 def test_a_run_sends_each_step_and_window_and_shows_no_bars(tiny_df, tmp_path, capsys):
     events = []
     request = sk.Request(prompt="a fox", frames=41, height=64, width=64, steps=2, base_frames=17, seed=1)
-    result = tiny_df.generate(request, tmp_path / "fox.mp4", progress=events.append)
+    result = tiny_df.generate(request, tmp_path / "fox.mp4", on_event=events.append)
     started, *middle, finished = events
-    assert started == RunStarted(3, 41, tmp_path / "fox.partial.mp4", 0, started.costs) and len(started.costs) == 3
+    assert (started.windows, started.frames, started.preview, started.done) == (3, 41, tmp_path / "fox.partial.mp4", 0)
+    assert started.description.endswith(f"seed 1 -> {tmp_path / 'fox.mp4'}") and "on the CPU" in started.memory_plan
     assert [e.window for e in middle if isinstance(e, WindowDone)] == [0, 1, 2]
     assert [(e.window, e.step) for e in middle if isinstance(e, StepDone)] == [(w, s) for w in range(3) for s in (1, 2)]
-    assert middle[2] == WindowDone(0, 3, 17)  # steps of a window come before it is done
+    done = middle[2]  # steps of a window come before it is done
+    assert (done.window, done.windows, done.frames, done.preview) == (0, 3, 17, tmp_path / "fox.partial.mp4")
+    times = [e.elapsed_s for e in events]
+    assert times == sorted(times) and finished.elapsed_s == finished.seconds > 0
+    assert all(e.eta_s is not None and e.eta_s >= 0 for e in middle), "each step and window says what is left"
+    assert middle[-1].eta_s == 0.0
     assert isinstance(finished, RunFinished) and finished.frames == result.frames == 41
     assert finished.path == result.path and finished.seconds > 0
     assert capsys.readouterr().err == "", "a listener replaces the tqdm bars"

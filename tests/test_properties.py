@@ -19,7 +19,7 @@ from skyreels_cli.cli import app
 from skyreels_cli.core.resolve import generated_frames, resolve, window_plan
 from skyreels_cli.forcing.schedule import step_matrix
 
-from .conftest import ALIASES
+from .conftest import ALIASES, files_in
 
 SETTINGS = settings(max_examples=int(os.environ.get("SKYREELS_PROPERTY_EXAMPLES", "120")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -49,10 +49,6 @@ def check_plan(request: sk.Request, spec) -> None:
         index, update = step_matrix(w.blocks, 4, request.ar_step, w.ready_blocks)
         assert (index[:, :-1] >= index[:, 1:]).all()
         assert (update[:, w.prefix:].sum(0) == 4).all() and not update[:, : w.prefix].any()
-
-
-def files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 def run_or_refuse(folder: Path, args: list[str]) -> None:

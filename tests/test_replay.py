@@ -17,16 +17,11 @@ from skyreels_cli.errors import InputFileError, UsageError
 from skyreels_cli.media.ffmpeg import ffmpeg
 from skyreels_cli.media.videos import read_video
 
-from .conftest import ALIASES, SMALL, read_png_frames
+from .conftest import ALIASES, SMALL, invoke, read_png_frames
 
-runner = CliRunner()
 # Two windows on the tiny DF model: a replay must carry the window settings too.
 EXTEND = ["extend", "a lighthouse", "-m", ALIASES["df"], "--device", "cpu", "--height", "64", "--width", "64",
           "--frames", "29", "--base-frames", "17", "--steps", "3", "--seed", "11", "-q"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def sidecar(path):

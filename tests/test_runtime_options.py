@@ -29,9 +29,8 @@ from skyreels_cli.cli import app
 from skyreels_cli.forcing.engine import DiffusionForcingEngine
 from skyreels_cli.runtime.memory import MemoryPlan
 
-from .conftest import read_png_frames
+from .conftest import invoke, read_png_frames
 
-runner = CliRunner()
 SIZE = ["--device", "cpu", "--height", "64", "--width", "64"]
 # Two windows: 8 latent frames in windows of 5 that overlap by 2; 4 steps, two guidance passes: 8 calls a window.
 EXTEND = ["extend", "a red fox", "-m", "tiny", *SIZE, "--frames", "29", "--base-frames", "17", "--overlap", "5",
@@ -41,10 +40,6 @@ CALLS_PER_WINDOW = 8
 # What the sidecar records for a run with no run options on the CPU: the plain path.
 PLAIN = {"offload": "none", "quantize": "none", "cfg": "separate", "tiled_decode": False,
          "text_encoder_device": "auto", "attention": "sdpa", "compile": False}
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def levels(a: np.ndarray, b: np.ndarray) -> np.ndarray:

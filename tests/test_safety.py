@@ -12,15 +12,11 @@ from typer.testing import CliRunner
 
 from skyreels_cli.cli import app
 
-from .conftest import ALIASES, read_png_frames
+from .conftest import ALIASES, invoke, read_png_frames
 
 RUN = ["-m", ALIASES["df"], "--device", "cpu", "--height", "64", "--width", "64", "--steps", "2", "-q"]
 T2V = ["t2v", "a red fox", *RUN, "--frames", "9", "--seed", "1"]
 EXTEND = ["extend", "a red fox", *RUN, "--frames", "45", "--base-frames", "17", "--seed", "1"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def refused(result, *words):

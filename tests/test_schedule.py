@@ -6,7 +6,6 @@ from diffusers import SkyReelsV2DiffusionForcingPipeline
 
 from skyreels_cli.errors import UsageError
 from skyreels_cli.forcing.schedule import step_matrix, timestep_rows, timesteps_for
-from skyreels_cli.forcing.windows import plan_for_frames, plan_windows
 
 
 def test_official_grid_timesteps():
@@ -54,35 +53,3 @@ def test_step_matrix_equals_diffusers(frames, block, ar, ready):
     index, update = step_matrix([block] * (frames // block), 10, ar, ready // block)
     assert torch.equal(timestep_rows(index, timesteps), theirs)
     assert torch.equal(update, their_update)
-
-
-def test_long_plan_matches_reference_counts():
-    plan = plan_for_frames(1457, base_frames=97, overlap_frames=17)
-    assert len(plan.windows) == 18  # REFERENCE.md: a 60-second video is 18 windows
-    assert [w.prefix for w in plan.windows[:2]] == [0, 5]
-    assert sum(w.new for w in plan.windows) == (1457 - 1) // 4 + 1
-
-
-def test_start_image_is_its_own_block_in_async_mode():
-    plan = plan_for_frames(101, base_frames=97, overlap_frames=17, causal_block=5, image=True)
-    first = plan.windows[0]
-    assert first.blocks[:2] == (1, 5) and first.ready_blocks == 1 and first.prefix == 1
-
-
-def test_tail_that_would_stay_noisy_is_refused_with_lengths_that_work():
-    with pytest.raises(UsageError, match=r"use --frames (\d+) or (\d+)") as err:
-        plan_for_frames(249, base_frames=97, overlap_frames=17, causal_block=5)
-    for suggestion in err.value.args[0].split("use --frames ")[1].split(" or "):
-        plan_for_frames(int(suggestion), base_frames=97, overlap_frames=17, causal_block=5)
-
-
-def test_windows_cover_every_latent_frame_once():
-    plan = plan_windows(39, base=9, overlap=3, causal_block=3)
-    assert sum(w.new for w in plan.windows) == 39
-    for w in plan.windows:
-        assert sum(w.blocks) == w.length and w.new % 3 == 0
-
-
-def test_overlap_must_fit_causal_block():
-    with pytest.raises(UsageError, match="use --overlap 17 or 37"):
-        plan_windows(40, base=10, overlap=3, causal_block=5)

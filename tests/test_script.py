@@ -20,11 +20,12 @@ from skyreels_cli.cli import app
 from skyreels_cli.core.conditioning import PromptEncoder
 from skyreels_cli.core.request import Shot
 from skyreels_cli.core.resolve import resolve
-from skyreels_cli.core.script import read_prompt_file, shot_layout
+from skyreels_cli.core.shot_list import read_prompt_file
+from skyreels_cli.core.shot_plan import shot_layout
 from skyreels_cli.forcing.engine import DiffusionForcingEngine
-from skyreels_cli.models.registry import resolve_model
+from skyreels_cli.models.naming import resolve_model
 
-from .conftest import ALIASES, read_png_frames
+from .conftest import ALIASES, invoke, read_png_frames
 
 PROMPTS = ("a red fox", "the cat running", "a dog through snow")
 # 64x64, windows of 17 frames (5 latents) with an overlap of 5 (2 latents): shots of 17, 12 and 20 frames
@@ -53,12 +54,6 @@ frames = 20
 """
 ONE_PROMPT = ["extend", PROMPTS[0], "-m", ALIASES["df"], "--device", "cpu", "--seed", "3", "--height", "64",
               "--width", "64", "--steps", "2", "--base-frames", "17", "--overlap", "5", "--frames", "49", "-q"]
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Property-based: any shot list or batch file either plans runs whose frame arithmetic holds, or is one clear line.
 
 Random TOML documents (known and unknown keys, values of every TOML type, shots and jobs of any
-length: 0, negative, huge, fractional, nan, text) go through the library (`load_script`,
-`load_batch`) and through the CLI's dry runs (`skyreels extend --script F --dry-run`, `skyreels
+length: 0, negative, huge, fractional, nan, text) go through the library (`read_script`,
+`read_batch`) and through the CLI's dry runs (`skyreels extend --script F --dry-run`, `skyreels
 batch F --dry-run`). Accepted: the shots' frames add up to the planned total and every shot's
 frame range lies inside the video, in order, without gaps. Refused: exactly one line starting
 `error: `, exit code 2, no traceback. Either way no file is written.
@@ -22,19 +22,14 @@ from typer.testing import CliRunner
 
 import skyreels_cli as sk
 from skyreels_cli.cli import app
-from skyreels_cli.cli.batch import _command_options
-from skyreels_cli.cli.generate import EXTEND_FIELDS, extend
-from skyreels_cli.core.batch import COMMANDS, load_batch
+from skyreels_cli.cli.jobs import JobFlags, build_job
+from skyreels_cli.core.job import COMMANDS, settings_names
 from skyreels_cli.core.resolve import resolve
-from skyreels_cli.core.script import (
-    command_options,
-    load_script,
-    script_options,
-    shot_layout,
-)
+from skyreels_cli.core.shot_list import SCRIPT_SETTINGS, read_script
+from skyreels_cli.core.shot_plan import shot_layout
 from skyreels_cli.errors import SkyreelsError
 
-from .conftest import ALIASES
+from .conftest import ALIASES, files_in
 
 SETTINGS = settings(max_examples=int(os.environ.get("SKYREELS_PROPERTY_EXAMPLES", "120")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -42,7 +37,7 @@ MODEL = ALIASES["df"]
 # A small run every document starts from (random settings may override any of it): 64x64, windows of 17 frames
 # overlapping by 5, so accepted documents plan in milliseconds.
 BASE = {"model": MODEL, "height": 64, "width": 64, "base_frames": 17, "overlap": 5, "steps": 2}
-OPTIONS = command_options(extend)
+OPTIONS = list(SCRIPT_SETTINGS)
 # A Python exception's name at the start of a batch job's failure: the job crashed, it was not refused.
 CRASH = re.compile(r"^[A-Z]\w*(Error|Exception|Warning): ")
 
@@ -99,7 +94,7 @@ def settings_strategy(names: list[str]):
             "causal_block": st.sampled_from([1, 2, 3]), "ar_step": st.integers(0, 3), "addnoise": st.floats(0, 50),
             "steps": st.integers(1, 4), "height": st.sampled_from([64, 48, 80]), "overlap": st.sampled_from([1, 5, 9]),
             "base_frames": st.sampled_from([9, 17, 21])}
-    tricky = ["lora", "frames", "seconds", "fps", "output", "image", "video", "enhance", "cache", "attention", "dtype"]
+    tricky = ["loras", "frames", "seconds", "fps", "output", "image", "video", "enhance", "cache", "attention", "dtype"]
     key = st.one_of(st.sampled_from(names), st.sampled_from(tricky),
                     st.sampled_from(["prompt", "resume", "dry_run", "from_", "shots"]), bare)
     pair = st.one_of(key.flatmap(lambda k: st.tuples(st.just(k), good.get(k, values))), st.tuples(key, values))
@@ -138,9 +133,6 @@ shots = weighted((6, st.lists(good_shot, min_size=1, max_size=3)),
 
 # ------------------------------------------------------------------ running the CLI
 
-def files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
-
 
 def invoke_in(folder: Path, args: list[str]):
     """The CLI run in `folder` (where a default output would go), with the files it wrote (must be none)."""
@@ -177,15 +169,14 @@ def folder(tmp_path_factory) -> Path:
 
 def request_of(path: Path) -> tuple[sk.Request, object]:
     """The request `extend --script path --device cpu` makes, as the command builds it."""
-    cli = {name: option.default for name, option in OPTIONS.items()} | {"script": str(path), "device": "cpu"}
-    o = script_options(cli, extend, str(path), None)
-    fields = {name: o[name] for name in (*EXTEND_FIELDS, "resolution", "aspect") if o[name] is not None}
-    return sk.Request(**fields, shots=o["shots"]), sk.resolve_model(o["model"], "extend")
+    job = build_job(JobFlags("extend", {}, {"device": "cpu"}, None, None, False, False, None, None, True, True,
+                             str(path)))
+    return job.request, sk.resolve_model(job.model, "extend")
 
 
 def check_shot_arithmetic(path: Path, printed: str) -> None:
     """The shots' lengths add up to the planned total; their ranges tile the video in order; the plan printed is it."""
-    loaded = load_script(path, OPTIONS)
+    loaded = read_script(path)
     request, spec = request_of(path)
     r = resolve(request, spec)
     fps = r.fps
@@ -208,11 +199,11 @@ def check_shot_arithmetic(path: Path, printed: str) -> None:
 
 
 @SETTINGS
-@given(top=settings_strategy(list(OPTIONS)), shot_list=shots, garbage=st.sampled_from([""] * 9 + ["= oops\n"]))
+@given(top=settings_strategy(OPTIONS), shot_list=shots, garbage=st.sampled_from([""] * 9 + ["= oops\n"]))
 # Found by this test (kept so that they run every time): a LoRA setting that is no list of text, one that looks
 # like a Hub repo id but is no valid one, and a shot whose seconds are finite but whose frames at 24 fps are not.
-@example(top={**BASE, "lora": True}, shot_list=[{"prompt": "a", "frames": 1}], garbage="")
-@example(top={**BASE, "lora": ["0/"]}, shot_list=[{"prompt": "a", "frames": 1}], garbage="")
+@example(top={**BASE, "loras": True}, shot_list=[{"prompt": "a", "frames": 1}], garbage="")
+@example(top={**BASE, "loras": ["0/"]}, shot_list=[{"prompt": "a", "frames": 1}], garbage="")
 @example(top=BASE, shot_list=[{"prompt": "a", "seconds": 7.5e306}], garbage="")
 def test_shot_lists_plan_or_fail_cleanly(folder, top, shot_list, garbage):
     path = folder / "script.toml"
@@ -229,12 +220,12 @@ def test_shot_lists_plan_or_fail_cleanly(folder, top, shot_list, garbage):
 
 
 @SETTINGS
-@given(top=settings_strategy(list(OPTIONS)), shot_list=shots)
-def test_load_script_gives_checked_shots_or_one_line(folder, top, shot_list):
+@given(top=settings_strategy(OPTIONS), shot_list=shots)
+def test_read_script_gives_checked_shots_or_one_line(folder, top, shot_list):
     path = folder / "library.toml"
     path.write_text(toml_document(top, "shot", shot_list))
     try:
-        loaded = load_script(path, OPTIONS)
+        loaded = read_script(path)
     except SkyreelsError as err:
         assert "\n" not in str(err) and str(err).startswith("library.toml"), str(err)
         return
@@ -258,13 +249,13 @@ good_job = st.fixed_dictionaries(
 script_job = st.fixed_dictionaries({"command": st.just("extend"), "script": st.sampled_from(["film.toml", "no.toml"])},
                                    optional={"output": st.sampled_from(["a.mp4", "f.mp4"])})
 any_job = st.dictionaries(
-    st.one_of(st.sampled_from(["command", "prompt", "frames", "image", "output", "script", "end_image", "lora",
+    st.one_of(st.sampled_from(["command", "prompt", "frames", "image", "output", "script", "end_image", "loras",
                                "dry_run", "steps", "seconds"]), bare),
     st.one_of(st.sampled_from(COMMANDS), paths, scalars), max_size=4)
 jobs = weighted((3, st.lists(st.one_of(good_job, script_job, any_job), min_size=1, max_size=3)),
                (4, st.lists(st.one_of(good_job, script_job), min_size=1, max_size=2)),
                (1, st.just([])), (1, scalars))
-BATCH_OPTIONS = sorted({name for options in _command_options().values() for name in options})
+BATCH_OPTIONS = sorted({name for command in COMMANDS for name in settings_names(command)} - {"shots"})
 
 
 def check_batch_output(result, parsed: list) -> None:
@@ -276,36 +267,36 @@ def check_batch_output(result, parsed: list) -> None:
     n = len(parsed)
     assert lines[-1] == f"{n - len(failed)} of {n} jobs checked" + (f", {len(failed)} failed" if failed else "")
     assert result.exit_code == (1 if failed else 0), result.output
-    for job in parsed:
-        assert sum(line.startswith(f"{job.label}, {job.number} of {n}: ") for line in lines) == 1
+    for number, job in enumerate(parsed, start=1):
+        assert sum(line.startswith(f"job {number} ({job.command}), {number} of {n}: ") for line in lines) == 1
     made = [line for line in lines if line.startswith(tuple(f"{c}: " for c in COMMANDS))]
     assert len(made) == n - len(failed) == sum(line.startswith("memory plan: ") for line in lines)
     for job in parsed:  # a job's own frames are what it plans (a script's shots are checked above)
-        frames = job.options.get("frames")
-        ours = [line for line in made if line.startswith(f"{job.command}: ") and job.options.get("output") and
-                line.endswith(f"-> {job.options['output']}")]
-        if type(frames) is int and not job.options.get("script") and job.options.get("seconds") is None and ours:
+        frames = job.request.frames
+        ours = [line for line in made if line.startswith(f"{job.command}: ") and job.output and
+                line.endswith(f"-> {job.output}")]
+        if type(frames) is int and job.request.shots is None and job.request.seconds is None and ours:
             assert all(f", {frames} frames" in line for line in ours), (frames, ours)
 
 
 @SETTINGS
 @given(top=settings_strategy(BATCH_OPTIONS), job_list=jobs)
 # Found by this test: a job crashing on a LoRA setting that is no list of text; a dry run's summary when no job passed.
-@example(top=BASE, job_list=[{"command": "t2v", "prompt": "a", "lora": 5}])
+@example(top=BASE, job_list=[{"command": "t2v", "prompt": "a", "loras": 5}])
 @example(top=BASE, job_list=[{"command": "extend", "prompt": "a"}])
 def test_batch_files_plan_or_fail_cleanly(folder, top, job_list):
     path = folder / "jobs.toml"
     path.write_text(toml_document(top, "job", job_list))
     args = ["batch", str(path), "--device", "cpu", "--dry-run"]
     try:
-        parsed = load_batch(path, _command_options(), {"device": "cpu"})
+        parsed = sk.read_batch(path, {"device": "cpu"})
     except SkyreelsError as err:  # the file itself is refused: one line, exit 2, nothing run
         event("file refused")
         assert "\n" not in str(err)
         assert_refused(invoke_in(folder, args), args)
         return
-    assert [job.number for job in parsed] == list(range(1, len(job_list) + 1))
-    assert all(job.command in COMMANDS and job.options["device"] == "cpu" for job in parsed)
+    assert len(parsed) == len(job_list)
+    assert all(job.command in COMMANDS and job.load.device == "cpu" for job in parsed)
     result = invoke_in(folder, args)
     event("every job checked" if result.exit_code == 0 else "some job failed")
     check_batch_output(result, parsed)

@@ -27,9 +27,7 @@ from skyreels_cli.core.sizes import (
 from skyreels_cli.errors import UsageError
 from skyreels_cli.models.registry import load_registry
 
-from .conftest import read_png_frames
-
-runner = CliRunner()
+from .conftest import invoke, read_png_frames
 
 
 def test_table_covers_every_aspect_and_resolution():
@@ -145,10 +143,6 @@ def test_start_image_sets_the_aspect(tmp_path):
     assert (r.height, r.width) == (960, 544)
     r = resolve(Request(image=str(tall), aspect="16:9"), spec)
     assert (r.height, r.width) == (544, 960)
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("args,words", [

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import SkyreelsError, SkyreelsWarning
+from ..errors import SkyreelsError, SkyreelsWarning, command_line_spelling
 
 app = typer.Typer(
     name="skyreels",
@@ -47,9 +47,10 @@ def _options(
 @contextmanager
 def user_errors(command: str = "", quiet: bool = False) -> Iterator[None]:
     """Library errors become one line on stderr and an exit code; SKYREELS_DEBUG=1 shows the traceback.
-    The library's warnings become `warning: ...` lines on stderr (none when `quiet`)."""
+    The library's warnings become `warning: ...` lines on stderr (none when `quiet`); messages name
+    settings as flags (`--frames 17`)."""
     try:
-        with _warnings_as_lines(quiet):
+        with _warnings_as_lines(quiet), command_line_spelling():
             yield
     except SkyreelsError as exc:
         if os.environ.get("SKYREELS_DEBUG"):

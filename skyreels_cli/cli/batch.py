@@ -1,38 +1,37 @@
-"""`skyreels batch jobs.toml`: every job run by its own command's code, each model loaded once."""
+"""`skyreels batch jobs.toml`: the file's jobs through the library, each model loaded once."""
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 
 from .app import app, user_errors
-from .options import Dtype, Overwrite, Quiet
+from .flags import with_run_flags
+from .options import Overwrite, Quiet
 
 
 @app.command()
+@with_run_flags(("device", "dtype"), given_only=True)
 def batch(
     file: Annotated[str, typer.Argument(help="The jobs file (TOML): defaults, then [[job]] tables.")],
-    device: Annotated[str | None, typer.Option("--device", "-d", help="Device for every job (cuda, cuda:N, cpu); overrides the file.")] = None,
-    dtype: Dtype = None, overwrite: Overwrite = False, quiet: Quiet = False,
+    overwrite: Overwrite = False, quiet: Quiet = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every job and print what each would make; load and write nothing.")] = False,
+    *, load: dict,
 ) -> None:
     """Many videos from one file, each model loaded once for all its jobs.
 
-    The file's top-level settings are defaults for every job; each [[job]] has a command (t2v, i2v or
-    extend), an output and any option of that command under its name with underscores (base_frames,
-    negative_prompt, ...). Paths are relative to the file. A failing job is reported and the others still
-    run; a summary table ends the run, and the exit code is 1 if any job failed.
+    The file's top-level settings are defaults for every job; each \\[\\[job]] has a command (t2v, i2v or
+    extend), an output and any setting of that command under its name with underscores (base_frames,
+    negative_prompt, ...). Paths are relative to the file, and a job without an output writes into
+    outputs/ beside it. The file is checked as a whole first; then a failing job is reported and the
+    others still run; a summary table ends the run, and the exit code is 1 if any job failed.
 
     Example file:
 
       model = "df-1.3b-540p"
 
-      [[job]]
+      \\[\\[job]]
 
       command = "t2v"
 
@@ -46,74 +45,64 @@ def batch(
 
       skyreels batch jobs.toml --device cuda:1
     """
-    with user_errors("batch"):
-        from ..core.batch import ModelCache, in_model_order, load_batch, summary
+    with user_errors("batch", quiet):
+        from ..core.batch import read_batch, run_batch
+        from ..core.pool import ModelPool
 
-        overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        overrides.update({k: True for k, v in (("overwrite", overwrite), ("quiet", quiet)) if v})
-        jobs = load_batch(file, _command_options(), overrides)
-        with ModelCache().installed():
-            outcomes = [_run_job(job, len(jobs), dry_run, quiet) for job in in_model_order(jobs)]
-        if not quiet or any(o.failed for o in outcomes):
+        overrides = {**load, **({"overwrite": True} if overwrite else {})}
+        jobs = read_batch(file, overrides)
+        pool = ModelPool(progress=not quiet)
+        try:
+            outcomes = run_batch(jobs, pool=pool, dry_run=dry_run, on_job=_announcer(len(jobs), quiet),
+                                 on_outcome=_reporter(dry_run, quiet), **_run_options(quiet, dry_run))
+        finally:
+            pool.clear()
+        if not quiet:
             typer.echo(summary(outcomes, dry_run), err=True)
         if any(o.failed for o in outcomes):
             raise typer.Exit(1)
 
 
-def _commands() -> dict:
-    from .generate import extend, i2v, t2v
+def _run_options(quiet: bool, dry_run: bool) -> dict:
+    from .progress import ProgressDisplay
 
-    return {"t2v": t2v, "i2v": i2v, "extend": extend}
-
-
-def _command_options() -> dict:
-    from ..core.script import command_options
-
-    return {name: command_options(function) for name, function in _commands().items()}
+    return {} if dry_run else {"on_event": None if quiet else ProgressDisplay(), "progress": not quiet}
 
 
-def _run_job(job, total: int, dry_run: bool, quiet: bool):
-    """One job through its command's function; any error it raises becomes its outcome."""
-    from ..core.batch import Outcome
-    from ..errors import SkyreelsError
-
-    if not quiet:
-        typer.echo(f"{job.label}, {job.number} of {total}: {job.output}", err=True)
-    started = time.perf_counter()
-    try:
-        with _errors_raised():
-            _commands()[job.command](**{**job.options, "dry_run": dry_run})
-    except SkyreelsError as err:
-        return _failed(job, started, str(err))
-    except typer.Exit as stop:  # the parser's or a command's own exit
-        if stop.exit_code == 130:
-            raise
-        if stop.exit_code:
-            return _failed(job, started, f"exit code {stop.exit_code}")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as err:  # noqa: BLE001  one job's crash must not stop the others
-        return _failed(job, started, f"{type(err).__name__}: {err}")
-    return Outcome(job, "checked" if dry_run else "done", time.perf_counter() - started)
+def _announcer(total: int, quiet: bool):
+    def announce(number: int, job) -> None:
+        if not quiet:
+            typer.echo(f"job {number} ({job.command}), {number} of {total}: {_output(job)}", err=True)
+    return announce
 
 
-def _failed(job, started: float, message: str):
-    from ..core.batch import Outcome
+def _reporter(dry_run: bool, quiet: bool):
+    def report(outcome) -> None:
+        if outcome.failed:
+            typer.echo(f"error: job {outcome.number} ({outcome.job.command}): {outcome.message}", err=True)
+        elif dry_run:
+            checked = outcome.result
+            typer.echo(f"{outcome.job.command}: {checked.describe()}")
+            typer.echo(f"memory plan: {checked.memory_plan}")
+        elif outcome.result is not None:
+            typer.echo(str(outcome.result.path))
+    return report
 
-    typer.echo(f"error: {job.label}: {message}", err=True)
-    return Outcome(job, "failed", time.perf_counter() - started, message)
+
+def _output(job) -> str:
+    return job.output or f"{job.output_dir or 'outputs'}/ (default name)"
 
 
-@contextmanager
-def _errors_raised() -> Iterator[None]:
-    """The commands turn library errors into a printed line and an exit; in a batch we want the error itself,
-    to report it with its job and go on. SKYREELS_DEBUG is what makes `user_errors` let it through."""
-    before = os.environ.get("SKYREELS_DEBUG")
-    os.environ["SKYREELS_DEBUG"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SKYREELS_DEBUG"]
-        else:
-            os.environ["SKYREELS_DEBUG"] = before
+def summary(outcomes: list, dry_run: bool = False) -> str:
+    """A table, in file order: each job's command, status, time and output (or why it failed)."""
+    rows = [("job", "command", "status", "time", "output")]
+    for o in outcomes:
+        output = _output(o.job) if o.result is None or dry_run else str(o.result.path)
+        rows.append((str(o.number), o.job.command, o.status, f"{o.seconds:.1f} s",
+                     f"{output}: {o.message}" if o.failed else output))
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+    failed = sum(o.failed for o in outcomes)
+    lines.append(f"{len(outcomes) - failed} of {len(outcomes)} jobs {'checked' if dry_run else 'done'}"
+                 + (f", {failed} failed" if failed else ""))
+    return "\n".join(line.rstrip() for line in lines)

@@ -50,7 +50,7 @@ def download(
     from ..core.enhance import enhancer_folder, is_enhancer
     from ..errors import ModelError
     from ..models.hub import disk_size, ensure_model, hub_mismatches
-    from ..models.registry import resolve_model
+    from ..models.naming import resolve_model
 
     with user_errors("download"):
         for name in names:

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from .app import app, user_errors
-from .options import Frames, Height, Width
+from .options import REQUEST_FLAGS
+
+Height, Width, Frames = REQUEST_FLAGS["height"], REQUEST_FLAGS["width"], REQUEST_FLAGS["frames"]
 
 Vram = Annotated[float | None, typer.Option("--vram", help="GPU memory in GB to plan for (default: the visible GPU's free memory).")]
 Quantize = Annotated[str | None, typer.Option("--quantize", help="Only plans with this transformer storage: none, fp8 or int8.")]
@@ -31,8 +33,10 @@ def plan(
 
       skyreels plan df-1.3b-540p --frames 257 --json
     """
-    from ..models.registry import resolve_model
-    from ..runtime.memory import QUANTIZES
+    from ..core.request import Request
+    from ..core.resolve import run_shape
+    from ..models.naming import resolve_model
+    from ..run_options import QUANTIZES
     from ..runtime.plan import choose, describe, flags, free_vram_gb, judge, predict
 
     with user_errors("plan"):
@@ -42,7 +46,8 @@ def plan(
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZES)}, got {quantize!r}")
         spec = resolve_model(model, None)
         memory = vram if vram is not None else free_vram_gb()
-        predictions = predict(spec, height, width, frames, vram_gb=memory, quantize=quantize)
+        shape = None if spec.is_tiny else run_shape(spec, Request(height=height, width=width, frames=frames))
+        predictions = predict(spec, shape, vram_gb=memory, **({"quantize": quantize} if quantize else {}))
         if memory is not None:
             predictions = judge(predictions, memory)
         rows = predictions if show_all or as_json else _best_of_each(predictions)

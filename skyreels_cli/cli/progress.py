@@ -1,8 +1,9 @@
-"""One progress display for a whole run, fed by the library's progress events.
+"""One progress display for a whole run, fed by the library's events (core/events.py).
 
 On a terminal it redraws one line (window, step, elapsed, time left, preview); into a file or pipe
 it writes one plain line per window, so logs of hour-long runs stay readable. Either way the run
-ends with a one-line summary. The arithmetic lives in `core/progress.py`.
+starts with what is made and its memory plan, and ends with a one-line summary. The times are the
+events' own: this only formats them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ..core import progress as p
-from ..core.progress import ProgressEvent, RunFinished, RunStarted, StepDone, WindowDone
+from ..core.events import Event, PromptEnhanced, RunFinished, RunStarted, StepDone, WindowDone, format_duration, \
+    seconds_per_frame
 
 REDRAW_S = 0.1  # a terminal line is redrawn at most this often on step events (tiny models step in ms)
 
 
 class ProgressDisplay:
-    """Callable on progress events; writes to `stream` (stderr by default)."""
+    """Callable on the library's events; writes to `stream` (stderr by default). `clock` paces redraws."""
 
     def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None,
                  clock: Callable[[], float] = time.monotonic, width: int | None = None) -> None:
@@ -29,23 +30,27 @@ class ProgressDisplay:
         self.clock = clock
         self.width = width
         self.started: RunStarted | None = None
-        self.t0 = 0.0
         self.window = 0  # the window being made
-        self.fraction = 0.0  # of it
         self.step = ""
+        self.elapsed, self.eta = 0.0, None  # as the last event said
         self.last_draw = -REDRAW_S
         self.drawn = False
 
-    def __call__(self, event: ProgressEvent) -> None:
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PromptEnhanced):
+            self._print(f"enhanced prompt ({event.enhancer}, {event.seconds:.1f} s): {event.prompt}")
+            return
+        self.elapsed, self.eta = event.elapsed_s, getattr(event, "eta_s", None)
         if isinstance(event, RunStarted):
-            self.started, self.t0, self.window = event, self.clock(), event.done
+            self.started, self.window = event, event.done
+            self._opening(event)
             self._draw(force=True)
         elif isinstance(event, StepDone):
-            self.window, self.fraction = event.window, event.step / event.steps
+            self.window = event.window
             self.step = f"step {event.step}/{event.steps}"
             self._draw()
         elif isinstance(event, WindowDone):
-            self.window, self.fraction, self.step = event.window + 1, 0.0, ""
+            self.window, self.step = event.window + 1, ""
             if self.tty:
                 self._draw(force=True)
             elif event.windows > 1:
@@ -56,12 +61,19 @@ class ProgressDisplay:
 
     # ------------------------------------------------------------ text
 
+    def _opening(self, event: RunStarted) -> None:
+        if event.description:
+            self._print(event.description)
+        if event.memory_plan:
+            self._print(f"memory plan: {event.memory_plan}")
+        if event.runtime.get("parallel"):
+            from .info import parallel_line
+
+            self._print(parallel_line(event.runtime["parallel"]))
+
     def _times(self) -> str:
-        elapsed = self.clock() - self.t0
-        s = self.started
-        left = p.eta(elapsed, s.costs or (1.0,) * s.windows, s.done, self.window, self.fraction) if s else None
-        about = "estimating time left" if left is None else f"about {p.format_duration(left)} left"
-        return f"{p.format_duration(elapsed)} elapsed, {about}"
+        about = "estimating time left" if self.eta is None else f"about {format_duration(self.eta)} left"
+        return f"{format_duration(self.elapsed)} elapsed, {about}"
 
     def _preview(self) -> str:
         s = self.started
@@ -106,6 +118,6 @@ class ProgressDisplay:
 
 def summary(event: RunFinished) -> str:
     """The run's last line: frames, time, seconds per frame."""
-    rate = p.seconds_per_frame(event.seconds, event.frames)
+    rate = seconds_per_frame(event.seconds, event.frames)
     per = "" if rate is None else f", {rate:.2f} s per frame"
-    return f"done: {event.frames} frames in {p.format_duration(event.seconds)}{per}"
+    return f"done: {event.frames} frames in {format_duration(event.seconds)}{per}"

@@ -1,6 +1,6 @@
 """A batch file: many videos from one TOML file, each model loaded once for all the jobs that use it.
 
-    model = "df-1.3b-540p"       # defaults for every job: any option, under its name
+    model = "df-1.3b-540p"       # defaults for every job: any setting, under its name
     steps = 30
     [[job]]
     command = "t2v"              # t2v | i2v | extend
@@ -11,211 +11,181 @@
     image = "portrait.png"
     prompt = "she turns and smiles"
 
-A job's options are the defaults (those its command has), then its own, then the flags of
-`skyreels batch` (--device, --dtype, --overwrite...), which apply to every job. Paths are relative
-to the file's folder. Jobs run grouped by the model they load (in the order each model first
-appears, in file order within a group); a failing job is reported and the others still run.
+`read_batch` turns the file into `Job`s and checks them as a whole before anything runs: an unknown key, a
+value of the wrong type or one no run can use is refused naming the key and its line. (An input file that is
+missing is the job's own failure when it runs: an earlier job may be what makes it.) A job's settings are
+the defaults (those its command takes), then its `script` (a shot list, extend only), then its own, then
+`overrides` (the CLI's --device, --dtype, --overwrite), which apply to every job. Paths are relative to the
+file's folder, and so is the `outputs/` folder a job without an output writes into.
+
+`run_batch` runs them grouped by the model they load (in the order each model first appears, in file order
+within a group), through a `ModelPool`; a failing job is reported and the others still run.
 """
 
 from __future__ import annotations
 
-import gc
-import inspect
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
-from .script import Option, absolute_paths, check_keys, check_types, file_error, read_toml
+from ..errors import Cancelled, SkyreelsError, UsageError
+from .job import COMMANDS, Job, settings_names
+from .settings_file import absolute_paths, check_keys, errors_at_lines, file_error, read_toml
 
-COMMANDS = ("t2v", "i2v", "extend")
-NOT_IN_BATCH = ("dry_run",)  # a batch is checked as a whole: skyreels batch --dry-run
-
-
-@dataclass(frozen=True)
-class BatchJob:
-    number: int    # from 1, in file order
-    command: str   # t2v | i2v | extend
-    options: dict  # the command's options by name, as its function takes them
-
-    @property
-    def label(self) -> str:
-        return f"job {self.number} ({self.command})"
-
-    @property
-    def output(self) -> str:
-        return self.options.get("output") or "outputs/ (default name)"
+BATCH_ONLY = ("script",)  # a job's shot list (extend): read into the job's settings and shots
 
 
 @dataclass(frozen=True)
 class Outcome:
-    job: BatchJob
-    status: str     # "done", "checked" (--dry-run) or "failed"
+    number: int     # the job's place in the file, from 1
+    job: Job
+    status: str     # "done", "checked" (dry run) or "failed"
     seconds: float
     message: str = ""  # why it failed
+    result: object = None  # the Result of a job done; the Checked of a dry run
 
     @property
     def failed(self) -> bool:
         return self.status == "failed"
 
 
-def load_batch(path: str | Path, commands: Mapping[str, Mapping[str, Option]], overrides: dict | None = None
-               ) -> list[BatchJob]:
-    """Parse a batch file; `commands`: each command's options (`script.command_options`); `overrides`: flags
-    given on the command line, for every job. A problem with the file is one UsageError naming key and line."""
+def read_batch(path: str | Path, overrides: dict | None = None) -> list[Job]:
+    """The jobs of a batch file, in file order, checked as a whole (see the module docstring)."""
     path = Path(path)
     data, text = read_toml(path)
-    jobs = data.pop("job", None)
-    every = {name: option for options in commands.values() for name, option in options.items()}
-    allowed = set(every) - set(NOT_IN_BATCH)
-    check_keys(path, text, data, allowed, "in the defaults")
-    check_types(path, text, data, every, "in the defaults")
-    if not isinstance(jobs, list) or not jobs:
-        raise UsageError(f'{path.name}: no jobs; add [[job]] tables, each with command = "t2v", "i2v" or "extend"')
+    tables = data.pop("job", None)
+    every = {name for command in COMMANDS for name in settings_names(command)} | set(BATCH_ONLY)
+    check_keys(path, text, data, every - {"shots"}, "in the defaults")
+    if not isinstance(tables, list) or not tables:
+        raise file_error(path, text, 'no jobs; add [[job]] tables, each with command = "t2v", "i2v" or "extend"',
+                         None)
     folder = path.resolve().parent
     defaults = absolute_paths(data, folder)
-    parsed = [_job(path, text, i, job, commands, defaults, folder, overrides or {}) for i, job in enumerate(jobs)]
-    _check_outputs(path, text, parsed)
-    return parsed
+    jobs = [_job(path, text, i, table, defaults, folder, overrides or {}) for i, table in enumerate(tables)]
+    _check_outputs(path, text, jobs)
+    for i, job in enumerate(jobs):
+        _check_values(path, text, i, job)
+    return jobs
 
 
-def _job(path: Path, text: str, i: int, job, commands: Mapping[str, Mapping[str, Option]], defaults: dict,
-         folder: Path, overrides: dict) -> BatchJob:
+def _job(path: Path, text: str, i: int, table, defaults: dict, folder: Path, overrides: dict) -> Job:
     where = f"job {i + 1}"
-    if not isinstance(job, dict):
+    if not isinstance(table, dict):
         raise file_error(path, text, f"{where} must be a table ([[job]])", None, "job", i)
-    command = job.get("command")
+    command = table.get("command")
     if command not in COMMANDS:
         given = f", got {command!r}" if command is not None else ""
         raise file_error(path, text, f'{where} needs command = "t2v", "i2v" or "extend"{given}',
-                         "command" if "command" in job else None, "job", i)
-    options = commands[command]
-    own = {k: v for k, v in job.items() if k != "command"}
-    check_keys(path, text, own, set(options) - set(NOT_IN_BATCH), f"in {where} ({command})", "job", i)
-    check_types(path, text, own, options, f"in {where}", "job", i)
+                         "command" if "command" in table else None, "job", i)
+    names = set(settings_names(command)) - {"shots"}
+    own = {k: v for k, v in table.items() if k != "command"}
+    check_keys(path, text, own, names | ({"script"} if command == "extend" else set()), f"in {where} ({command})",
+               "job", i)
     own = absolute_paths(own, folder)
-    scripted = _script_settings(own.get("script"), options)  # a job's script is more specific than the defaults
-    merged = {name: option.default for name, option in options.items()}
-    merged.update({k: v for k, v in defaults.items() if k in options and k not in scripted})  # others: skipped
+    scripted = _script_settings(own.pop("script", None), path, text, i)  # more specific than the defaults
+    merged = {k: v for k, v in defaults.items() if k in names and k not in scripted}  # the others: skipped
+    merged.update(scripted)
     merged.update(own)
-    merged.update({k: v for k, v in overrides.items() if k in options})
-    missing = [name for name, value in merged.items() if value is inspect.Parameter.empty]
-    if missing:
-        raise file_error(path, text, f"{where} ({command}) has no {missing[0]}", None, "job", i)
-    return BatchJob(i + 1, command, merged)
+    merged.update({k: v for k, v in overrides.items() if k in names})
+    if merged.get("output") is None and merged.get("output_dir") is None:
+        merged["output_dir"] = str(folder / "outputs")  # beside the jobs file, not wherever it was started from
+    with errors_at_lines(path, text, where, "job", i):
+        return Job.from_settings(command, merged)
 
 
-def _script_settings(script: str | None, options: Mapping[str, Option]) -> dict:
+def _script_settings(script: str | None, path: Path, text: str, i: int) -> dict:
     if not script:
         return {}
-    from .script import load_script
+    from .shot_list import read_script
 
-    return load_script(script, options).settings
+    if not isinstance(script, str):
+        raise file_error(path, text, f"job {i + 1}: script must be a path, got {script!r}", "script", "job", i)
+    read = read_script(script)
+    return {**read.settings, "shots": read.shots}
 
 
-def _check_outputs(path: Path, text: str, jobs: list[BatchJob]) -> None:
+def _check_outputs(path: Path, text: str, jobs: list[Job]) -> None:
     """Two jobs writing the same output would overwrite one another."""
     seen: dict[str, int] = {}
-    for job in jobs:
-        output = job.options.get("output")
-        if not output:
+    for number, job in enumerate(jobs, start=1):
+        if not job.output:
             continue
-        key = str(Path(output).expanduser().resolve())
+        key = str(Path(job.output).expanduser().resolve())
         if key in seen:
-            raise file_error(path, text, f"job {job.number} writes {output}, as job {seen[key]} does; give each "
-                             "job its own output", "output", "job", job.number - 1)
-        seen[key] = job.number
+            raise file_error(path, text, f"job {number} writes {job.output}, as job {seen[key]} does; give each "
+                             "job its own output", "output", "job", number - 1)
+        seen[key] = number
 
 
-def model_key(job: BatchJob, load_options: set[str]) -> str:
-    """What loading the job's model depends on: the checkpoint and the options `load` takes."""
-    from ..models.registry import resolve_model
+def _check_values(path: Path, text: str, i: int, job: Job) -> None:
+    """Every value checked against the job's model as a run would (a seed drawn now is not kept): a bad one
+    refuses the file at its line. A missing input file, an existing output or an unknown model is left to the
+    job's own run."""
+    from .runner import check
+
+    with errors_at_lines(path, text, f"job {i + 1}", "job", i):
+        try:
+            check(job)
+        except UsageError:
+            raise
+        except SkyreelsError:  # an input, an output, the model or the device: the job's own failure
+            return
+
+
+def in_model_order(jobs: list[Job]) -> list[tuple[int, Job]]:
+    """(number from 1, job), grouped by the model each loads: groups in order of first appearance, file order
+    within each."""
+    keys = [_model_key(job) for job in jobs]
+    first: dict[str, int] = {}
+    for number, key in enumerate(keys, start=1):
+        first.setdefault(key, number)
+    return sorted(enumerate(jobs, start=1), key=lambda item: (first[keys[item[0] - 1]], item[0]))
+
+
+def _model_key(job: Job) -> str:
+    """What loading the job's model depends on: the checkpoint and its load options."""
+    from ..models.naming import resolve_model
 
     try:
-        spec = resolve_model(job.options.get("model"), job.command)
+        spec = resolve_model(job.model, job.command)
         model = (spec.repo, spec.revision, str(spec.local_path))
-    except Exception:  # noqa: BLE001  the job will fail and report it; it needs no group
-        model = ("unresolved", job.number)
-    how = sorted((k, repr(v)) for k, v in job.options.items() if k in load_options)
-    return repr((model, how))
+    except SkyreelsError:  # the job will fail and report it; it needs no group
+        model = ("unresolved", job.model)
+    return repr((model, sorted(job.load.to_dict().items())))
 
 
-def in_model_order(jobs: list[BatchJob]) -> list[BatchJob]:
-    """Jobs grouped by the model they load, groups in order of first appearance, file order within each."""
-    from .model import load
+def run_batch(jobs: list[Job], *, pool=None, dry_run: bool = False, on_job: Callable[[int, Job], None] | None = None,
+              on_outcome: Callable[[Outcome], None] | None = None, **run_options) -> list[Outcome]:
+    """Every job, grouped by model, through one pool (each model loaded once); each job's failure is its
+    outcome and the others go on. `dry_run`: each job checked, nothing loaded or written. `on_job` is told
+    before a job starts, `on_outcome` after; `run_options` (cancel, on_event, progress...) go to `sk.run`."""
+    from .pool import ModelPool
+    from .runner import check, run
 
-    # load()'s keywords, and the CLI's name for the one it spells otherwise (--lora: loras=)
-    options = (set(inspect.signature(load).parameters) | {"lora"}) - {"model", "plan_for", "progress", "command"}
-    keys = {job.number: model_key(job, options) for job in jobs}
-    first: dict[str, int] = {}
-    for job in jobs:
-        first.setdefault(keys[job.number], job.number)
-    return sorted(jobs, key=lambda job: (first[keys[job.number]], job.number))
-
-
-class ModelCache:
-    """Stands in for `skyreels_cli.load` during a batch: a model asked for again with the same settings is the
-    one already loaded. One model is kept at a time (jobs run grouped by model), so two never share the GPU.
-    The first job of a group decides the memory plan (`plan_for`)."""
-
-    def __init__(self) -> None:
-        self.model = None
-        self.key: str | None = None
-        self.loads = 0
-
-    def load(self, model=None, **options):
-        from . import model as core
-
-        progress = options.pop("progress", True)
-        plan_for = options.pop("plan_for", None)
-        key = repr((model, sorted((k, repr(v)) for k, v in options.items())))
-        if key != self.key:
-            self.release()
-            self.model = core.load(model, progress=progress, plan_for=plan_for, **options)
-            self.key = key
-            self.loads += 1
-        self.model.progress = progress
-        return self.model
-
-    def release(self) -> None:
-        """Free the model held, before the next one loads."""
-        if self.model is None:
-            return
-        self.model = self.key = None
-        gc.collect()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    @contextmanager
-    def installed(self) -> Iterator[ModelCache]:
-        """`skyreels_cli.load` (what the commands call) is this cache's `load` while inside."""
-        import skyreels_cli
-
-        before = skyreels_cli.__dict__.get("load")
-        skyreels_cli.load = self.load
-        try:
-            yield self
-        finally:
-            if before is None:
-                del skyreels_cli.load  # loaded lazily again on next use
-            else:
-                skyreels_cli.load = before
-            self.release()
-
-
-def summary(outcomes: list[Outcome], dry_run: bool = False) -> str:
-    """A table, in file order: each job's command, status, time and output (or why it failed)."""
-    rows = [("job", "command", "status", "time", "output")]
-    for o in sorted(outcomes, key=lambda o: o.job.number):
-        rows.append((str(o.job.number), o.job.command, o.status, f"{o.seconds:.1f} s",
-                     f"{o.job.output}: {o.message}" if o.failed else o.job.output))
-    widths = [max(len(row[c]) for row in rows) for c in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
-    failed = sum(o.failed for o in outcomes)
-    lines.append(f"{len(outcomes) - failed} of {len(outcomes)} jobs {'checked' if dry_run else 'done'}"
-                 + (f", {failed} failed" if failed else ""))
-    return "\n".join(line.rstrip() for line in lines)
-
+    own_pool = pool is None
+    pool = ModelPool(progress=run_options.get("progress", True)) if own_pool else pool
+    outcomes = []
+    try:
+        for number, job in in_model_order(jobs):
+            if on_job is not None:
+                on_job(number, job)
+            started = time.perf_counter()
+            try:
+                result = check(job) if dry_run else run(job, pool=pool, **run_options)
+                outcome = Outcome(number, job, "checked" if dry_run else "done", time.perf_counter() - started,
+                                  result=result)
+            except Cancelled:  # the whole batch stops
+                raise
+            except SkyreelsError as err:
+                outcome = Outcome(number, job, "failed", time.perf_counter() - started, str(err))
+            except Exception as err:  # noqa: BLE001  one job's crash must not stop the others
+                outcome = Outcome(number, job, "failed", time.perf_counter() - started,
+                                  f"{type(err).__name__}: {err}")
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+    finally:
+        if own_pool:
+            pool.clear()
+    return sorted(outcomes, key=lambda o: o.number)

@@ -11,10 +11,10 @@ from ..forcing.decoding import normalize
 from ..forcing.engine import Conditioning
 from ..media.images import fit_frames, fit_image, load_image
 from ..media.videos import read_last_frames
-from ..models.placement import Placement
+from ..models.architectures import TEXT_TOKENS
+from ..runtime.placement import Placement
 from .request import Request
 
-MAX_SEQUENCE_LENGTH = 512
 
 
 class PromptEncoder:
@@ -34,7 +34,7 @@ class PromptEncoder:
         cfg = guidance > 1.0
         key = (prompt, negative if cfg else None)
         if key not in self._known:
-            self._known[key] = self._encode(prompt, negative, cfg)
+            self._known[key] = self.encode(prompt, negative, cfg)
             while len(self._known) > self.keep:
                 self._known.popitem(last=False)
         self._known.move_to_end(key)
@@ -42,11 +42,11 @@ class PromptEncoder:
         return Conditioning(positive.to(dtype), None if negative_embeds is None else negative_embeds.to(dtype), guidance)
 
     @torch.no_grad()
-    def _encode(self, prompt: str, negative: str, cfg: bool):
+    def encode(self, prompt: str, negative: str, cfg: bool):
         with self.placement.encoding():
             positive, negative_embeds = self.pipe.encode_prompt(
                 prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
-                max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.placement.text_encoder_device,
+                max_sequence_length=TEXT_TOKENS, device=self.placement.text_encoder_device,
             )
         device = self.placement.device  # the text encoder may have run on the host (--text-encoder-device cpu)
         return positive.to(device), negative_embeds.to(device) if cfg else None

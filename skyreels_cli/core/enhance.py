@@ -16,13 +16,13 @@ import gc
 import re
 import time
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelError, UsageError
+from .request import Request
 
 # What the LLM is told; data, so that it can be read, tested and changed in one place.
 SYSTEM_PROMPT = (
@@ -181,30 +181,30 @@ def clean_output(text: str) -> str:
     return paragraph
 
 
-def enhance_fields(fields: dict, enhancer: str | None, device: str | torch.device = "auto", *, dry_run: bool = False,
-                   say: Callable[[str], None] | None = None) -> dict:
-    """Request fields with `prompt` rewritten and the user's kept as `prompt_original` (the CLI's --enhance).
+def enhancer_name(enhance: str) -> str | None:
+    """A job's `enhance` as `enhancer_folder` takes it: "default" is the registry's (None)."""
+    return None if enhance == "default" else enhance
 
-    `enhancer` None: unchanged; "" the registry's default. With `dry_run` nothing loads: the enhancer is only
-    looked for (offline, a missing one is the same error a run gives). `say` gets the lines a person reads.
-    """
-    if enhancer is None:
-        return fields
-    name = enhancer or None
-    if dry_run:
-        try:
-            enhancer_folder(name, download=False)
-            where = "cached"
-        except ModelError:
-            from ..models.hub import is_offline
 
-            if is_offline():
-                raise
-            where = "to be downloaded"
-        if say:
-            say(f"prompt: to be rewritten by {enhancer_repo(name)} ({where}) before the video model loads")
-        return fields
-    enhanced = enhance_prompt(fields.get("prompt") or "", name, device=device, progress=say is not None)
-    if say:
-        say(f"enhanced prompt ({enhanced.enhancer}, {enhanced.seconds:.1f} s): {enhanced.prompt}")
-    return {**fields, "prompt": enhanced.prompt, "prompt_original": enhanced.original}
+def enhancer_note(enhance: str) -> str:
+    """Where the enhancer would come from, one line, without loading it (a dry run); offline, a missing one is
+    the error a run would give."""
+    name = enhancer_name(enhance)
+    try:
+        enhancer_folder(name, download=False)
+        where = "cached"
+    except ModelError:
+        from ..models.hub import is_offline
+
+        if is_offline():
+            raise
+        where = "to be downloaded"
+    return f"prompt: to be rewritten by {enhancer_repo(name)} ({where}) before the video model loads"
+
+
+def enhance_request(request: Request, enhance: str, device: str | torch.device = "auto",
+                    progress: bool = True) -> tuple[Request, Enhanced]:
+    """`request` with its prompt rewritten by the enhancer `enhance` ("default": the registry's) and the user's
+    kept as `prompt_original`; and what the enhancer did."""
+    enhanced = enhance_prompt(request.prompt, enhancer_name(enhance), device=device, progress=progress)
+    return replace(request, prompt=enhanced.prompt, prompt_original=enhanced.original), enhanced

@@ -1,49 +1,34 @@
 """How much work a run is, known before anything loads: transformer FLOPs from the checkpoint's config.
 
-REFERENCE.md §6: per forward pass, with N video tokens, model width d, feed-forward width f and
-L layers, linear layers cost N(12d² + 4df)L, self-attention 4N²dL and cross-attention to the 512
-text tokens 4N·512·dL (FLOP = 2 MAC). A step with guidance is two passes.
+Per forward pass, with N video tokens, model width d, feed-forward width f and L layers, linear layers
+cost N(12d² + 4df)L, self-attention 4N²dL and cross-attention to the text tokens 4N·T·dL (FLOP = 2 MAC;
+T = 512, `TEXT_TOKENS`). A step with guidance is two passes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 from ..forcing.frames import latent_frames
+from ..forcing.schedule import step_matrix
+from ..models.architectures import TEXT_TOKENS, TransformerArch
+from ..models.hub import cached_snapshot
 from ..models.registry import ModelSpec
 from .request import Request
+from .resolve import generated_frames, window_plan
 
-TEXT_TOKENS = 512
 # Sustained dense throughput assumed when nothing is measured: an H100 in bf16 at a realistic
 # share of its peak, and a few CPU cores.
 FLOPS_PER_SECOND = {"cuda": 400e12, "cpu": 100e9}
 
 
-@dataclass(frozen=True)
-class Architecture:
-    dim: int
-    ffn: int
-    layers: int
-
-    @classmethod
-    def of(cls, folder: Path) -> Architecture:
-        config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
-        return cls(config["num_attention_heads"] * config["attention_head_dim"], config["ffn_dim"],
-                   config["num_layers"])
-
-
-def forward_flops(arch: Architecture, tokens: int) -> float:
+def forward_flops(arch: TransformerArch, tokens: int) -> float:
     d, f, n = arch.dim, arch.ffn, tokens
     return arch.layers * (n * (12 * d * d + 4 * d * f) + 4 * n * n * d + 4 * n * TEXT_TOKENS * d)
 
 
-def run_flops(arch: Architecture, request: Request, spec: ModelSpec) -> float:
+def run_flops(arch: TransformerArch, request: Request, spec: ModelSpec) -> float:
     """Transformer FLOPs of the whole run (every window, every step, both guidance passes)."""
-    from ..forcing.schedule import step_matrix
-    from .resolve import generated_frames, window_plan
-
     per_frame = (request.height // 16) * (request.width // 16)
     passes = 2 if request.guidance > 1 else 1
     if not spec.forcing:
@@ -55,5 +40,24 @@ def run_flops(arch: Architecture, request: Request, spec: ModelSpec) -> float:
     return total
 
 
+def format_flops(flops: float) -> str:
+    """`3.4 PFLOP`, `610 TFLOP`: the largest unit that keeps the number at 1 or more."""
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.0f} FLOP"
+
+
 def estimated_seconds(flops: float, device_type: str) -> float:
     return flops / FLOPS_PER_SECOND[device_type]
+
+
+def estimate(spec: ModelSpec, request: Request, device_type: str) -> tuple[float, float] | None:
+    """(transformer FLOPs, rough seconds on `device_type`) of a resolved request, when the checkpoint's config
+    is already on this machine; None otherwise."""
+    folder = cached_snapshot(spec)
+    config = None if folder is None else folder / "transformer" / "config.json"
+    if config is None or not config.is_file():
+        return None
+    flops = run_flops(TransformerArch.from_config(json.loads(config.read_text())), request, spec)
+    return flops, estimated_seconds(flops, device_type)

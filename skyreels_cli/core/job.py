@@ -1,105 +1,116 @@
-"""A job: a resolved request, the model it is for, where it goes, and (for --resume) the saved state.
+"""`Job`: one video to make, completely: which command, on which model, loaded how, the request, the output.
 
-Everything a run needs is checked here before any model is loaded.
+The one unit of work every caller hands to the library: a command of the CLI builds one from its flags, a
+batch file gives one per `[[job]]` (core/batch.py), a Python caller builds one directly, and a service
+would keep them in its queue as `to_dict()`:
+
+    job = sk.Job("extend", sk.Request(prompt="a fox in the snow", frames=257), model="df-1.3b-540p",
+                 load=sk.LoadOptions(offload="group"), output="fox.mp4")
+    result = sk.run(job)                  # or: sk.load(job.model, options=job.load).generate(job)
+    sk.Job.from_dict(job.to_dict()) == job
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..errors import ResumeError, UsageError
-from ..forcing.resume import discard_state, load_state, state_path
-from ..media.lock import OutputLock
-from ..media.targets import OutputTarget, resolve_output
-from ..models.registry import ModelSpec
+from ..errors import UsageError
+from ..run_options import BY_NAME, LoadOptions
 from .request import Request
-from .resolve import check_split, resolve
+
+JOB_VERSION = 1
+COMMANDS = ("t2v", "i2v", "extend")
+# The request fields each command takes (the CLI's flags of each command are these, tests/test_cli.py checks).
+_EVERY = ("prompt", "seed", "steps", "guidance", "shift", "height", "width", "frames", "seconds", "fps",
+          "negative_prompt", "sigma_grid", "cache", "resolution", "aspect")
+COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
+    "t2v": _EVERY,
+    "i2v": (*_EVERY, "image"),
+    "extend": (*_EVERY, "image", "end_image", "video", "base_frames", "overlap", "ar_step", "causal_block",
+               "addnoise", "causal_attention", "color_match", "shots"),
+}
+# The job's own settings in a flat table (besides its command, request fields and load options).
+JOB_SETTINGS = ("model", "output", "output_dir", "overwrite", "resume", "enhance")
+
+
+def settings_names(command: str) -> tuple[str, ...]:
+    """Every name `Job.from_settings(command, ...)` takes: the command's request fields, the load options and
+    the job's own settings. What batch files and shot lists accept is this."""
+    return (*COMMAND_FIELDS[command], *BY_NAME, *JOB_SETTINGS)
 
 
 @dataclass(frozen=True)
 class Job:
-    spec: ModelSpec
-    request: Request  # resolved: every field that applies is set
-    target: OutputTarget
-    saved: dict | None = None  # the resume state, for --resume
-    lock: OutputLock | None = None  # held from prepare() until the run ends: one run per output
+    command: str                    # t2v | i2v | extend
+    request: Request                # as given: unset fields take the model's defaults when it runs
+    model: str | None = None        # registry alias, Hub repo id or local folder; None: the command's default
+    load: LoadOptions = LoadOptions()
+    output: str | None = None       # NAME.mp4, or DIR/ for PNG frames; None: a default name in `output_dir`
+    output_dir: str | None = None   # where a default-named output goes (None: outputs/ in the current folder)
+    overwrite: bool = False         # replace an existing output
+    resume: bool = False            # continue the interrupted run writing to `output`
+    enhance: str | None = None      # rewrite the prompt first with this enhancer ("default": the registry's)
 
-    def describe(self) -> str:
-        """One line: what will be made, and where."""
-        from .resolve import generated_frames, window_plan
+    def __post_init__(self) -> None:
+        if self.command not in COMMANDS:
+            raise UsageError(f"Job.command {self.command!r} is not one of {', '.join(COMMANDS)}", field="command")
+        if not isinstance(self.request, Request):
+            raise UsageError(f"Job.request must be a skyreels Request, got {type(self.request).__name__}: build one "
+                             "with sk.Request(prompt=...) or sk.Request.from_dict(data)", field="request")
+        if not isinstance(self.load, LoadOptions):
+            raise UsageError(f"Job.load must be LoadOptions, got {type(self.load).__name__}: build them with "
+                             "sk.LoadOptions(offload=...) or sk.LoadOptions.from_dict(data)", field="load")
+        for name in ("model", "output", "output_dir", "enhance"):
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                object.__setattr__(self, name, str(value))
+            elif value is not None and not isinstance(value, str):
+                raise UsageError(f"Job.{name} must be text, got {value!r}", field=name)
+        for name in ("overwrite", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"Job.{name} must be True or False, got {getattr(self, name)!r}", field=name)
 
-        r = self.request
-        made = generated_frames(r, self.spec)
-        windows = len(window_plan(r).windows) if self.spec.forcing else 1
-        how = f" ({made} made in {windows} window{'s' if windows > 1 else ''})" if made != r.frames or windows > 1 else ""
-        return f"{self.spec.alias}, {r.width}x{r.height}, {r.frames} frames{how}, seed {r.seed} -> {self.target.path}"
+    def to_dict(self) -> dict:
+        """Plain data (JSON, TOML), versioned; `from_dict` gives the same job back."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"version": JOB_VERSION, **data, "load": self.load.to_dict(), "request": self.request.to_dict()}
 
-    def estimate(self, device_type: str) -> tuple[float, float] | None:
-        """(transformer FLOPs, rough seconds on `device_type`) of the run, when the checkpoint's config is
-        already on this machine; None otherwise."""
-        from ..models.hub import cached_snapshot
-        from .estimate import Architecture, estimated_seconds, run_flops
+    @classmethod
+    def from_settings(cls, command: str, settings: dict) -> Job:
+        """A job from one flat table of named settings, as a batch file's `[[job]]` or a form gives them: the
+        command's request fields, load options, and model, output, output_dir, overwrite, resume, enhance
+        (true: the registry's enhancer, or its name). An unknown name is refused by name; a value that does not
+        fit is refused naming its field (`err.field`)."""
+        if command not in COMMANDS:
+            raise UsageError(f"command {command!r} is not one of {', '.join(COMMANDS)}", field="command")
+        names = settings_names(command)
+        unknown = [name for name in settings if name not in names]
+        if unknown:
+            raise UsageError(f"unknown setting {unknown[0]!r} for {command}; known: {', '.join(sorted(names))}",
+                             field=unknown[0])
+        request = Request(**{k: v for k, v in settings.items() if k in COMMAND_FIELDS[command]})
+        load = LoadOptions(**{k: v for k, v in settings.items() if k in BY_NAME})
+        own = {k: v for k, v in settings.items() if k in JOB_SETTINGS}
+        enhance = own.get("enhance")
+        if isinstance(enhance, bool):
+            own["enhance"] = "default" if enhance else None
+        return cls(command, request, load=load, **own)
 
-        folder = cached_snapshot(self.spec)
-        if folder is None or not (folder / "transformer" / "config.json").is_file():
-            return None
-        flops = run_flops(Architecture.of(folder), self.request, self.spec)
-        return flops, estimated_seconds(flops, device_type)
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-
-    @property
-    def model_identity(self) -> dict:
-        return {"alias": self.spec.alias, "repo": self.spec.repo, "revision": self.spec.revision,
-                "kind": self.spec.kind}
-
-
-def prepare(spec: ModelSpec, request: Request, output: str | Path | None = None, *, overwrite: bool = False,
-            resume: bool = False, dtype: str | None = None, processes: int = 1) -> Job:
-    """Resolve and check a request for `spec` and its output; with `resume`, read and match the saved state.
-    `processes`: how many share each transformer call (context parallelism), which the size must suit."""
-    output = None if output is None else str(output)
-    inputs = (request.image, request.end_image, request.video)
-    saved = None
-    if resume:
-        if output is None:
-            raise UsageError("--resume needs the -o path of the interrupted run")
-        probe = resolve_output(output, prompt=request.prompt, seed=0, overwrite=overwrite, resume=True, inputs=inputs)
-        if not state_path(probe.work_dir).is_file() and (probe.path.is_file() or probe.sidecar.is_file()):
-            raise ResumeError(f"{probe.path} is finished: there is nothing to resume")
-        saved = load_state(probe.work_dir, probe.path)
-        if request.seed is None:  # continue with the interrupted run's seed
-            request = replace(request, seed=int(saved["request"]["seed"]))
-    resolved = resolve(request, spec)
-    if processes > 1:
-        check_split(resolved, spec, processes)
-    target = resolve_output(output, prompt=resolved.prompt, seed=resolved.seed, overwrite=overwrite, resume=resume,
-                            inputs=inputs)
-    lock = OutputLock(target.lock, target.path).acquire()
-    try:
-        job = Job(spec, resolved, target, saved, lock)
-        if saved is not None:
-            _check_matches(job, saved, dtype)
-        elif state_path(target.work_dir).is_file():
-            if not overwrite:
-                raise ResumeError(f"an interrupted run of {target.path} is saved; run the same command with --resume "
-                                  "to continue it, or with --overwrite to start over")
-            discard_state(target.work_dir)  # a fresh run must never be mistaken later for the one it replaces
-    except BaseException:
-        lock.release()
-        raise
-    return job
-
-
-def _check_matches(job: Job, saved: dict, dtype: str | None) -> None:
-    differ = job.request.differences(Request.from_dict(saved["request"]))
-    model = saved["model"]
-    differ += [f"model {name}" for name in ("repo", "kind") if model.get(name) != job.model_identity[name]]
-    if dtype is not None and model.get("dtype") != dtype:
-        differ.append("dtype")
-    if differ:
-        raise ResumeError(f"cannot resume {job.target.path}: these settings differ from the saved run: "
-                          f"{', '.join(differ)}; repeat the original options, or start over with --overwrite")
+    @classmethod
+    def from_dict(cls, data: dict) -> Job:
+        """The job `to_dict` gave; an unknown key is refused by name."""
+        data = dict(data)
+        version = data.pop("version", JOB_VERSION)
+        if version != JOB_VERSION:
+            raise UsageError(f"job version {version} is not supported (this skyreels reads {JOB_VERSION})")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UsageError(f"unknown job key {unknown[0]!r}; known keys: {', '.join(known)}", field=unknown[0])
+        if "request" not in data or "command" not in data:
+            raise UsageError("a job needs a command and a request", field="request" if "command" in data else "command")
+        data["request"] = Request.from_dict(data["request"])
+        if "load" in data:
+            data["load"] = LoadOptions.from_dict(data["load"])
+        return cls(**data)

@@ -8,7 +8,9 @@ flags, what the sidecar records and what `--resume` compares. Unset fields
 
 from __future__ import annotations
 
+import math
 import os
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -64,11 +66,13 @@ class Request:
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:
             value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
+            if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
+        for f in fields(self):
+            if f.name != "shots":
+                object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name), FIELD_TYPES[f.name]))
         if self.shots is not None:  # from JSON or a saved state: dicts (or lists) back to Shots
-            shots = tuple(Shot(**s) if isinstance(s, dict) else Shot(*s) for s in self.shots)
-            object.__setattr__(self, "shots", shots)
+            object.__setattr__(self, "shots", _shots(self.shots))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -78,6 +82,8 @@ class Request:
 
     @classmethod
     def from_dict(cls, data: dict) -> Request:
+        if not isinstance(data, dict):
+            raise UsageError(f"a request is a table of fields, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("version", REQUEST_VERSION)
         if version != REQUEST_VERSION:
@@ -91,3 +97,57 @@ class Request:
     def differences(self, other: Request) -> list[str]:
         """Names of the fields whose values differ."""
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def _held(hint) -> type:
+    """The type a field's annotation allows besides None: `int | None` -> int, `tuple[Shot, ...] | None` -> tuple."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return typing.get_origin(args[0]) or args[0]
+
+
+# What each field holds (besides None), from the annotations: the checks of `Request(...)` for a Python caller,
+# and of the values a batch or shot-list file gives.
+FIELD_TYPES: dict[str, type] = {name: _held(hint) for name, hint in typing.get_type_hints(Request).items()}
+_WHAT = {str: "text", int: "a whole number", float: "a number", bool: "True or False"}
+
+
+def _checked(name: str, value, kind: type):
+    """`value` if a `kind` field can hold it (an int is a fine float), else a UsageError naming the field."""
+    if value is None or (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, float) and not isinstance(value, bool) and math.isfinite(value) \
+            and value.is_integer():
+        hint = f"; give {int(value)}"
+    else:
+        hint = ""
+    raise UsageError(f"{name} must be {_WHAT[kind]}, got {value!r}{hint}", field=name)
+
+
+def _shots(shots) -> tuple[Shot, ...]:
+    if not isinstance(shots, (list, tuple)):
+        raise UsageError(f"Request shots must be a list of Shot(prompt, frames=...), got {type(shots).__name__}",
+                         field="shots")
+    out = []
+    for i, shot in enumerate(shots):
+        if isinstance(shot, dict):
+            unknown = sorted(set(shot) - set(Shot._fields))
+            if unknown:
+                raise UsageError(f"shot {i + 1}: unknown key {unknown[0]!r}; known: {', '.join(Shot._fields)}",
+                                 field="shots")
+            shot = Shot(**shot)
+        elif isinstance(shot, (list, tuple)):
+            shot = Shot(*shot)
+        else:
+            raise UsageError(f"shot {i + 1} must be a Shot(prompt, frames=...), got {shot!r}", field="shots")
+        if not isinstance(shot.prompt, str):
+            raise UsageError(f"shot {i + 1}: prompt must be text, got {shot.prompt!r}", field="shots")
+        for key, kind in (("frames", int), ("guidance", float), ("negative_prompt", str), ("seconds", float)):
+            try:
+                _checked(key, getattr(shot, key), kind)
+            except UsageError:
+                raise UsageError(f"shot {i + 1}: {key} must be {_WHAT[kind]}, got {getattr(shot, key)!r}",
+                                 field="shots") from None
+        out.append(shot)
+    return tuple(out)

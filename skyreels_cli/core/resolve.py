@@ -17,9 +17,11 @@ from ..forcing.schedule import GRIDS
 from ..forcing.windows import WindowPlan, plan_for_length
 from ..media.colour import check_mode
 from ..media.images import load_image, oriented_size
+from ..models.architectures import ROPE_POSITIONS
 from ..models.registry import ModelSpec
+from ..runtime.plan import Shape
 from .request import Request
-from .script import resolve_shots, shot_plan
+from .shot_plan import resolve_shots, shot_plan
 from .sizes import pick_size
 
 # The official negative prompt (SkyReels-V2 / Wan2.1): artefacts to steer away from.
@@ -33,11 +35,10 @@ FORCING_FIELDS = ("end_image", "video", "base_frames", "overlap", "ar_step", "ca
 # Official recommendations for diffusion forcing (REFERENCE.md §2).
 OVERLAP_LATENTS = 5  # 17 frames
 ADDNOISE = 20.0
-# The transformer's rotary position table has 1024 positions per axis (rope_max_seq_len of every
-# released checkpoint): latent frames in one window, and height and width in 16-pixel patches.
-POSITIONS = 1024
-MAX_WINDOW_FRAMES = pixel_frames(POSITIONS - 1)  # one position is kept for an end image
-MAX_SIDE = 16 * POSITIONS
+# The transformer's rotary position table (ROPE_POSITIONS per axis): latent frames in one window, and
+# height and width in 16-pixel patches.
+MAX_WINDOW_FRAMES = pixel_frames(ROPE_POSITIONS - 1)  # one position is kept for an end image
+MAX_SIDE = 16 * ROPE_POSITIONS
 MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_FRAMES = 24 * 60 * 60 * 24  # a day of video at 24 fps
 MAX_FPS = 240
@@ -256,3 +257,21 @@ def check_split(r: Request, spec: ModelSpec, processes: int) -> None:
                      f"frames, which do not split evenly over {processes} processes: "
                      + (f"use {counts} processes, or " if counts else "use ")
                      + f"a size whose (width/16) x (height/16) divides by {processes}")
+
+
+def run_shape(spec: ModelSpec, request: Request) -> Shape:
+    """What one run of `request` puts through the model (the memory planner's input), by the rules above.
+
+    An unresolved request is resolved first (an I2V request without its image as T2V: the size rules
+    are the same, and a plan needs no image); the largest window counts, with its end image."""
+    if request.image is None and spec.kind == "i2v":
+        spec = replace(spec, kind="t2v")
+    r = resolve(replace(request, prompt=request.prompt or "plan", seed=0 if request.seed is None else request.seed),
+                spec)
+    if spec.forcing:
+        windows = window_plan(r).windows
+        length = max(w.length for w in windows)
+        end_image = spec.kind == "flf2v" or any(w.end_image for w in windows)
+        return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True)
+    made = generated_frames(r, spec)
+    return Shape(r.height, r.width, latent_frames(made), made, made if spec.kind == "i2v" else 0, False)

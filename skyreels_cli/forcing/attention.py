@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -74,6 +74,9 @@ class BlockCausalLayout:
     blocks: tuple[int, ...]
     tokens_per_frame: int
     visible_tail: int = 0
+    # Under context parallelism, how this process's queries see the whole sequence: (query, key, value,
+    # parallel config, attend(q, k, v, query_start)) -> output. runtime/parallel.py has it; None: one process.
+    whole_sequence: Callable | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.visible_tail and (not self.blocks or self.blocks[-1] != self.visible_tail):
@@ -154,9 +157,9 @@ def _wrap_dispatch(original: Callable) -> Callable:
             return block_causal_attention(query, key, value, attn_mask, attend)
         # Context parallelism: each process holds a run of the tokens; it gathers the keys (and swaps
         # heads for sequence under Ulysses), then runs its own queries' blocks over them.
-        from ..runtime.parallel import whole_sequence_attention
-
-        return whole_sequence_attention(
+        if attn_mask.whole_sequence is None:
+            raise RuntimeError("causal attention under context parallelism needs the layout's whole_sequence")
+        return attn_mask.whole_sequence(
             query, key, value, parallel_config,
             lambda q, k, v, start: block_causal_attention(q, k, v, attn_mask, attend, query_start=start))
 
@@ -194,6 +197,7 @@ def _release(name: str) -> None:
 @contextmanager
 def causal_attention(
     transformer, blocks: tuple[int, ...], tokens_per_frame: int, visible_tail: int = 0,
+    whole_sequence: Callable | None = None,
 ) -> Iterator[BlockCausalLayout]:
     """Block-causal self-attention (attn1 only) for the transformer calls inside, with no (tokens)² mask.
 
@@ -201,7 +205,7 @@ def causal_attention(
     is appended (as for `block_causal_mask`). Works with any attention backend set on the model (the
     per-block calls are unmasked); cross-attention is untouched; the model is left exactly as it was.
     """
-    layout = BlockCausalLayout(tuple(blocks), tokens_per_frame, visible_tail)
+    layout = BlockCausalLayout(tuple(blocks), tokens_per_frame, visible_tail, whole_sequence)
     modules = _self_attention_modules(transformer)
     for name in modules:
         _acquire(name)

@@ -95,7 +95,7 @@ class DiffusionForcingEngine:
         cfg: str = "separate", solver: str = "vectorised", placement=None, tiled_decode: bool | None = None,
         step_cache=None, on_step: Callable[[int, int, int], None] | None = None,
         adjust_latents: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        decode: bool = True,
+        decode: bool = True, whole_sequence: Callable | None = None,
     ) -> None:
         if cfg not in CFG_MODES:
             raise ValueError(f"unknown cfg mode {cfg!r}; expected one of {CFG_MODES}")
@@ -108,7 +108,7 @@ class DiffusionForcingEngine:
         self.progress = progress
         self.cfg = cfg  # "batched": both guidance passes in one call of batch 2 (twice the activations)
         self.solver = solver  # "per-frame": one scheduler copy per frame, the reference
-        self.placement = placement  # models.placement.Placement: moves components per phase (None: they stay)
+        self.placement = placement  # runtime.placement.Placement: moves components per phase (None: they stay)
         self.tiled_decode = tiled_decode  # None: as the VAE says (`vae.use_tiling`)
         self.step_cache = step_cache  # runtime.step_cache.StepCache, or None: every model call is computed
         self.replayed = 0  # latent frames decoded again to rebuild the decoder's state on resume
@@ -117,6 +117,8 @@ class DiffusionForcingEngine:
         self.adjust_latents = adjust_latents
         # False on the ranks of a context-parallel run but the first: they denoise with it, rank 0 decodes
         self.decode = decode
+        # Context parallelism: how causal attention sees every key (forcing/attention.py); None: one process
+        self.whole_sequence = whole_sequence
 
     def _phase(self, name: str):
         return nullcontext() if self.placement is None else getattr(self.placement, name)()
@@ -167,7 +169,8 @@ class DiffusionForcingEngine:
         extra = 0 if end_latent is None else end_latent.shape[2]
         tokens = (latents.shape[3] // 2) * (latents.shape[4] // 2)
         blocks = window.blocks + ((extra,) if extra else ())
-        causal = causal_attention(self.transformer, blocks, tokens, extra) if sampling.causal_attention else None
+        causal = causal_attention(self.transformer, blocks, tokens, extra, self.whole_sequence) \
+            if sampling.causal_attention else None
         with causal or nullcontext():
             for row, t in enumerate(tqdm(rows, desc=f"window {window.index + 1} steps", leave=False,
                                          disable=not self.progress)):

@@ -1,8 +1,11 @@
-"""How a diffusion forcing run splits into windows (pure arithmetic, REFERENCE.md §2).
+"""How a diffusion forcing run splits into windows (pure arithmetic).
 
 Counts here are latent frames. Each window holds a clean prefix (start image,
 input video, or the last `overlap` latents of the window before) followed by
 new frames; the new frames are grouped in causal blocks of `causal_block`.
+A window runs `1 + ceil((L - B) / (B - O))` times for L latent frames in windows
+of B with an overlap of O; `cuts` (a shot list's boundaries) end windows early
+so that no window's new frames cross one.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class WindowPlan:
     windows: tuple[Window, ...]
 
 
-def _blocks(prefix: int, new: int, causal_block: int) -> tuple[tuple[int, ...], int]:
+def causal_blocks(prefix: int, new: int, causal_block: int) -> tuple[tuple[int, ...], int]:
     """Prefix blocks then new blocks; a prefix not a multiple of the block (a start image) is one block."""
     if prefix % causal_block == 0:
         prefix_blocks = (causal_block,) * (prefix // causal_block)
@@ -47,9 +50,14 @@ def _blocks(prefix: int, new: int, causal_block: int) -> tuple[tuple[int, ...], 
 
 
 def plan_windows(
-    total: int, *, base: int, overlap: int, causal_block: int = 1, start_prefix: int = 0, end_image: bool = False
+    total: int, *, base: int, overlap: int, causal_block: int = 1, start_prefix: int = 0, end_image: bool = False,
+    cuts: tuple[int, ...] = (),
 ) -> WindowPlan:
-    """Windows for `total` latent frames, or UsageError naming the setting that cannot work."""
+    """Windows for `total` latent frames, or UsageError naming the setting that cannot work.
+
+    `cuts`: timeline positions (latent frames from the start, prefix included) that no window's new frames
+    may cross; a window ends at the next cut and the following one continues from its last `overlap` frames.
+    Each stretch between cuts must fill whole causal blocks (TailError otherwise)."""
     c = causal_block
     if c < 1:
         raise UsageError(f"--causal-block must be at least 1, got {c}")
@@ -69,16 +77,21 @@ def plan_windows(
         )
     if start_prefix >= base:
         raise UsageError("the input video's overlap does not leave room for new frames; lower --overlap")
+    stops = sorted({cut for cut in cuts if start_prefix < cut < total} | {total})
     windows: list[Window] = []
     done = start_prefix
     prefix = start_prefix
     while done < total or not windows:
-        room = min(base, prefix + total - done) - prefix
+        stop = next(cut for cut in stops if cut > done) if done < total else total
+        if windows and long and base - prefix < c:  # then no length that needs a second window can work
+            raise UsageError(f"--overlap {pixel_frames(overlap)} leaves no room for a causal block of {c} new frames in "
+                             f"--base-frames {pixel_frames(base)} windows; lower --overlap")
+        room = min(base - prefix, stop - done)
         new = room - room % c
         if new <= 0:
             raise TailError(TAIL_MESSAGE.format(c=c))
         last = done + new >= total
-        blocks, ready = _blocks(prefix, new, c)
+        blocks, ready = causal_blocks(prefix, new, c)
         windows.append(Window(len(windows), prefix, prefix + new, blocks, ready, end_image and last))
         done += new
         prefix = overlap
@@ -92,39 +105,6 @@ class TailError(UsageError):
 
 
 TAIL_MESSAGE = "--frames leaves a last window whose new latent frames are not a multiple of --causal-block {c}"
-
-
-def plan_for_frames(
-    frames: int, *, base_frames: int, overlap_frames: int, causal_block: int = 1,
-    image: bool = False, video: bool = False, end_image: bool = False,
-) -> WindowPlan:
-    """The window plan for a run of `frames` pixel frames (new frames when continuing a video).
-
-    A length that would leave never-denoised frames at the tail (the reference
-    code's silent fault) is refused with the nearest lengths that work.
-    """
-    def plan(n: int) -> WindowPlan:
-        return _plan_exact(n, base_frames, overlap_frames, causal_block, image, video, end_image)
-
-    try:
-        return plan(frames)
-    except TailError:
-        pass
-    base = latent_frames(base_frames)
-    step = TEMPORAL
-    near = []
-    for candidates in (range(frames - step, 0, -step), range(frames + step, frames + step * 4 * base, step)):
-        for n in candidates:
-            try:
-                plan(n)
-                near.append(str(n))
-                break
-            except UsageError:
-                continue
-    raise TailError(
-        f"--frames {frames} with --causal-block {causal_block} would leave frames that are never denoised "
-        f"(the last window's new latent frames must fill whole blocks); use --frames {' or '.join(near)}"
-    )
 
 
 def _plan_exact(frames: int, base_frames: int, overlap_frames: int, causal_block: int, image: bool, video: bool,

@@ -63,14 +63,17 @@ def resolve_output(
     resume: bool = False,
     inputs: tuple[str | None, ...] = (),
     now: datetime | None = None,
+    folder: str | Path | None = None,
+    create: bool = True,
 ) -> OutputTarget:
     """Turn the -o value into an OutputTarget, refusing anything that would touch files that are not ours.
 
-    Creates missing parent folders and nothing else. `inputs` are the run's input files, which
-    must not lie inside the output.
+    No `output`: a default name in `folder` (default: outputs/ here). Creates missing parent folders
+    (unless not `create`: then only checks that they could be) and nothing else. `inputs` are the run's
+    input files, which must not lie inside the output.
     """
     if output is None:
-        output = str(Path("outputs") / default_output_name(prompt, seed, now))
+        output = str(Path(folder if folder is not None else "outputs") / default_output_name(prompt, seed, now))
     if not output.strip():
         raise UsageError("-o is empty; give NAME.mp4 for a video or DIR/ for PNG frames")
     path = Path(output)
@@ -90,7 +93,10 @@ def resolve_output(
         )
     _check_inputs(target, inputs)
     _check_existing(target, output, overwrite or resume)
-    _ensure_writable_parent(target.path)
+    if create:
+        _ensure_writable_parent(target.path)
+    else:
+        _check_writable_parent(target.path)
     return target
 
 
@@ -170,6 +176,14 @@ def _ensure_writable_parent(path: Path) -> None:
         ) from err
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"folder {parent} is not writable; fix its permissions or choose another -o")
+
+
+def _check_writable_parent(path: Path) -> None:
+    """What `_ensure_writable_parent` would do, without creating anything: the nearest folder that exists
+    must let us create the rest."""
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"folder {existing} is not writable; fix its permissions or choose another -o")
 
 
 def frame_name(index: int) -> str:

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import ModelError
 
+TEXT_TOKENS = 512  # UMT5-XXL's prompt length in every SkyReels-V2 pipeline (a longer prompt is cut)
+ROPE_POSITIONS = 1024  # rotary positions per axis of every released transformer (rope_max_seq_len)
+
 
 @dataclass(frozen=True)
 class TransformerArch:
@@ -32,12 +35,20 @@ class TransformerArch:
     def dim(self) -> int:
         return self.heads * self.head_dim
 
+    @classmethod
+    def from_config(cls, config: dict) -> TransformerArch:
+        """The architecture a checkpoint's transformer/config.json describes."""
+        return cls(heads=config["num_attention_heads"], layers=config["num_layers"], ffn=config["ffn_dim"],
+                   head_dim=config["attention_head_dim"], text_dim=config["text_dim"], freq_dim=config["freq_dim"],
+                   in_channels=config["in_channels"], out_channels=config["out_channels"],
+                   image_dim=config.get("image_dim"), inject_sample_info=bool(config.get("inject_sample_info")))
+
     def config(self) -> dict:
         return {
             "patch_size": (1, 2, 2), "num_attention_heads": self.heads, "attention_head_dim": self.head_dim,
             "in_channels": self.in_channels, "out_channels": self.out_channels, "text_dim": self.text_dim,
             "freq_dim": self.freq_dim, "ffn_dim": self.ffn, "num_layers": self.layers, "cross_attn_norm": True,
-            "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024, "image_dim": self.image_dim,
+            "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": ROPE_POSITIONS, "image_dim": self.image_dim,
             "added_kv_proj_dim": self.dim if self.image_dim else None, "inject_sample_info": self.inject_sample_info,
         }
 
@@ -52,7 +63,7 @@ class TextEncoderArch:
     d_kv: int = 64
     d_ff: int = 10240
     vocab: int = 256384
-    tokens: int = 512
+    tokens: int = TEXT_TOKENS
 
     def config(self) -> dict:
         return {"vocab_size": self.vocab, "d_model": self.d_model, "d_kv": self.d_kv, "d_ff": self.d_ff,

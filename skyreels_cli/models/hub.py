@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ModelError
-from .registry import ModelSpec, kind_of_index
+from .registry import ModelSpec
 
 # Only what the pipelines load: Diffusers-format weights and configs, never the
 # original .pth checkpoints or sample media that some repos also hold.
@@ -20,6 +20,14 @@ ALLOW_PATTERNS = [
     "tokenizer/*",
     "image_processor/*.json",
 ]
+
+
+def looks_like_repo_id(name: str, *, with_file: bool = False) -> bool:
+    """`org/name` (with `with_file`, also `org/name/path/in/repo`), not a local path: what the Hub could hold."""
+    parts = name.split("/")
+    if name.startswith((".", "/", "~")) or "\\" in name or any(not part.strip() for part in parts):
+        return False
+    return len(parts) == 2 or (with_file and len(parts) > 2)
 
 
 def hf_home() -> Path:
@@ -90,24 +98,13 @@ def _snapshot(spec: ModelSpec, progress: bool, force: bool = False) -> Path:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    with _hub_errors(spec.alias, spec.repo, spec.revision):
+    with hub_errors(spec.alias, spec.repo, spec.revision):
         return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=ALLOW_PATTERNS,
                                       force_download=force))
 
 
-def peek_kind(repo: str, revision: str = "main") -> str:
-    """The kind of a Hub repo outside the registry, from its model_index.json (cached, or one small download)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, "model_index.json", revision=revision)
-    if not isinstance(found, str):
-        with _hub_errors(repo, repo, revision):
-            found = hf_hub_download(repo, "model_index.json", revision=revision)
-    return kind_of_index(Path(found), repo)
-
-
 @contextmanager
-def _hub_errors(alias: str, repo: str, revision: str) -> Iterator[None]:
+def hub_errors(alias: str, repo: str, revision: str) -> Iterator[None]:
     """The Hub's exceptions as one-line ModelErrors that say what to do."""
     from huggingface_hub.errors import (
         EntryNotFoundError,

@@ -1,15 +1,14 @@
-"""The model registry: `weights.toml` as typed data, and `--model` resolution."""
+"""The model registry: `weights.toml` as typed data (models/naming.py turns a `--model` value into a spec)."""
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ModelError
-from .kinds import KINDS, kind_of_pipeline, kinds_for
+from .kinds import KINDS
 
 
 @dataclass(frozen=True)
@@ -75,22 +74,6 @@ def load_registry(path: Path | None = None) -> Registry:
     return Registry(models=models, defaults=dict(data["defaults"]), families=dict(data.get("families", {})))
 
 
-def kind_of_folder(folder: Path) -> str:
-    """The checkpoint kind of a Diffusers-layout folder, read from its model_index.json."""
-    return kind_of_index(folder / "model_index.json", str(folder))
-
-
-def kind_of_index(index: Path, where: str) -> str:
-    try:
-        class_name = json.loads(Path(index).read_text())["_class_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ModelError(f"{where} is not a Diffusers checkpoint (no readable model_index.json)") from None
-    kind = kind_of_pipeline(class_name)
-    if kind is None:
-        raise ModelError(f"{where} holds a {class_name}, not a SkyReels-V2 checkpoint")
-    return kind.name
-
-
 def unregistered(name: str, kind: str, local_path: Path | None = None) -> ModelSpec:
     """A checkpoint outside the registry: the official recommendations for its kind, 540P size."""
     if local_path is not None and (local_path / "tiny.json").is_file():
@@ -101,43 +84,3 @@ def unregistered(name: str, kind: str, local_path: Path | None = None) -> ModelS
         alias=name, repo=name, revision="main", kind=kind, size="?", height=544, width=960, frames=97,
         steps=30, fps=24, guidance=k.guidance, shift=k.shift, local_path=local_path,
     )
-
-
-def resolve_model(name: str | None, command: str | None = None) -> ModelSpec:
-    """Turn a `--model` value (alias, Hub repo id or local folder; None for the default) into a spec.
-
-    `command` is the command that will run it (its kind is checked), or None to accept any kind.
-    The kind of a Hub repo outside the registry is read from its model_index.json (one small file).
-    """
-    registry = load_registry()
-    name = name or registry.defaults[command or "t2v"]
-    if name in registry.families:
-        family = registry.families[name]
-        name = family[command] if command else next(iter(family.values()))
-    spec = registry.models.get(name)
-    if spec is None:
-        spec = next((s for s in registry.models.values() if s.repo.lower() == name.lower()), None)
-    if spec is None and Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser().resolve()
-        spec = unregistered(str(folder), kind_of_folder(folder), folder)
-    if spec is None and name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        from .hub import peek_kind
-
-        spec = unregistered(name, peek_kind(name))
-    if spec is None:
-        known = ", ".join(registry.names())
-        raise ModelError(f"unknown model {name!r}; use one of: {known} (or a Hub repo id, or a local folder)")
-    if command:
-        check_kind(spec, command)
-    return spec
-
-
-def check_kind(spec: ModelSpec, command: str) -> None:
-    allowed = kinds_for(command)
-    if spec.kind not in allowed:
-        registry = load_registry()
-        fits = ", ".join(a for a, s in registry.models.items() if s.kind in allowed and not s.is_tiny)
-        raise ModelError(
-            f"model {spec.alias} is a {spec.kind} checkpoint and cannot run `skyreels {command}`; "
-            f"use one of: {fits}"
-        )

@@ -17,16 +17,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .architectures import CLIP_H14, T_1_3B, TEXT_TOKENS, ROPE_POSITIONS, TextEncoderArch, VaeArch
 from .kinds import KINDS
 
-# Architecture sizes: tiny, and the released 1.3B (REFERENCE.md §1).
+
+def _released_1_3b() -> dict:
+    """The released 1.3B sizes, read from the one table of them (models/architectures.py)."""
+    t, text, clip = T_1_3B, TextEncoderArch(), CLIP_H14
+    return dict(heads=t.heads, head_dim=t.head_dim, layers=t.layers, ffn=t.ffn, freq=t.freq_dim, text_dim=text.d_model,
+                text_ff=text.d_ff, text_heads=text.heads, text_kv=text.d_kv, clip_dim=clip.hidden,
+                clip_image=clip.image, clip_patch=clip.patch, vae=VaeArch().config())
+
+
+# Architecture sizes: tiny, and the released 1.3B (text and image encoders cut to two layers below).
 ARCHS = {
     "tiny": dict(heads=2, head_dim=12, layers=2, ffn=32, freq=32, text_dim=32, text_ff=64, text_heads=4, text_kv=8,
                  clip_dim=8, clip_image=16, clip_patch=4, vae=dict(base_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1)),
-    "1.3b": dict(heads=12, head_dim=128, layers=30, ffn=8960, freq=256, text_dim=4096, text_ff=10240, text_heads=64,
-                 text_kv=64, clip_dim=1280, clip_image=224, clip_patch=14, vae={}),
+    "1.3b": _released_1_3b(),
 }
-TEXT_DIM = ARCHS["tiny"]["text_dim"]
 VOCAB = ["<pad>", "</s>", "<unk>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
     "a", "the", "cat", "dog", "fox", "red", "running", "through", "snow", "blurry", "noise",
 ]
@@ -42,7 +50,7 @@ def _tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=TEXT_TOKENS
     )
 
 
@@ -59,7 +67,7 @@ def _text_encoder(vocab_size: int, a: dict):
 def _vae(a: dict):
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(z_dim=16, temperal_downsample=[False, True, True], **a["vae"]).eval()
+    return AutoencoderKLWan(**{"z_dim": 16, "temperal_downsample": [False, True, True], **a["vae"]}).eval()
 
 
 def _transformer(kind: str, a: dict):
@@ -71,7 +79,7 @@ def _transformer(kind: str, a: dict):
         patch_size=(1, 2, 2), num_attention_heads=a["heads"], attention_head_dim=a["head_dim"],
         in_channels=36 if i2v else 16, out_channels=16, text_dim=a["text_dim"], freq_dim=a["freq"],
         ffn_dim=a["ffn"], num_layers=a["layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=1024, image_dim=a["clip_dim"] if i2v else None, added_kv_proj_dim=inner if i2v else None,
+        rope_max_seq_len=ROPE_POSITIONS, image_dim=a["clip_dim"] if i2v else None, added_kv_proj_dim=inner if i2v else None,
         inject_sample_info=kind == "df",
     ).eval()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import UsageError
+from ..errors import DeviceError, UsageError
 
 
 def launched_by_torchrun() -> bool:
@@ -56,9 +56,19 @@ def launch(count: int, argv: list[str]) -> int:
     on_cpu = any(a in ("cpu", "--device=cpu") for a in argv) and ("--device" in argv or "-d" in argv
                                                                   or "--device=cpu" in argv)
     if not on_cpu:
-        from .parallel import check_gpus
-
         check_gpus(count)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.call(launch_command(count, argv), env=env)
 
+
+
+def check_gpus(wanted: int) -> None:
+    """One GPU per process. (torch is imported here, after the choice to launch: the launcher only waits.)"""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if wanted > visible:
+        raise DeviceError(f"{wanted} processes on this machine but {visible} GPUs visible: one GPU per process; "
+                          f"use --gpus {visible} or fewer" if visible else
+                          f"{wanted} GPU processes asked for but no GPU is visible; add --device cpu to run on "
+                          "the CPU")

@@ -1,7 +1,7 @@
 """Memory plans: which components stay on the GPU, how the transformer's weights are stored, and applying that.
 
 The planner (`runtime/plan.py`) predicts a plan's peak VRAM, orders plans by speed and resolves `auto` into a
-plan (`resolve_plan`); the loader (`models/placement.py`) applies it. A `MemoryPlan` is the one vocabulary
+plan (`resolve_plan`); the loader (`runtime/placement.py`) applies it. A `MemoryPlan` is the one vocabulary
 of the two. Here are the plan itself, the one-line checks of its names, and the two changes a plan makes
 to the transformer once at load time: how its weights are stored
 (`apply_quantization`) and whether its blocks stream from host memory (`apply_offload_hooks`). Both lean on
@@ -15,12 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UsageError
-
-OFFLOADS = ("none", "model", "group", "sequential")
-QUANTIZES = ("none", "fp8", "int8")
-TEXT_ENCODER_DEVICES = ("auto", "cpu")
-CFGS = ("separate", "batched")
+from ..errors import UsageError, setting
+from ..run_options import BY_NAME, CFGS, OFFLOADS, QUANTIZES, TEXT_ENCODER_DEVICES, check_value
 
 # Offloads whose transformer is driven by diffusers' group-offload hooks (weights on the host, onloaded per group).
 STREAMED = {"group": "block_level", "sequential": "leaf_level"}
@@ -28,16 +24,9 @@ STREAMED = {"group": "block_level", "sequential": "leaf_level"}
 RESIDENT = ("transformer", "vae", "image_encoder")
 
 
-def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
-    """`value` if it is one of `choices`, else a one-line UsageError naming the option and the choices."""
-    if value not in choices:
-        raise UsageError(f"{option} {value!r} is not known; use one of {', '.join(choices)}")
-    return value
-
-
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How a loaded model uses VRAM (plans.md). `auto` choices are resolved before this is built
+    """How a loaded model uses VRAM. `auto` choices are resolved before this is built
     (`runtime.plan.resolve_plan`).
 
     `text_encoder_beside`: the planner's verdict that the text encoder fits on the device beside what offload
@@ -52,12 +41,12 @@ class MemoryPlan:
     text_encoder_beside: bool = True
 
     def __post_init__(self) -> None:
-        if self.offload == "auto":
-            raise UsageError("--offload auto must be resolved to a plan first; `skyreels plan MODEL` shows the choice")
-        check_choice("--offload", self.offload, OFFLOADS)
-        check_choice("--quantize", self.quantize, QUANTIZES)
-        check_choice("--text-encoder-device", self.text_encoder_device, TEXT_ENCODER_DEVICES)
-        check_choice("--cfg", self.cfg, CFGS)
+        for name in ("offload", "quantize", "cfg"):
+            if getattr(self, name) == "auto":
+                raise UsageError(f"{setting(name, 'auto')} must be resolved to a plan first; `skyreels plan MODEL` "
+                                 "shows the choice")
+        for name in ("offload", "quantize", "cfg", "text_encoder_device", "tiled_decode"):
+            check_value(BY_NAME[name], getattr(self, name))
 
     @property
     def streams_transformer(self) -> bool:
@@ -78,7 +67,7 @@ def apply_quantization(transformer: torch.nn.Module, quantize: str) -> torch.nn.
     (`_skip_layerwise_casting_patterns`, `_keep_in_fp32_modules`). Pure storage: it works on the CPU too.
     int8: torchao int8 weight-only on the same layers' Linear weights.
     """
-    check_choice("--quantize", quantize, QUANTIZES)
+    check_value(BY_NAME["quantize"], quantize)
     if quantize == "fp8":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
     elif quantize == "int8":
@@ -104,7 +93,8 @@ def _int8_weight_only(transformer: torch.nn.Module) -> None:
     try:
         from torchao.quantization import quantize_
     except ImportError:
-        raise UsageError("--quantize int8 needs torchao: pip install torchao (or use --quantize fp8)") from None
+        raise UsageError(f"{setting('quantize', 'int8')} needs torchao: pip install torchao (or use "
+                         f"{setting('quantize', 'fp8')})") from None
     try:  # torchao >= 0.10 names it as a config; older releases as a function
         from torchao.quantization import Int8WeightOnlyConfig as config
     except ImportError:
@@ -126,7 +116,7 @@ def apply_offload_hooks(transformer: torch.nn.Module, offload: str, device: torc
     have no streams, so there the groups are moved synchronously (on the CPU, where host and device are
     the same, the hooks run but move nothing: same results, which is what the tests check).
     """
-    check_choice("--offload", offload, OFFLOADS)
+    check_value(BY_NAME["offload"], offload)
     if offload not in STREAMED:
         return False
     kwargs = {"num_blocks_per_group": 1} if STREAMED[offload] == "block_level" else {}

@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import DeviceError, ModelError, PeerLost, UsageError
-from .launch import launch, launch_command, launched_by_torchrun, strip_gpus  # noqa: F401  (the launcher's half)
+from .launch import check_gpus, launched_by_torchrun
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
 # next one), not how fast a dead rank is noticed: the watchdog and torchrun do that in seconds.
@@ -526,15 +526,6 @@ def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COL
     if watchdog:
         parallel._watchdog = start_watchdog(rank, world)
     return parallel
-
-
-def check_gpus(wanted: int) -> None:
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if wanted > visible:
-        raise DeviceError(f"{wanted} processes on this machine but {visible} GPUs visible: one GPU per process; "
-                          f"use --gpus {visible} or fewer" if visible else
-                          f"{wanted} GPU processes asked for but no GPU is visible; add --device cpu to run on "
-                          "the CPU")
 
 
 def start_watchdog(rank: int, world: int, every_s: float = HEARTBEAT_S,

@@ -1,6 +1,6 @@
 """Memory plans' predicted peak VRAM per phase, the speed order, and the fastest plan that fits a GPU.
 
-The plans are `runtime.memory.MemoryPlan`s, the ones the loader applies (models/placement.py); this
+The plans are `runtime.memory.MemoryPlan`s, the ones the loader applies (runtime/placement.py); this
 module predicts and chooses, it applies nothing. A plan's peak in a phase (text encoding, image
 encoding for I2V, denoising, decoding) is what the plan keeps on the GPU then, plus that phase's
 activation peak, both traced at full size on fake tensors (runtime/trace.py), plus `MARGIN_BYTES`
@@ -30,25 +30,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ModelError, SkyreelsError, UsageError
+from ..errors import ModelError, SkyreelsError, UsageError, on_command_line, setting
+from ..forcing.frames import check_frames, check_size, latent_frames, pixel_frames
 from ..models.architectures import Architecture, architecture
 from ..models.registry import ModelSpec
+from ..run_options import AUTO, BY_NAME, CFGS, OFFLOADS, PLAN_FIELDS, QUANTIZES, TEXT_ENCODER_DEVICES, check_value
 from . import trace
-from .memory import CFGS, OFFLOADS, QUANTIZES, TEXT_ENCODER_DEVICES, MemoryPlan, check_choice
+from .memory import MemoryPlan
 
 PHASES = ("text", "image", "denoise", "decode")
 # What no trace sees: the CUDA context with cuBLAS/cuDNN workspaces (about 0.6 GB on an H100)
 # and the caching allocator's rounding and fragmentation between phases.
 MARGIN_BYTES = 1_500_000_000
 GB = 1e9
-AUTO = "auto"
 _WEIGHTS = {"none": "bf16", "fp8": "fp8", "int8": "int8"}
 _CFG_SPEED = ("batched", "separate")
 # What a plan is when nothing is predicted (the CPU, tiny models): the plain path.
 UNPLANNED = MemoryPlan(offload="none", quantize="none", cfg="separate", tiled_decode=False)
-# The plan fields a caller may fix; the others are the planner's to choose.
-CHOICES = ("offload", "quantize", "cfg", "tiled_decode", "text_encoder_device")
-_FLAGS = {"offload": "--offload", "quantize": "--quantize", "cfg": "--cfg", "text_encoder_device": "--text-encoder-device"}
 
 
 class NoPlanFits(SkyreelsError):
@@ -109,7 +107,10 @@ class BaselinePrediction:
 
 @dataclass(frozen=True)
 class Shape:
-    """What one run puts through the model: picture size, latent frames per forward, pixel frames per decode."""
+    """What one run puts through the model: picture size, latent frames per forward, pixel frames per decode.
+
+    The planner is given it: `core.resolve.run_shape` computes it for a request by the library's own rules;
+    `native_shape` is a checkpoint's recommended size; `Shape.window` one diffusion forcing window."""
 
     height: int
     width: int
@@ -117,6 +118,22 @@ class Shape:
     decoded_frames: int  # pixel frames one decode call makes
     clip_frames: int  # pixel frames an I2V clip encodes as its condition (0: no image encoding)
     forcing: bool  # per-frame timesteps (diffusion forcing)
+
+    @classmethod
+    def window(cls, height: int, width: int, frames: int) -> Shape:
+        """One diffusion forcing window of `frames` (4k+1) pixel frames, checked."""
+        check_size(height, width)
+        check_frames(frames)
+        return cls(height, width, latent_frames(frames), frames, 0, True)
+
+
+def native_shape(spec: ModelSpec) -> Shape:
+    """The run shape at a checkpoint's recommended size and window (an FLF2V window carries its end image)."""
+    if spec.forcing:
+        latents = latent_frames(spec.base_frames)
+        return Shape(spec.height, spec.width, latents + (spec.kind == "flf2v"), pixel_frames(latents), 0, True)
+    return Shape(spec.height, spec.width, latent_frames(spec.frames), spec.frames,
+                 spec.frames if spec.kind == "i2v" else 0, False)
 
 
 @dataclass(frozen=True)
@@ -137,27 +154,6 @@ def torchao_available() -> bool:
     return True
 
 
-def shape_for(spec: ModelSpec, height: int | None = None, width: int | None = None,
-              frames: int | None = None) -> Shape:
-    """The run shape of `spec` at a size, checked by the library's own rules (UsageError when it cannot run)."""
-    from ..core.request import Request
-    from ..core.resolve import generated_frames, resolve, window_plan
-    from ..forcing.frames import latent_frames, pixel_frames
-
-    # Sizes and frame counts follow the same rules for T2V and I2V; resolving I2V needs an image file,
-    # which a plan has none of, so it is checked as T2V.
-    checked = dataclasses.replace(spec, kind="t2v") if spec.kind == "i2v" else spec
-    request = resolve(Request(prompt="plan", height=height, width=width, frames=frames, seed=0), checked)
-    if spec.forcing:
-        windows = window_plan(request).windows
-        length = max(w.length for w in windows)
-        end_image = spec.kind == "flf2v" or any(w.end_image for w in windows)
-        return Shape(request.height, request.width, length + end_image, pixel_frames(length), 0, True)
-    made = generated_frames(request, spec)
-    clip = made if spec.kind == "i2v" else 0
-    return Shape(request.height, request.width, latent_frames(made), made, clip, False)
-
-
 def plans(forcing: bool, **fixed) -> list[MemoryPlan]:
     """Every plan a run can use (batched guidance only with diffusion forcing), with the `fixed` fields (plan
     field names; None: any), fastest first."""
@@ -168,36 +164,35 @@ def plans(forcing: bool, **fixed) -> list[MemoryPlan]:
                    and all(getattr(p, name) == value for name, value in wanted.items())), key=speed_rank)
 
 
-def predict(spec_or_arch: ModelSpec | Architecture, height: int | None = None, width: int | None = None,
-            frames: int | None = None, *, vram_gb: float | None = None, offload: str | None = None,
-            quantize: str | None = None, cfg: str | None = None, tiled_decode: bool | None = None,
-            text_encoder_device: str | None = None) -> list[PlanPrediction]:
-    """Every plan (or those with the given fields) for a run, with its predicted peaks, fastest first.
+def predict(spec_or_arch: ModelSpec | Architecture, shape: Shape | None = None, *, vram_gb: float | None = None,
+            **fixed) -> list[PlanPrediction]:
+    """Every plan (or those with the `fixed` plan fields: offload=..., quantize=...) for a run of `shape`,
+    with its predicted peaks, fastest first.
 
-    `spec_or_arch`: a registry spec (its size and window are the defaults) or an Architecture (then
-    height, width and frames are required and the run is one diffusion forcing window of `frames`).
-    `vram_gb` only decides whether the text encoder fits beside what offload `none` keeps resident.
+    `spec_or_arch`: a registry spec (`shape` defaults to its native one) or an Architecture (`shape`
+    required). `vram_gb` only decides whether the text encoder fits beside what offload `none` keeps resident.
     """
-    arch, shape = _arch_and_shape(spec_or_arch, height, width, frames)
+    arch, shape = _arch_and_shape(spec_or_arch, shape)
     parts = _parts(arch, shape)
-    fixed = {"offload": offload, "quantize": quantize, "cfg": cfg, "tiled_decode": tiled_decode,
-             "text_encoder_device": text_encoder_device}
-    return [_predict_plan(plan, arch, shape, parts, vram_gb) for plan in plans(shape.forcing, **fixed)]
+    return [_predict_plan(plan, arch, shape, parts, vram_gb) for plan in plans(shape.forcing, **_known(fixed))]
 
 
-def _arch_and_shape(spec_or_arch, height, width, frames) -> tuple[Architecture, Shape]:
-    from ..forcing.frames import check_frames, check_size, latent_frames
+def _known(fixed: dict) -> dict:
+    unknown = sorted(set(fixed) - set(PLAN_FIELDS))
+    if unknown:
+        raise TypeError(f"{unknown[0]!r} is not a memory plan field; the fields are {', '.join(PLAN_FIELDS)}")
+    return fixed
 
+
+def _arch_and_shape(spec_or_arch, shape: Shape | None) -> tuple[Architecture, Shape]:
     if isinstance(spec_or_arch, Architecture):
-        if height is None or width is None or frames is None:
-            raise UsageError("height, width and frames are needed to plan an architecture")
-        check_size(height, width)
-        check_frames(frames)
-        return spec_or_arch, Shape(height, width, latent_frames(frames), frames, 0, True)
+        if shape is None:
+            raise UsageError("a shape (Shape.window(height, width, frames)) is needed to plan an architecture")
+        return spec_or_arch, shape
     spec = spec_or_arch
     if spec.is_tiny:
         raise UsageError(f"model {spec.alias} is a tiny test model: it needs no plan (it runs on any device)")
-    return architecture(spec.kind, spec.size), shape_for(spec, height, width, frames)
+    return architecture(spec.kind, spec.size), shape or native_shape(spec)
 
 
 def _parts(arch: Architecture, shape: Shape) -> _Parts:
@@ -275,11 +270,10 @@ def _predict_plan(plan: MemoryPlan, arch: Architecture, shape: Shape, parts: _Pa
     return PlanPrediction(plan, phases, max(phases.values()) + MARGIN_BYTES, available, note)
 
 
-def baseline(spec_or_arch: ModelSpec | Architecture, height: int | None = None, width: int | None = None,
-             frames: int | None = None) -> BaselinePrediction:
+def baseline(spec_or_arch: ModelSpec | Architecture, shape: Shape | None = None) -> BaselinePrediction:
     """diffusers as shipped, traced the same way: every component on the GPU (`pipe.to("cuda")`), per-token
     modulation, bf16, two-pass guidance, untiled decode."""
-    arch, shape = _arch_and_shape(spec_or_arch, height, width, frames)
+    arch, shape = _arch_and_shape(spec_or_arch, shape)
     parts = _parts(arch, shape)
     t = _transformer(arch, shape, UNPLANNED, per_frame_modulation=False)
     resident = t.weights + parts.decode[False].weights + parts.text.weights + \
@@ -295,8 +289,7 @@ def baseline(spec_or_arch: ModelSpec | Architecture, height: int | None = None, 
 
 def judge(predictions: list[PlanPrediction], vram_gb: float) -> list[PlanPrediction]:
     """`predictions` with `fits` set for `vram_gb` of GPU memory and the one `choose` picks marked."""
-    if not vram_gb > 0:
-        raise UsageError(f"--vram must be a positive number of GB, got {vram_gb}")
+    check_value(BY_NAME["vram_gb"], vram_gb)
     judged = [dataclasses.replace(p, fits=p.available and p.peak <= vram_gb * GB) for p in predictions]
     fitting = [p for p in judged if p.fits]
     if not fitting:
@@ -331,29 +324,27 @@ def free_vram_gb(device: str | torch.device | None = None) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- for the loader
 
-def resolve_plan(spec: ModelSpec, device: torch.device, *, height: int | None = None, width: int | None = None,
-                 frames: int | None = None, offload: str = AUTO, quantize: str = AUTO, cfg: str = AUTO,
-                 tiled_decode: bool | None = None, text_encoder_device: str | None = AUTO,
-                 vram_gb: float | None = None) -> tuple[MemoryPlan, str]:
-    """The plan a run on `device` loads with, and a one-line reason.
+def resolve_plan(spec: ModelSpec, device: torch.device, shape: Shape | None = None, *,
+                 vram_gb: float | None = None, **choices) -> tuple[MemoryPlan, str]:
+    """The plan a run of `shape` (default: the model's native one) on `device` loads with, and a one-line reason.
 
-    Every field the caller fixed (anything but "auto" / None) is a constraint; the others are the planner's:
-    the fastest plan satisfying the constraints that fits `vram_gb` (default: the GPU's free memory). On the
-    CPU, for tiny models or models of no known architecture nothing is predicted and the free fields take
-    the plain path (`UNPLANNED`). A plan fixed in full is returned as given, its predicted peak in the
-    reason. NoPlanFits when no plan satisfying the constraints fits.
+    `choices`: plan fields (offload=, quantize=, cfg=, tiled_decode=, text_encoder_device=); each fixed to
+    anything but "auto"/None is a constraint, the others are the planner's: the fastest plan satisfying the
+    constraints that fits `vram_gb` (default: the GPU's free memory). On the CPU, for tiny models or models of
+    no known architecture nothing is predicted and the free fields take the plain path (`UNPLANNED`). A plan
+    fixed in full is returned as given, its predicted peak in the reason. NoPlanFits when no plan satisfying
+    the constraints fits.
     """
     device = torch.device(device)
-    fixed = _fixed(spec, offload=offload, quantize=quantize, cfg=cfg, tiled_decode=tiled_decode,
-                   text_encoder_device=text_encoder_device)
+    fixed = _fixed(spec, _known(choices))
     why_not, memory = _planning(spec, device, vram_gb)
     if why_not:
         plan = dataclasses.replace(UNPLANNED, **fixed)
-        label = "as given" if len(fixed) == len(CHOICES) else "auto"
+        label = "as given" if len(fixed) == len(PLAN_FIELDS) else "auto"
         return plan, f"{label} {why_not}: {describe(plan, 'GPU' if device.type == 'cuda' else device.type.upper())}"
-    predictions = predict(spec, height, width, frames, vram_gb=memory, **fixed)
+    predictions = predict(spec, shape, vram_gb=memory, **fixed)
     of = f"of {memory:.1f} GB {'given' if vram_gb is not None else 'free'}"
-    if len(fixed) == len(CHOICES):  # the caller's plan, even where it is predicted not to fit: they asked for it
+    if len(fixed) == len(PLAN_FIELDS):  # the caller's plan, even where it is predicted not to fit: they asked for it
         (given,) = predictions
         over = "" if given.peak <= memory * GB else " (predicted not to fit)"
         return given.plan, f"as given: {describe(given.plan)}: predicted {given.peak_gb:.1f} GB {of}{over}"
@@ -361,8 +352,7 @@ def resolve_plan(spec: ModelSpec, device: torch.device, *, height: int | None = 
     return chosen.plan, f"auto: {describe(chosen.plan)}: predicted {chosen.peak_gb:.1f} GB {of}"
 
 
-def smaller_plan(spec: ModelSpec, device: torch.device, plan: MemoryPlan, height: int | None = None,
-                 width: int | None = None, frames: int | None = None,
+def smaller_plan(spec: ModelSpec, device: torch.device, plan: MemoryPlan, shape: Shape | None = None, *,
                  vram_gb: float | None = None) -> MemoryPlan | None:
     """The fastest plan predicted to peak lower than `plan` and to fit `vram_gb` (default: the GPU's free memory,
     so release the model that ran out first); None when none does or nothing can be predicted (CPU, tiny
@@ -371,26 +361,22 @@ def smaller_plan(spec: ModelSpec, device: torch.device, plan: MemoryPlan, height
     why_not, memory = _planning(spec, device, vram_gb)
     if why_not or not memory > 0:
         return None
-    arch, shape = _arch_and_shape(spec, height, width, frames)
+    arch, shape = _arch_and_shape(spec, shape)
     current = _predict_plan(plan, arch, shape, _parts(arch, shape), memory)
-    lower = [p for p in judge(predict(spec, height, width, frames, vram_gb=memory), memory)
-             if p.fits and p.peak < current.peak]
+    lower = [p for p in judge(predict(spec, shape, vram_gb=memory), memory) if p.fits and p.peak < current.peak]
     return min(lower, key=lambda p: speed_rank(p.plan)).plan if lower else None
 
 
-def _fixed(spec: ModelSpec, **given) -> dict:
-    """The fields the caller fixed, their names checked (one-line UsageErrors)."""
-    fixed = {name: value for name, value in given.items() if value is not None and value != AUTO}
-    choices = {"offload": OFFLOADS, "quantize": QUANTIZES, "cfg": CFGS, "text_encoder_device": TEXT_ENCODER_DEVICES}
-    for name, value in fixed.items():
-        if name in choices:
-            # TEXT_ENCODER_DEVICES has its own "auto" (a real place, not the planner's choice): name it once.
-            check_choice(_FLAGS[name], value, tuple(dict.fromkeys((AUTO, *choices[name]))))
+def _fixed(spec: ModelSpec, given: dict) -> dict:
+    """The fields the caller fixed, their values checked (one-line UsageErrors)."""
+    fixed = {name: check_value(BY_NAME[name], value) for name, value in given.items()
+             if value is not None and value != AUTO}
     if fixed.get("cfg") == "batched" and not spec.forcing:
-        raise UsageError(f"--cfg batched needs a diffusion forcing model; {spec.alias} ({spec.kind}) guides in "
-                         f"two passes")
+        raise UsageError(f"{setting('cfg', 'batched')} needs a diffusion forcing model; {spec.alias} ({spec.kind}) "
+                         "guides in two passes", field="cfg")
     if fixed.get("quantize") == "int8" and not torchao_available():
-        raise UsageError("--quantize int8 needs torchao: pip install torchao (or use --quantize fp8)")
+        raise UsageError(f"{setting('quantize', 'int8')} needs torchao: pip install torchao (or use "
+                         f"{setting('quantize', 'fp8')})", field="quantize")
     return fixed
 
 
@@ -409,7 +395,10 @@ def _planning(spec: ModelSpec, device: torch.device, vram_gb: float | None) -> t
 
 
 def _flags(fields: dict) -> str:
-    return " ".join(f"--{'' if value else 'no-'}tiled-decode" if name == "tiled_decode" else f"{_FLAGS[name]} {value}"
+    """Plan fields as the user writes them: `--offload group --no-tiled-decode`, or `offload='group', ...`."""
+    if not on_command_line():
+        return ", ".join(f"{name}={value!r}" for name, value in fields.items())
+    return " ".join(f"--{'' if value else 'no-'}tiled-decode" if name == "tiled_decode" else setting(name, value)
                     for name, value in fields.items())
 
 
@@ -418,8 +407,8 @@ def _constraint(fixed: dict) -> str:
 
 
 def flags(plan: MemoryPlan) -> str:
-    """The command-line options that give `plan` (the text encoder's only when it is not the default)."""
-    fields = {name: getattr(plan, name) for name in CHOICES}
+    """The options that give `plan` (the text encoder's only when it is not the default)."""
+    fields = {name: getattr(plan, name) for name in PLAN_FIELDS}
     if plan.text_encoder_device == AUTO:
         fields.pop("text_encoder_device")
     return _flags(fields)

@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..models.architectures import (
+    TEXT_TOKENS,
     ImageEncoderArch,
     TextEncoderArch,
     TransformerArch,
@@ -160,7 +161,7 @@ def _transformer(arch: TransformerArch, height: int, width: int, latents: int, b
             _install_modulation(model)
         x = torch.empty(batch, arch.in_channels, latents, height // 8, width // 8, dtype=torch.bfloat16)
         t = torch.zeros((batch, latents) if per_frame_timesteps else (batch,), dtype=torch.long)
-        text = torch.empty(batch, 512, arch.text_dim, dtype=torch.bfloat16)
+        text = torch.empty(batch, TEXT_TOKENS, arch.text_dim, dtype=torch.bfloat16)
         image = torch.empty(batch, CLIP_TOKENS, arch.image_dim, dtype=torch.bfloat16) if arch.image_dim else None
         kwargs = {"hidden_states": x, "timestep": t, "encoder_hidden_states": text, "encoder_hidden_states_image": image,
                       "enable_diffusion_forcing": per_frame_timesteps, "return_dict": False}

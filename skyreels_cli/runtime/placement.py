@@ -26,8 +26,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ..runtime.memory import MemoryPlan, apply_offload_hooks, apply_quantization
-from .loading import is_empty
+from ..models.loading import is_empty
+from .memory import MemoryPlan, apply_offload_hooks, apply_quantization
 
 HOST = torch.device("cpu")
 TEXT = "text_encoder"
@@ -98,8 +98,6 @@ class Placement:
         """The text encoder where it encodes (`text_encoder_device`)."""
         with self.using(TEXT):
             yield self.components[TEXT]
-
-    text_encoder = encoding  # the name `core/conditioning.py` uses
 
     @contextmanager
     def encoding_images(self) -> Iterator[torch.nn.Module]:
