@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, UsageError, setting
 from .request import Request
 
 # What the LLM is told; data, so that it can be read, tested and changed in one place.
@@ -55,7 +55,7 @@ def enhancer_table() -> tuple[str, dict[str, str]]:
     table = dict(tomllib.loads(_registry_file().read_text()).get("enhancers", {}))
     default = table.pop("default", None)
     if default is None or default not in table:
-        raise ModelError("weights.toml has no [enhancers] default; reinstall skyreels or pass --enhancer")
+        raise ModelError(f"weights.toml has no [enhancers] default; reinstall skyreels or pass {setting('enhancer')}")
     return default, table
 
 
@@ -81,7 +81,7 @@ def enhancer_folder(name: str | None = None, *, download: bool = True) -> Path:
         return local.resolve()
     if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         _, table = enhancer_table()
-        raise UsageError(f"--enhancer {repo}: not a folder, a Hub repo id (org/name) or one of {', '.join(table)}")
+        raise UsageError(f"{setting('enhancer', repo)}: not a folder, a Hub repo id (org/name) or one of {', '.join(table)}")
     from huggingface_hub import snapshot_download, try_to_load_from_cache
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -95,7 +95,7 @@ def enhancer_folder(name: str | None = None, *, download: bool = True) -> Path:
     except LocalEntryNotFoundError:
         raise _missing(name, repo) from None
     except RepositoryNotFoundError:
-        raise ModelError(f"--enhancer {repo}: no such model on the Hugging Face Hub (private? set HF_TOKEN)") from None
+        raise ModelError(f"{setting('enhancer', repo)}: no such model on the Hugging Face Hub (private? set HF_TOKEN)") from None
 
 
 def _missing(name: str | None, repo: str) -> ModelError:
@@ -104,7 +104,7 @@ def _missing(name: str | None, repo: str) -> ModelError:
     fetch = name or enhancer_table()[0]
     return ModelError(f"prompt enhancer {repo} is not in the cache ({hf_home() / 'hub'}) and the Hub cannot be "
                       f"reached (or HF_HUB_OFFLINE is set); run `skyreels download {fetch}` with network access "
-                      "first, or drop --enhance")
+                      f"first, or drop {setting('enhance', True)}")
 
 
 # ------------------------------------------------------------------ asking it
@@ -118,7 +118,7 @@ def enhance_prompt(prompt: str, enhancer: str | None = None, *, device: str | to
     from ..quiet import third_party_quiet
 
     if not prompt.strip():
-        raise UsageError("--enhance needs a prompt to rewrite")
+        raise UsageError(f"{setting('enhance', True)} needs a prompt to rewrite")
     started = time.perf_counter()
     with third_party_quiet(not progress):
         folder = enhancer_folder(enhancer)
@@ -135,7 +135,7 @@ def enhance_prompt(prompt: str, enhancer: str | None = None, *, device: str | to
             torch.cuda.empty_cache()
     cleaned = clean_output(text)
     if not cleaned:
-        raise ModelError(f"prompt enhancer {enhancer_repo(enhancer)} returned no usable text; run without --enhance")
+        raise ModelError(f"prompt enhancer {enhancer_repo(enhancer)} returned no usable text; run without {setting('enhance', True)}")
     return Enhanced(prompt, cleaned, enhancer_repo(enhancer), round(time.perf_counter() - started, 3))
 
 

@@ -11,7 +11,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..forcing.frames import TEMPORAL, check_frames, check_positive, check_size, latent_frames, pixel_frames
 from ..forcing.schedule import GRIDS
 from ..forcing.windows import WindowPlan, plan_for_length
@@ -90,14 +90,15 @@ def _frames(r: Request, spec: ModelSpec, fps: float) -> int:
     if r.seconds is None:
         return _default(r.frames, (spec.frames - 1) if r.video else spec.frames)
     if not math.isfinite(r.seconds) or r.seconds <= 0:
-        raise UsageError(f"--seconds must be a positive number, got {r.seconds}")
-    check_positive(fps, "--fps")
+        raise UsageError(f"{setting('seconds', r.seconds)} must be a positive number", field="seconds")
+    check_positive(fps, "fps")
     if r.seconds * fps > MAX_FRAMES:
-        raise UsageError(f"--seconds {r.seconds} is more than {MAX_FRAMES} frames (a day at 24 fps); "
-                         f"the longest is {MAX_FRAMES / fps:.0f} s at {fps} fps")
+        raise UsageError(f"{setting('seconds', r.seconds)} is more than {MAX_FRAMES} frames (a day at 24 fps); "
+                         f"the longest is {MAX_FRAMES / fps:.0f} s at {fps} fps", field="seconds")
     frames = max(1, round(r.seconds * fps))
     if r.frames is not None and r.frames != frames:
-        raise UsageError(f"--frames {r.frames} and --seconds {r.seconds} disagree at {fps} fps; give one of them")
+        raise UsageError(f"{setting('frames', r.frames)} and {setting('seconds', r.seconds)} disagree at {fps} fps; "
+                         "give one of them", field="seconds")
     return frames
 
 
@@ -107,18 +108,21 @@ def _image_option(spec: ModelSpec) -> str:
 
 def _check_fields_for_kind(r: Request, spec: ModelSpec) -> None:
     if spec.kind == "i2v" and not r.image:
-        raise UsageError(f"model {spec.alias} animates an image: give one (skyreels i2v IMAGE PROMPT)")
+        raise UsageError(f"model {spec.alias} animates an image: give one (skyreels i2v IMAGE PROMPT, or image=)",
+                         field="image")
     if spec.kind == "t2v" and r.image:
-        raise UsageError(f"model {spec.alias} is text to video and takes no image; use an i2v or df model")
+        raise UsageError(f"model {spec.alias} is text to video and takes no image; use an i2v or df model",
+                         field="image")
     if not spec.forcing:
         given = [name for name in FORCING_FIELDS if getattr(r, name) is not None]
         if given:
             raise UsageError(
                 f"{given[0]} applies to diffusion forcing models only, and {spec.alias} is a {spec.kind} model; "
-                "use skyreels extend with a df model"
+                "use skyreels extend with a df model", field=given[0]
             )
     if r.image and r.video:
-        raise UsageError("--image and --video cannot be used together: a continued video already has its start")
+        raise UsageError(f"{setting('image')} and {setting('video')} cannot be used together: a continued video "
+                         "already has its start", field="video")
 
 
 def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
@@ -166,31 +170,37 @@ def _forcing_defaults(r: Request, spec: ModelSpec) -> Request:
 def validate(r: Request, spec: ModelSpec) -> None:
     """Raise UsageError for a resolved request no run can use."""
     if not r.prompt.strip() and spec.kind != "i2v":
-        raise UsageError('the prompt is empty; describe the video, e.g. "a red fox running through snow"')
+        raise UsageError('the prompt is empty; describe the video, e.g. "a red fox running through snow"',
+                         field="prompt")
     check_size(r.height, r.width)
-    for option, value in (("--height", r.height), ("--width", r.width)):
+    for name, value in (("height", r.height), ("width", r.width)):
         if value > MAX_SIDE:
-            raise UsageError(f"{option} {value} is beyond the model's position table; the largest is {MAX_SIDE}")
-    check_positive(r.frames, "--frames")
+            raise UsageError(f"{setting(name, value)} is beyond the model's position table; the largest is {MAX_SIDE}",
+                             field=name)
+    check_positive(r.frames, "frames")
     if r.frames > MAX_FRAMES:
-        raise UsageError(f"--frames {r.frames} is more than a day of video at 24 fps; the most is {MAX_FRAMES}")
-    check_positive(r.steps, "--steps")
-    check_positive(r.fps, "--fps")
+        raise UsageError(f"{setting('frames', r.frames)} is more than a day of video at 24 fps; the most is "
+                         f"{MAX_FRAMES}", field="frames")
+    check_positive(r.steps, "steps")
+    check_positive(r.fps, "fps")
     if r.steps > MAX_STEPS:
-        raise UsageError(f"--steps {r.steps} is more than the scheduler's {MAX_STEPS} timesteps; 30 to 50 is usual")
+        raise UsageError(f"{setting('steps', r.steps)} is more than the scheduler's {MAX_STEPS} timesteps; 30 to 50 "
+                         "is usual", field="steps")
     if r.fps > MAX_FPS:
-        raise UsageError(f"--fps {r.fps} is more than {MAX_FPS}; the models were trained at 24 (or 16)")
+        raise UsageError(f"{setting('fps', r.fps)} is more than {MAX_FPS}; the models were trained at 24 (or 16)",
+                         field="fps")
     if not spec.forcing and generated_frames(r, spec) > MAX_WINDOW_FRAMES:
-        raise UsageError(f"--frames {r.frames} is beyond the model's position table; the most in one clip is "
-                         f"{MAX_WINDOW_FRAMES}: use a df model with skyreels extend for longer videos")
+        raise UsageError(f"{setting('frames', r.frames)} is beyond the model's position table; the most in one clip is "
+                         f"{MAX_WINDOW_FRAMES}: use a df model with skyreels extend for longer videos", field="frames")
     if not math.isfinite(r.guidance) or r.guidance < 0:
-        raise UsageError(f"--guidance must be a finite number, 0 or more, got {r.guidance}")
+        raise UsageError(f"{setting('guidance', r.guidance)} must be a finite number, 0 or more", field="guidance")
     if not math.isfinite(r.shift) or r.shift <= 0:
-        raise UsageError(f"--shift must be a positive finite number, got {r.shift}")
+        raise UsageError(f"{setting('shift', r.shift)} must be a positive finite number", field="shift")
     if not 0 <= r.seed < 2**63:
-        raise UsageError(f"--seed must be between 0 and 2**63-1, got {r.seed}")
+        raise UsageError(f"{setting('seed', r.seed)} must be between 0 and 2**63-1", field="seed")
     if r.sigma_grid not in GRIDS:
-        raise UsageError(f"--sigma-grid must be one of {', '.join(GRIDS)}, got {r.sigma_grid!r}")
+        raise UsageError(f"{setting('sigma_grid', r.sigma_grid, quoted=True)} is not one of {', '.join(GRIDS)}",
+                         field="sigma_grid")
     if r.image:
         load_image(r.image, _image_option(spec))
     if spec.forcing:
@@ -198,20 +208,22 @@ def validate(r: Request, spec: ModelSpec) -> None:
 
 
 def _validate_forcing(r: Request) -> None:
-    check_frames(r.base_frames, "--base-frames")
-    check_frames(r.overlap, "--overlap")
+    check_frames(r.base_frames, "base_frames")
+    check_frames(r.overlap, "overlap")
     if r.base_frames > MAX_WINDOW_FRAMES:
-        raise UsageError(f"--base-frames {r.base_frames} is beyond the model's position table; "
-                         f"the largest is {MAX_WINDOW_FRAMES}")
+        raise UsageError(f"{setting('base_frames', r.base_frames)} is beyond the model's position table; "
+                         f"the largest is {MAX_WINDOW_FRAMES}", field="base_frames")
     if r.ar_step < 0:
-        raise UsageError(f"--ar-step must be 0 (synchronous) or more, got {r.ar_step}; 5 is recommended")
+        raise UsageError(f"{setting('ar_step', r.ar_step)} must be 0 (synchronous) or more; 5 is recommended",
+                         field="ar_step")
     if r.causal_block < 1:
-        raise UsageError(f"--causal-block must be 1 or more, got {r.causal_block}")
+        raise UsageError(f"{setting('causal_block', r.causal_block)} must be 1 or more", field="causal_block")
     if not math.isfinite(r.addnoise) or not 0 <= r.addnoise <= 50:
-        raise UsageError(f"--addnoise must be between 0 and 50, got {r.addnoise}; 20 is recommended")
+        raise UsageError(f"{setting('addnoise', r.addnoise)} must be between 0 and 50; 20 is recommended",
+                         field="addnoise")
     if not math.isfinite(r.cache) or not 0 <= r.cache <= 1:
-        raise UsageError(f"--cache must be between 0 (off) and 1, got {r.cache}; 0.02 to 0.05 skips a third to a half "
-                         "of the model calls")
+        raise UsageError(f"{setting('cache', r.cache)} must be between 0 (off) and 1; 0.02 to 0.05 skips a third to a half "
+                         "of the model calls", field="cache")
     check_mode(r.color_match)
     if r.end_image:
         load_image(r.end_image, "--end-image")

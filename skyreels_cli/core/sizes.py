@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 
 ASPECTS: dict[str, tuple[int, int]] = {"16:9": (16, 9), "9:16": (9, 16), "1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4)}
 NATIVE: dict[str, tuple[int, int]] = {"540p": (544, 960), "720p": (720, 1280)}  # (height, width)
@@ -30,7 +30,7 @@ def check_aspect(aspect: str) -> str:
     """`aspect` as a key of ASPECTS ("16x9" and spaces accepted); UsageError listing the choices otherwise."""
     key = aspect.strip().lower().replace("x", ":").replace("/", ":").replace(" ", "")
     if key not in ASPECTS:
-        raise UsageError(f"--aspect {aspect!r} is not one of {', '.join(ASPECTS)}")
+        raise UsageError(f"{setting('aspect', aspect, quoted=True)} is not one of {', '.join(ASPECTS)}")
     return key
 
 
@@ -38,7 +38,7 @@ def check_resolution(resolution: str) -> str:
     key = resolution.strip().lower()
     key = key if key.endswith("p") else key + "p"
     if key not in NATIVE:
-        raise UsageError(f"--resolution {resolution!r} is not one of {', '.join(NATIVE)}")
+        raise UsageError(f"{setting('resolution', resolution, quoted=True)} is not one of {', '.join(NATIVE)}")
     return key
 
 
@@ -103,10 +103,10 @@ def pick_size(height: int | None, width: int | None, *, aspect: str | None, reso
     aspect = None if aspect is None else check_aspect(aspect)
     resolution = None if resolution is None else check_resolution(resolution)
     if aspect is not None and height is not None and width is not None:
-        raise UsageError("--aspect with both --height and --width: give one side (the other follows the aspect), "
-                         "or drop --aspect")
+        raise UsageError(f"{setting('aspect')} with both {setting('height')} and {setting('width')}: give one side (the other follows the aspect), "
+                         f"or drop {setting('aspect')}")
     if resolution is not None and (height is not None or width is not None):
-        raise UsageError("--resolution sets both sides: give it without --height and --width, or drop it")
+        raise UsageError(f"{setting('resolution')} sets both sides: give it without {setting('height')} and {setting('width')}, or drop it")
     if height is not None and width is not None:
         return height, width
     if aspect is None and source is not None:

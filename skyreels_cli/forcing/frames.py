@@ -6,7 +6,7 @@ The Wan VAE compresses time 4x with a causal first frame, so a video has
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 
 TEMPORAL = 4
 SPATIAL = 16  # VAE 8x times transformer patch 2x
@@ -26,21 +26,25 @@ def nearest_valid_frames(frames: int) -> tuple[int, int]:
     return below, below + TEMPORAL
 
 
-def check_frames(frames: int, option: str = "--frames") -> None:
+def check_frames(frames: int, name: str = "frames") -> None:
+    """`frames` of setting `name` is a count of 4k+1 frames, or a UsageError naming it."""
     if frames < 1 or (frames - 1) % TEMPORAL:
         if frames < 1:
-            raise UsageError(f"{option} must be a positive count of the form 4k+1 (e.g. 97), got {frames}")
+            raise UsageError(f"{setting(name, frames)} must be a positive count of the form 4k+1 (e.g. 97)",
+                             field=name)
         below, above = nearest_valid_frames(frames)
-        raise UsageError(f"{option} must be of the form 4k+1; {frames} is not: use {below} or {above}")
+        raise UsageError(f"{setting(name, frames)} is not of the form 4k+1: use {below} or {above}", field=name)
 
 
 def check_size(height: int, width: int) -> None:
-    for option, value in (("--height", height), ("--width", width)):
+    for name, value in (("height", height), ("width", width)):
         if value < SPATIAL or value % SPATIAL:
             lower = max(SPATIAL, value // SPATIAL * SPATIAL)
-            raise UsageError(f"{option} must be a positive multiple of 16, got {value}: use {lower} or {lower + SPATIAL}")
+            raise UsageError(f"{setting(name, value)} is not a positive multiple of 16: use {lower} or "
+                             f"{lower + SPATIAL}", field=name)
 
 
-def check_positive(value: float, option: str) -> None:
+def check_positive(value: float, name: str) -> None:
+    """`value` of setting `name` is a positive finite number, or a UsageError naming it."""
     if not value > 0 or value == float("inf"):  # also refuses nan
-        raise UsageError(f"{option} must be a positive number, got {value}")
+        raise UsageError(f"{setting(name, value)} must be a positive number", field=name)

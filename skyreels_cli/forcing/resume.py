@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__, faults
-from ..errors import OutputError, ResumeError
+from ..errors import OutputError, ResumeError, again_with, setting
 from ..media.files import fsync_file
 from .engine import EngineState
 
@@ -45,20 +45,20 @@ def save_state(work_dir: Path, request: dict, model: dict, state: EngineState, f
         tmp.unlink(missing_ok=True)
         reason = getattr(err, "strerror", None) or "the write failed"
         raise OutputError(f"cannot save the resume state in {work_dir} ({reason}); the previous window's state is "
-                          "kept: free disk space, then run the same command with --resume") from None
+                          f"kept: free disk space, then {again_with('resume')}") from None
     return path
 
 
 def load_state(work_dir: Path, output: Path) -> dict:
     path = state_path(work_dir)
     if not path.is_file():
-        raise ResumeError(f"no saved run to resume for {output}; run the same command without --resume")
+        raise ResumeError(f"no saved run to resume for {output}; run it again without {setting('resume', True)}")
     try:
         saved = torch.load(path, weights_only=True)
         saved["engine"] = EngineState.from_dict(saved["engine"])
         return saved
     except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError):
-        raise ResumeError(f"the saved state {path} is unreadable; start over with --overwrite") from None
+        raise ResumeError(f"the saved state {path} is unreadable; start over with {setting('overwrite', True)}") from None
 
 
 def discard_state(work_dir: Path) -> None:

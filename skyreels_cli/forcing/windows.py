@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from .frames import TEMPORAL, latent_frames, pixel_frames
 
 
@@ -60,23 +60,23 @@ def plan_windows(
     Each stretch between cuts must fill whole causal blocks (TailError otherwise)."""
     c = causal_block
     if c < 1:
-        raise UsageError(f"--causal-block must be at least 1, got {c}")
+        raise UsageError(f"{setting('causal_block')} must be at least 1, got {c}")
     long = total > base
     if long and overlap % c:
         # A carried-over prefix must fill whole blocks. (Window lengths need not: each window's
         # new frames are rounded down to whole blocks, so no frame is ever left undenoised.)
         below = max(c, overlap // c * c)
         raise UsageError(
-            f"--overlap {pixel_frames(overlap)} is {overlap} latent frames, not a multiple of --causal-block {c}; "
-            f"use --overlap {pixel_frames(below)} or {pixel_frames(below + c)}"
+            f"{setting('overlap', pixel_frames(overlap))} is {overlap} latent frames, not a multiple of {setting('causal_block', c)}; "
+            f"use {setting('overlap', pixel_frames(below))} or {pixel_frames(below + c)}"
         )
     if long and not 0 < overlap < base:
         raise UsageError(
-            f"--overlap {pixel_frames(overlap)} must be smaller than --base-frames {pixel_frames(base)}; "
-            f"use --overlap {pixel_frames(max(1, (base - 1) // 2))} or a longer --base-frames"
+            f"{setting('overlap', pixel_frames(overlap))} must be smaller than {setting('base_frames', pixel_frames(base))}; "
+            f"use {setting('overlap', pixel_frames(max(1, (base - 1) // 2)))} or a longer {setting('base_frames')}"
         )
     if start_prefix >= base:
-        raise UsageError("the input video's overlap does not leave room for new frames; lower --overlap")
+        raise UsageError(f"the input video's overlap does not leave room for new frames; lower {setting('overlap')}")
     stops = sorted({cut for cut in cuts if start_prefix < cut < total} | {total})
     windows: list[Window] = []
     done = start_prefix
@@ -84,19 +84,19 @@ def plan_windows(
     while done < total or not windows:
         stop = next(cut for cut in stops if cut > done) if done < total else total
         if windows and long and base - prefix < c:  # then no length that needs a second window can work
-            raise UsageError(f"--overlap {pixel_frames(overlap)} leaves no room for a causal block of {c} new frames in "
-                             f"--base-frames {pixel_frames(base)} windows; lower --overlap")
+            raise UsageError(f"{setting('overlap', pixel_frames(overlap))} leaves no room for a causal block of {c} new frames in "
+                             f"{setting('base_frames', pixel_frames(base))} windows; lower {setting('overlap')}")
         room = min(base - prefix, stop - done)
         new = room - room % c
         if new <= 0:
-            raise TailError(TAIL_MESSAGE.format(c=c))
+            raise TailError(tail_message(c))
         last = done + new >= total
         blocks, ready = causal_blocks(prefix, new, c)
         windows.append(Window(len(windows), prefix, prefix + new, blocks, ready, end_image and last))
         done += new
         prefix = overlap
     if done != total:
-        raise TailError(TAIL_MESSAGE.format(c=c))
+        raise TailError(tail_message(c))
     return WindowPlan(total, start_prefix, base, overlap, c, tuple(windows))
 
 
@@ -104,7 +104,9 @@ class TailError(UsageError):
     """The last window's new frames do not fill whole causal blocks."""
 
 
-TAIL_MESSAGE = "--frames leaves a last window whose new latent frames are not a multiple of --causal-block {c}"
+def tail_message(c: int) -> str:
+    return f"{setting('frames')} leaves a last window whose new latent frames are not a multiple of " \
+           f"{setting('causal_block', c)}"
 
 
 def _plan_exact(frames: int, base_frames: int, overlap_frames: int, causal_block: int, image: bool, video: bool,
@@ -137,8 +139,8 @@ def plan_for_length(
             return n, _plan_exact(n, base_frames, overlap_frames, causal_block, image, video, end_image)
         except TailError:
             continue
-    raise UsageError(f"no length at or above --frames {frames} fills whole causal blocks of {causal_block} with "
-                     f"--base-frames {base_frames} and --overlap {overlap_frames}; use --causal-block 1")
+    raise UsageError(f"no length at or above {setting('frames', frames)} fills whole causal blocks of {causal_block} with "
+                     f"{setting('base_frames', base_frames)} and {setting('overlap', overlap_frames)}; use {setting('causal_block', 1)}")
 
 
 def new_latents_for_video(new_frames: int) -> int:
@@ -146,6 +148,6 @@ def new_latents_for_video(new_frames: int) -> int:
     if new_frames < TEMPORAL or new_frames % TEMPORAL:
         below = max(TEMPORAL, new_frames // TEMPORAL * TEMPORAL)
         raise UsageError(
-            f"with --video, --frames counts the new frames and must be a multiple of 4; use {below} or {below + TEMPORAL}"
+            f"with {setting('video')}, {setting('frames')} counts the new frames and must be a multiple of 4; use {below} or {below + TEMPORAL}"
         )
     return new_frames // TEMPORAL

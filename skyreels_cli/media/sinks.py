@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .. import faults
-from ..errors import OutputError
+from ..errors import OutputError, setting
 from .ffmpeg import ffmpeg
 from .files import fsync_file, replace_atomically, replace_folder, write_json_atomic
 from .targets import FRAME_DIGITS, OutputTarget, frame_name
@@ -306,7 +306,7 @@ def _read_segments(path: Path) -> list[dict]:
 def _mismatch(output: Path, resume_frames: int) -> OutputError:
     return OutputError(
         f"the saved partial output for {output} does not match the {resume_frames} frames to resume from; "
-        "rerun without --resume and with --overwrite"
+        f"start again without {setting('resume', True)} and with {setting('overwrite', True)}"
     )
 
 

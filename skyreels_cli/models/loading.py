@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DeviceError, ModelError, UsageError
+from ..errors import DeviceError, ModelError, UsageError, setting
 from .kinds import KINDS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -22,19 +22,19 @@ def check_device(device: str | torch.device | None = "auto", spec=None) -> torch
         if spec is None or spec.is_tiny:
             return torch.device("cpu")
         raise DeviceError(
-            f"no CUDA GPU is visible, and {spec.alias} on the CPU would take days; pass --device cpu to run it "
+            f"no CUDA GPU is visible, and {spec.alias} on the CPU would take days; pass {setting('device', 'cpu')} to run it "
             "anyway, or run `skyreels doctor` to see why CUDA is missing"
         )
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise UsageError(f"--device {device!r} is not a device name; use auto, cuda, cuda:N or cpu") from None
+        raise UsageError(f"{setting('device', device, quoted=True)} is not a device name; use auto, cuda, cuda:N or cpu") from None
     if dev.type not in ("cuda", "cpu"):
-        raise UsageError(f"--device {device!r} is not supported; use auto, cuda, cuda:N or cpu")
+        raise UsageError(f"{setting('device', device, quoted=True)} is not supported; use auto, cuda, cuda:N or cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("CUDA was asked for but no CUDA GPU is visible; pass --device cpu, or run `skyreels doctor`")
+        raise DeviceError(f"CUDA was asked for but no CUDA GPU is visible; pass {setting('device', 'cpu')}, or run `skyreels doctor`")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; run `skyreels doctor`")
+        raise DeviceError(f"{setting('device', device)}: only {torch.cuda.device_count()} CUDA device(s) here; run `skyreels doctor`")
     return dev
 
 
@@ -43,7 +43,7 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r} is not known; use one of {', '.join(DTYPES)}")
+        raise UsageError(f"{setting('dtype', dtype, quoted=True)} is not known; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 

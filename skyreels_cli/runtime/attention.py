@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DeviceError, UsageError
+from ..errors import DeviceError, UsageError, setting
 
 HALF = (torch.bfloat16, torch.float16)
 
@@ -72,12 +72,12 @@ def _device_problem(name: str, choice: AttentionChoice, device: torch.device) ->
     if choice.min_sm is None:
         return None
     if device.type != "cuda":
-        return f"--attention {name} needs {choice.gpus}, not the {device.type}; use --attention auto or sdpa"
+        return f"{setting('attention', name)} needs {choice.gpus}, not the {device.type}; use {setting('attention', 'auto')} or sdpa"
     major, minor = torch.cuda.get_device_capability(device)
     sm = major * 10 + minor
     if sm < choice.min_sm or (choice.max_sm is not None and sm > choice.max_sm):
         gpu = torch.cuda.get_device_name(device)
-        return f"--attention {name} needs {choice.gpus}, not {gpu} (sm{sm}); use --attention auto"
+        return f"{setting('attention', name)} needs {choice.gpus}, not {gpu} (sm{sm}); use {setting('attention', 'auto')}"
     return None
 
 
@@ -95,7 +95,7 @@ def pick_backend(name: str, device: torch.device | str, dtype: torch.dtype | Non
     """
     device = torch.device(device)
     if name not in NAMES:
-        raise UsageError(f"unknown --attention {name!r}; choose one of {', '.join(NAMES)}")
+        raise UsageError(f"unknown {setting('attention', name, quoted=True)}; choose one of {', '.join(NAMES)}")
     if name == "auto":
         if device.type != "cuda":
             return "sdpa"
@@ -105,10 +105,10 @@ def pick_backend(name: str, device: torch.device | str, dtype: torch.dtype | Non
     if problem:
         raise DeviceError(problem)
     if not _installed(choice):
-        raise UsageError(f"--attention {name} is not installed: {choice.install}; or use --attention auto")
+        raise UsageError(f"{setting('attention', name)} is not installed: {choice.install}; or use {setting('attention', 'auto')}")
     if choice.half_only and dtype is not None and dtype not in HALF:
-        raise UsageError(f"--attention {name} runs in bf16/fp16 only, the model is {dtype}; "
-                         f"use --dtype bf16 or --attention sdpa")
+        raise UsageError(f"{setting('attention', name)} runs in bf16/fp16 only, the model is {dtype}; "
+                         f"use {setting('dtype', 'bf16')} or {setting('attention', 'sdpa')}")
     return name
 
 

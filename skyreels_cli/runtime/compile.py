@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import DeviceError
+from ..errors import DeviceError, setting
 
 
 def check_compile(device: torch.device) -> None:
     """Refuse --compile where it cannot work, before anything loads."""
     if device.type == "cpu" and not _has_compiler():
-        raise DeviceError("--compile on the CPU needs a C++ compiler (gcc or clang) on the PATH; install one or "
-                          "leave out --compile")
+        raise DeviceError(f"{setting('compile', True)} on the CPU needs a C++ compiler (gcc or clang) on the PATH; install one or "
+                          f"leave out {setting('compile', True)}")
 
 
 def compile_blocks(transformer: torch.nn.Module, device: torch.device) -> None:

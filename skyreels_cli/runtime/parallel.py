@@ -51,7 +51,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import DeviceError, ModelError, PeerLost, UsageError
+from ..errors import DeviceError, ModelError, PeerLost, UsageError, setting
 from .launch import check_gpus, launched_by_torchrun
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
@@ -89,7 +89,7 @@ class Layout:
         return " x ".join(p for p in parts if p) or "one process"
 
     def flags(self) -> str:
-        return f"--ulysses {self.ulysses} --ring {self.ring}"
+        return f"{setting('ulysses', self.ulysses)} {setting('ring', self.ring)}"
 
 
 def valid_layouts(heads: int, world: int) -> list[Layout]:
@@ -110,8 +110,8 @@ def choose_layout(heads: int, world: int, ulysses: int | None = None, ring: int 
     picked = Layout(ulysses or 0, ring or 0)
     if picked not in choices:
         why = (f"{heads} heads do not split {ulysses} ways" if ulysses and heads % ulysses
-               else f"--ulysses x --ring must equal the {world} processes")
-        raise UsageError(f"cannot run --ulysses {ulysses} --ring {ring} on {world} processes: {why}; "
+               else f"{setting('ulysses')} x {setting('ring')} must equal the {world} processes")
+        raise UsageError(f"cannot run {setting('ulysses', ulysses)} {setting('ring', ring)} on {world} processes: {why}; "
                          f"valid choices: {listed}")
     return picked
 
@@ -562,7 +562,7 @@ def start_watchdog(rank: int, world: int, every_s: float = HEARTBEAT_S,
 
 
 def _die(why: str) -> None:
-    print(f"error: {why}; stopping this rank (the finished windows are kept: add --resume)", file=sys.stderr,
+    print(f"error: {why}; stopping this rank (the finished windows are kept: add {setting('resume', True)})", file=sys.stderr,
           flush=True)
     os._exit(1)
 
