@@ -200,7 +200,7 @@ BAD_INPUT = [
     ([*EXT, "--ar-step", "-1"], ["--ar-step"]),
     ([*EXT, "--addnoise", "80"], ["--addnoise", "50"]),
     ([*EXT, "--image", "{d}/a.png", "--video", "{d}/b.mp4"], ["--image and --video"]),
-    ([*EXT, "--video", "{d}/notvideo.mp4"], ["cannot read video"]),
+    ([*EXT, "--video", "{d}/notvideo.mp4"], ["cannot read --video"]),
     ([*EXT, "--video", "{d}/missing.mp4"], ["does not exist"]),
     ([*EXT, "--end-image", "{d}/missing.png"], ["--end-image", "does not exist"]),
     (["extend", "a cat", "-m", ALIASES["t2v"], "--device", "cpu", "--frames", "45"], ["cannot run `skyreels extend`"]),

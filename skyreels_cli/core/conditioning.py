@@ -68,7 +68,7 @@ def image_latent(pipe, path: str, option: str, request: Request) -> torch.Tensor
 
 def video_prefix(vae, request: Request) -> torch.Tensor:
     """The last `overlap` frames of the video being continued, as clean latents."""
-    tail, _ = read_last_frames(Path(request.video), request.overlap)
+    tail, _ = read_last_frames(Path(request.video), request.overlap, "--video")
     tail = fit_frames(tail, request.height, request.width)
     pixels = torch.from_numpy(tail).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
     return encode_pixels(vae, pixels)

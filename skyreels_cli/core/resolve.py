@@ -124,7 +124,7 @@ def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
     """Continuing a video: its size (when a multiple of 16) and frame rate unless given."""
     from ..media.videos import probe_video
 
-    info = probe_video(Path(r.video))
+    info = probe_video(Path(r.video), "--video")
     height, width = r.height, r.width
     if r.aspect or r.resolution:
         height, width = pick_size(height, width, aspect=r.aspect, resolution=r.resolution,

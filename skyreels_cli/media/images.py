@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +11,42 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputFileError
 
+IMAGE_FILES = "give the path of a PNG or JPEG file"
+
+
+def path_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an input file ("does not exist", "is a folder", ...), or None if it can."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a folder on its path is a file)"
+    except PermissionError:
+        return "cannot be reached (permission denied on a folder of its path)"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a pipe" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        return f"is not a regular file ({kind})"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
 
 def load_image(path: str | Path, option: str = "IMAGE") -> Image.Image:
     """An RGB image as it is meant to be seen: EXIF orientation applied, 16-bit and palette images converted."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{option} {path} does not exist; give the path of a PNG or JPEG file")
+    problem = path_problem(path)
+    if problem is not None:
+        raise InputFileError(f"{option} {path} {problem}; {IMAGE_FILES}")
     try:
         with Image.open(path) as img:
             return to_rgb(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise InputFileError(f"{option} {path} is not a readable image; give a PNG or JPEG file") from None
 
 

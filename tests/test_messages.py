@@ -1,0 +1,110 @@
+"""Messages say what is really wrong, and how to fix it: one line each, exit code 2, nothing written.
+
+Each test here failed before the fix it covers (the item numbers are those of the fault list it came with).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from skyreels_cli.cli import app
+from skyreels_cli.errors import InputFileError, SkyreelsWarning, UsageError
+
+runner = CliRunner()
+TINY = ["-m", "tiny", "--device", "cpu"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *words, absent=()):
+    """The result of a refused command: exit 2, a single `error: ` line holding `words` and none of `absent`."""
+    message = result.output.strip()
+    assert result.exit_code == 2, message
+    assert message.startswith("error: ") and "\n" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+    for word in absent:
+        assert word not in message, (word, message)
+    return message
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@contextmanager
+def no_skyreels_warning():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", SkyreelsWarning)
+        yield
+    assert not [w for w in seen if issubclass(w.category, SkyreelsWarning)], [str(w.message) for w in seen]
+
+
+def write_video(path: Path, width: int, height: int, frames: int = 20) -> Path:
+    from skyreels_cli.media.ffmpeg import ffmpeg
+
+    writer = ffmpeg().write_frames(str(path), (width, height), fps=24, macro_block_size=1, quality=None,
+                                   output_params=["-crf", "20"])
+    writer.send(None)
+    for i in range(frames):
+        writer.send(np.full((height, width, 3), 10 * i, np.uint8).tobytes())
+    writer.close()
+    return path
+
+
+HAS_DEV_ZERO = os.path.exists("/dev/zero")
+
+
+# ------------------------------------------------------------ 1: input paths that are not files
+
+EXTEND = ["extend", "a cat", *TINY, "--frames", "45", "--dry-run"]
+NOT_FILES = [
+    (["i2v", "{d}", "go", *TINY, "--dry-run"], ["IMAGE", "is a folder"]),
+    (["i2v", "/dev/zero", "go", *TINY, "--dry-run"], ["IMAGE /dev/zero", "not a regular file", "PNG or JPEG"]),
+    ([*EXTEND, "--image", "{d}"], ["--image", "is a folder", "PNG or JPEG"]),
+    ([*EXTEND, "--end-image", "{d}"], ["--end-image", "is a folder"]),
+    ([*EXTEND, "--end-image", "/dev/zero"], ["--end-image /dev/zero", "not a regular file"]),
+    ([*EXTEND, "--video", "{d}"], ["--video", "is a folder", "video file"]),
+    ([*EXTEND, "--video", "/dev/zero"], ["--video /dev/zero", "not a regular file", "video file"]),
+]
+
+
+@pytest.mark.parametrize("args,words", NOT_FILES, ids=[" ".join(a[:2] + a[-2:]) for a, _ in NOT_FILES])
+def test_a_folder_or_a_device_given_as_input_is_named_as_such(tmp_path, args, words):
+    if "/dev/zero" in args and not HAS_DEV_ZERO:
+        pytest.skip("no /dev/zero here")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    before = files_in(tmp_path)
+    result = invoke(*[a.format(d=folder) for a in args], "-o", tmp_path / "out.mp4")
+    one_line_error(result, *words, absent=["does not exist"])
+    assert files_in(tmp_path) == before, "something was written"
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda d: d, ["is a folder"]),
+    (lambda d: d / "missing.png", ["does not exist"]),
+    (lambda d: Path("/dev/zero"), ["not a regular file", "a device"]),
+])
+def test_load_image_says_what_the_path_is(tmp_path, make, words):
+    from skyreels_cli.media.images import load_image
+
+    path = make(tmp_path)
+    if str(path) == "/dev/zero" and not HAS_DEV_ZERO:
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(InputFileError) as refused:
+        load_image(path, "--image")
+    for word in words:
+        assert word in str(refused.value)
