@@ -108,3 +108,38 @@ def test_load_image_says_what_the_path_is(tmp_path, make, words):
         load_image(path, "--image")
     for word in words:
         assert word in str(refused.value)
+
+
+# ------------------------------------------------------------ 2: info names itself, and refuses non-videos plainly
+
+def test_info_on_a_missing_file_talks_about_info_not_from(tmp_path):
+    message = one_line_error(invoke("info", tmp_path / "missing.mp4"), "info", "missing.mp4", "does not exist",
+                             absent=["--from"])
+    assert "give a video, a PNG frames folder or a settings JSON" in message
+
+
+def test_from_still_names_from(tmp_path):
+    one_line_error(invoke("t2v", "--from", tmp_path / "missing.mp4"), "--from", "does not exist")
+
+
+def _text_as_mp4(d: Path) -> Path:
+    (d / "notes.mp4").write_text("these are notes, not a video\n")
+    return d / "notes.mp4"
+
+
+def _png(d: Path) -> Path:
+    Image.new("RGB", (16, 16)).save(d / "still.png")
+    return d / "still.png"
+
+
+@pytest.mark.parametrize("make,words", [
+    (_text_as_mp4, ["notes.mp4 is not a video skyreels can read"]),
+    (_png, ["still.png is an image, not a video"]),
+])
+def test_info_on_a_file_that_is_not_a_video_is_one_plain_line(tmp_path, make, words):
+    path = make(tmp_path)
+    for command in (["info", path], ["t2v", "--from", path, "-o", tmp_path / "x.mp4"]):
+        message = one_line_error(invoke(*command), *words)
+        for ffmpeg_talk in ("moov", "[in#", "Invalid data", "ffmpeg"):
+            assert ffmpeg_talk not in message, message
+    assert not (tmp_path / "x.mp4").exists()

@@ -27,7 +27,7 @@ def info(
     from ..core.replay import read_recorded
 
     with user_errors("info"):
-        recorded = read_recorded(source)
+        recorded = read_recorded(source, "skyreels info")
         if as_json:
             data = {"skyreels": recorded.version, "request": recorded.request, "model": recorded.model}
             typer.echo(json.dumps(data if recorded.run is None else {**data, "run": recorded.run}, indent=2,
