@@ -143,3 +143,44 @@ def test_info_on_a_file_that_is_not_a_video_is_one_plain_line(tmp_path, make, wo
         for ffmpeg_talk in ("moov", "[in#", "Invalid data", "ffmpeg"):
             assert ffmpeg_talk not in message, message
     assert not (tmp_path / "x.mp4").exists()
+
+
+# ------------------------------------------------------------ 3: one definition of brightness drift
+
+def _settings_json(tmp_path: Path, colour: list[dict]) -> Path:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({
+        "skyreels": "0", "request": {"prompt": "a fox", "seed": 1},
+        "model": {"alias": "tiny-df", "kind": "df", "repo": "skyreels-tiny/df", "dtype": "fp32", "device": "cpu"},
+        "run": {"frames_written": 17, "timings_s": {}, "output": "x.mp4", "colour": colour},
+    }))
+    return path
+
+
+def _window(index: int, level: float) -> dict:
+    return {"window": index, "first_frame": 10 * index, "mean": [level, level, level], "std": [20.0, 20.0, 20.0]}
+
+
+@pytest.mark.parametrize("levels,words", [
+    # the first window is the outlier drift() leaves out: the old first-to-last difference said -14.0
+    ((120, 100, 102, 104, 106), ["6.0 levels (brighter)"]),
+    ((100, 110, 105, 100), ["10.0 levels (darker)"]),
+    ((90, 100, 100, 100), ["0.0 levels (steady)"]),
+])
+def test_info_prints_the_drift_media_colour_defines(tmp_path, levels, words):
+    from skyreels_cli.media.colour import drift
+
+    records = [_window(i, v) for i, v in enumerate(levels)]
+    result = invoke("info", _settings_json(tmp_path, records))
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if "brightness drift" in line]
+    assert f"{drift(records):.1f} levels" in line, line
+    for word in words:
+        assert word in line, line
+
+
+def test_info_does_not_measure_drift_from_two_windows(tmp_path):
+    result = invoke("info", _settings_json(tmp_path, [_window(0, 100), _window(1, 140)]))
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if "brightness drift" in line]
+    assert "not measured" in line and "40" not in line
