@@ -184,3 +184,36 @@ def test_info_does_not_measure_drift_from_two_windows(tmp_path):
     assert result.exit_code == 0, result.output
     [line] = [line for line in result.output.splitlines() if "brightness drift" in line]
     assert "not measured" in line and "40" not in line
+
+
+# ------------------------------------------------------------ 4: a LoRA scale that is not a number
+
+@pytest.mark.parametrize("scale,words", [
+    ("abc", ["'abc'", "not a number"]),
+    ("1,5", ["'1,5'", "not a number"]),
+    ("", ["no scale"]),
+])
+def test_lora_scale_that_is_not_a_number_says_so(tmp_path, scale, words):
+    from skyreels_cli.models.lora import parse_lora
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"0" * 16)
+    with pytest.raises(UsageError) as refused:
+        parse_lora(f"{lora}:{scale}")
+    message = str(refused.value)
+    assert "no such file" not in message and f"--lora {lora}:0.8" in message
+    for word in words:
+        assert word in message
+    one_line_error(invoke("t2v", "a cat", *TINY, "--dry-run", "--lora", f"{lora}:{scale}"), *words,
+                   absent=["no such file"])
+
+
+def test_lora_scales_and_paths_still_parse(tmp_path):
+    from skyreels_cli.models.lora import LoraSpec, parse_lora
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"0" * 16)
+    assert parse_lora(f"{lora}:0.5") == LoraSpec(str(lora), 0.5)
+    assert parse_lora(str(lora)) == LoraSpec(str(lora))
+    assert parse_lora("C:\\loras\\x.safetensors") == LoraSpec("C:\\loras\\x.safetensors")
+    assert parse_lora("org/name:-1.5e-1").scale == -0.15
