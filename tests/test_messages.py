@@ -217,3 +217,10 @@ def test_lora_scales_and_paths_still_parse(tmp_path):
     assert parse_lora(str(lora)) == LoraSpec(str(lora))
     assert parse_lora("C:\\loras\\x.safetensors") == LoraSpec("C:\\loras\\x.safetensors")
     assert parse_lora("org/name:-1.5e-1").scale == -0.15
+
+
+# ------------------------------------------------------------ 5: plan --vram must be a positive finite number
+
+@pytest.mark.parametrize("vram", ["inf", "nan", "0", "-8", "-inf"])
+def test_plan_refuses_a_vram_that_plans_nothing(vram):
+    one_line_error(invoke("plan", "df-1.3b-540p", "--vram", vram), "--vram", "positive", "e.g. --vram 24")

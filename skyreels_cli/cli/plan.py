@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated
 
 import typer
@@ -40,6 +41,7 @@ def plan(
             from ..errors import UsageError
 
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZES)}, got {quantize!r}")
+        check_vram(vram)
         spec = resolve_model(model, None)
         memory = vram if vram is not None else free_vram_gb()
         predictions = predict(spec, height, width, frames, vram_gb=memory, quantize=quantize)
@@ -59,6 +61,14 @@ def plan(
             # What the loader's `resolve_plan` picks with --offload auto and --quantize as given here (auto: any).
             typer.echo(f"auto picks for {memory:.1f} GB (--quantize {quantize or 'auto'}): {flags(chosen.plan)}, "
                        f"peak {chosen.peak_gb:.1f} GB: {describe(chosen.plan)}")
+
+
+def check_vram(vram: float | None) -> None:
+    """A --vram that is given must be a finite number of GB above 0 (inf, nan, 0 and below plan nothing)."""
+    if vram is not None and not (math.isfinite(vram) and vram > 0):
+        from ..errors import UsageError
+
+        raise UsageError(f"--vram must be a positive number of GB, got {vram}; e.g. --vram 24 for a 24 GB card")
 
 
 def _best_of_each(predictions: list) -> list:
