@@ -261,7 +261,7 @@ def test_ctrl_c_says_what_fits_the_command(hub_models, tmp_path, monkeypatch, co
 
 @pytest.mark.parametrize("args,words", [
     (["t2v"], ["Missing argument", "skyreels t2v --help"]),
-    (["t2v", "a cat", "--frames", "abc"], ["--frames", "integer"]),
+    (["t2v", "a cat", "--frames", "abc"], ["--frames", "whole number"]),
     (["t2v", "a cat", "--fraems", "3"], ["No such option: --fraems", "--frames"]),
     (["nope"], ["No such command", "skyreels --help"]),
 ])

@@ -224,3 +224,31 @@ def test_lora_scales_and_paths_still_parse(tmp_path):
 @pytest.mark.parametrize("vram", ["inf", "nan", "0", "-8", "-inf"])
 def test_plan_refuses_a_vram_that_plans_nothing(vram):
     one_line_error(invoke("plan", "df-1.3b-540p", "--vram", vram), "--vram", "positive", "e.g. --vram 24")
+
+
+# ------------------------------------------------------------ 6: the parser's bad numbers, in plain words
+
+BAD_NUMBERS = [
+    (["t2v", "a cat", "--frames", "1e9"], "--frames '1e9' is not a whole number; e.g. --frames 97"),
+    (["t2v", "a cat", "-f", "2.5"], "--frames '2.5' is not a whole number; e.g. --frames 97"),
+    (["t2v", "a cat", "--steps", "many"], "--steps 'many' is not a whole number; e.g. --steps 30"),
+    (["t2v", "a cat", "--seed", "x"], "--seed 'x' is not a whole number; e.g. --seed 42"),
+    (["t2v", "a cat", "--guidance", "abc"], "--guidance 'abc' is not a number; e.g. --guidance 6.0"),
+    (["extend", "a cat", "--base-frames", "ten"], "--base-frames 'ten' is not a whole number; e.g. --base-frames 97"),
+    (["plan", "tiny-df", "--vram", "lots"], "--vram 'lots' is not a number; e.g. --vram 24"),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_NUMBERS, ids=[" ".join(a[-2:]) for a, _ in BAD_NUMBERS])
+def test_bad_numbers_are_plain_in_process(args, expected):
+    result = invoke(*args)  # Typer's own error display, as CliRunner runs it
+    assert result.exit_code == 2
+    assert expected in result.output and "Input should be" not in result.output, result.output
+
+
+@pytest.mark.parametrize("args,expected", BAD_NUMBERS[::3], ids=[" ".join(a[-2:]) for a, _ in BAD_NUMBERS[::3]])
+def test_bad_numbers_are_plain_from_the_installed_command(args, expected):
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", *args], capture_output=True, text=True, timeout=120)
+    message = done.stderr.strip()
+    assert done.returncode == 2 and done.stdout == ""
+    assert message == f"error: {expected}; see skyreels {args[0]} --help", message
