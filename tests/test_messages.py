@@ -252,3 +252,32 @@ def test_bad_numbers_are_plain_from_the_installed_command(args, expected):
     message = done.stderr.strip()
     assert done.returncode == 2 and done.stdout == ""
     assert message == f"error: {expected}; see skyreels {args[0]} --help", message
+
+
+# ------------------------------------------------------------ 7: suggested frame counts are accepted ones
+
+@pytest.mark.parametrize("option,value,suggested", [
+    ("--base-frames", 2, [5]), ("--base-frames", 3, [5]), ("--base-frames", 4, [5]),
+    ("--base-frames", 6, [5, 9]), ("--base-frames", 30, [29, 33]),
+    ("--overlap", 3, [1, 5]), ("--frames", 3, [1, 5]),
+])
+def test_check_frames_suggests_the_nearest_valid_counts(option, value, suggested):
+    from skyreels_cli.forcing.frames import check_frames
+
+    with pytest.raises(UsageError) as refused:
+        check_frames(value, option)
+    assert str(refused.value).endswith("use " + " or ".join(map(str, suggested))), str(refused.value)
+
+
+@pytest.mark.parametrize("base", [2, 3, 4])
+def test_every_base_frames_suggestion_runs(tmp_path, base):
+    import re
+
+    message = one_line_error(invoke("extend", "a cat", *TINY, "--frames", "45", "--base-frames", base, "--dry-run",
+                                    "-o", tmp_path / "x.mp4"), "--base-frames", "4k+1")
+    suggestions = [int(n) for n in re.findall(r"\d+", message.rsplit("use ", 1)[1])]
+    assert suggestions and 1 not in suggestions
+    for count in suggestions:
+        result = invoke("extend", "a cat", *TINY, "--frames", "45", "--base-frames", count, "--dry-run",
+                        "-o", tmp_path / "x.mp4")
+        assert result.exit_code == 0, result.output
