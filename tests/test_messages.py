@@ -281,3 +281,16 @@ def test_every_base_frames_suggestion_runs(tmp_path, base):
         result = invoke("extend", "a cat", *TINY, "--frames", "45", "--base-frames", count, "--dry-run",
                         "-o", tmp_path / "x.mp4")
         assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------------ 8: -o with control characters
+
+@pytest.mark.parametrize("name,word", [
+    ("a\nb.mp4", "a newline"), ("x\t.mp4", "a tab"), ("\x1b[31mred.mp4", "an escape character"),
+    ("c\r.mp4", "a carriage return"), ("d\x7f.mp4", "U+007F"), ("frames\n/", "a newline"),
+])
+def test_output_names_with_control_characters_are_refused(tmp_path, name, word):
+    before = files_in(tmp_path)
+    one_line_error(invoke("t2v", "a cat", *TINY, "--dry-run", "-o", f"{tmp_path}/{name}"), "-o", word,
+                   "control characters")
+    assert files_in(tmp_path) == before, "something was written"
