@@ -294,3 +294,27 @@ def test_output_names_with_control_characters_are_refused(tmp_path, name, word):
     one_line_error(invoke("t2v", "a cat", *TINY, "--dry-run", "-o", f"{tmp_path}/{name}"), "-o", word,
                    "control characters")
     assert files_in(tmp_path) == before, "something was written"
+
+
+# ------------------------------------------------------------ 9: download tiny builds every tiny kind it covers
+
+def test_download_tiny_builds_and_rebuilds_every_kind_of_the_family(tmp_path, monkeypatch):
+    from skyreels_cli.models import hub
+    from skyreels_cli.models.registry import load_registry
+
+    monkeypatch.setattr(hub, "tiny_root", lambda: tmp_path / "tiny")
+    family = load_registry().families["tiny"]
+    kinds = sorted({load_registry().models[alias].kind for alias in family.values()})
+    assert len(kinds) > 1  # df (t2v, extend) and i2v
+    result = invoke("download", "tiny", "-q")
+    assert result.exit_code == 0, result.output
+    for kind in kinds:
+        assert (tmp_path / "tiny" / kind / "model_index.json").is_file(), kind
+        (tmp_path / "tiny" / kind / "marker").write_text("old")
+    for alias in dict.fromkeys(family.values()):
+        assert f"{alias}: {tmp_path / 'tiny'}" in result.output
+    result = invoke("download", "--force", "tiny", "-q")
+    assert result.exit_code == 0, result.output
+    for kind in kinds:
+        assert (tmp_path / "tiny" / kind / "model_index.json").is_file()
+        assert not (tmp_path / "tiny" / kind / "marker").exists(), f"{kind} was not rebuilt"
