@@ -318,3 +318,44 @@ def test_download_tiny_builds_and_rebuilds_every_kind_of_the_family(tmp_path, mo
     for kind in kinds:
         assert (tmp_path / "tiny" / kind / "model_index.json").is_file()
         assert not (tmp_path / "tiny" / kind / "marker").exists(), f"{kind} was not rebuilt"
+
+
+# ------------------------------------------------------------ 10: doctor sums up, and a CPU-only machine is fine
+
+def test_doctor_without_a_gpu_is_ready_for_the_tiny_models(monkeypatch):
+    import torch
+
+    from skyreels_cli.models.hub import tiny_root
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke("doctor")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 0, result.output
+    assert lines[-1] == "ready for the tiny models on the CPU; no GPU: the released models need CUDA"
+    assert any(line.startswith("tiny models") and str(tiny_root()) in line for line in lines), result.output
+
+
+def test_doctor_with_a_gpu_says_the_released_models_run(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (20 * 2**30, 24 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Test GPU")
+    result = invoke("doctor")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "ready for the released models on 2 GPUs and the tiny models on " \
+                                                     "the CPU"
+
+
+def test_doctor_without_ffmpeg_is_not_ready(monkeypatch):
+    import imageio_ffmpeg
+
+    def missing():
+        raise RuntimeError("no ffmpeg exe could be found")
+
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", missing)
+    result = invoke("doctor")
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("not ready: ") and "ffmpeg is missing" in last, last

@@ -88,7 +88,12 @@ def _download(spec, quiet: bool, force: bool) -> None:
 
 @app.command()
 def doctor() -> None:
-    """Check this machine: torch and CUDA, GPUs and free memory, ffmpeg, diffusers, the model cache."""
+    """Check this machine: torch and CUDA, GPUs and free memory, ffmpeg, diffusers, the model cache and where the
+    tiny models are built; the last line sums up what works here.
+
+    Exits 0 when all this machine can do works (a machine without a GPU runs the tiny models on the CPU: that is
+    not a failure), 1 when something that should work does not (ffmpeg or a package missing, a GPU that cannot be
+    queried, a damaged model in the cache)."""
     from .doctor import report
 
     lines, ok = report()
