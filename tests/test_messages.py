@@ -359,3 +359,110 @@ def test_doctor_without_ffmpeg_is_not_ready(monkeypatch):
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("not ready: ") and "ffmpeg is missing" in last, last
+
+
+# ------------------------------------------------------------ 11: warnings for silent surprises
+
+def _image(tmp_path: Path, width: int, height: int) -> Path:
+    path = tmp_path / f"img{width}x{height}.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("size,words", [
+    ((1, 1), ["is 1x1", "scaled up 80 times", "centre-cropped to 80x48", "blurry", "at least 80x48"]),
+    ((10000, 10), ["is 10000x10", "centre-cropped to 80x48", "% of its width"]),
+    ((10, 4000), ["is 10x4000", "centre-cropped to 80x48", "% of its height"]),
+])
+def test_a_tiny_or_extreme_image_is_told_with_its_sizes(tmp_path, size, words):
+    from skyreels_cli.media.images import fit_image, load_image
+
+    with pytest.warns(SkyreelsWarning) as told:
+        fitted = fit_image(load_image(_image(tmp_path, *size), "--image"), 48, 80)
+    assert fitted.size == (80, 48)
+    [message] = [str(w.message) for w in told if issubclass(w.category, SkyreelsWarning)]
+    assert message.startswith("--image ") and "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_an_ordinary_image_is_fitted_silently(tmp_path):
+    from skyreels_cli.media.images import fit_image, load_image
+
+    with no_skyreels_warning():
+        fit_image(load_image(_image(tmp_path, 96, 64)), 48, 80)  # a little cut, a little scaled: expected
+
+
+def test_an_animated_gif_says_only_its_first_frame_is_used(tmp_path):
+    from skyreels_cli.media.images import fit_image, load_image
+
+    frames = [Image.new("RGB", (80, 48), (60 * i, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with pytest.warns(SkyreelsWarning, match=r"moving.gif is an animated image of 3 frames: only its first frame"):
+        fitted = fit_image(load_image(tmp_path / "moving.gif"), 48, 80)
+    assert np.asarray(fitted)[..., 0].max() == 0  # the first frame (black)
+
+
+def test_i2v_with_a_tiny_image_warns_on_stderr(tmp_path):
+    out = tmp_path / "x.mp4"
+    result = invoke("i2v", _image(tmp_path, 1, 1), "a cat", *TINY, "--steps", 1, "--frames", 5, "--width", 80,
+                    "--height", 48, "-o", out)
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert "is 1x1" in line and "80x48" in line and out.is_file()
+
+
+def test_a_continued_video_of_another_size_is_told_from_what_to_what(tmp_path):
+    video = write_video(tmp_path / "small.mp4", 100, 60)
+    result = invoke("extend", "a cat", *TINY, "--frames", 20, "--overlap", 5, "--video", video, "--dry-run",
+                    "-o", tmp_path / "x.mp4")
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert "--video" in line and "from 100x60 to 80x48" in line and "--width 96 --height 64" in line, line
+
+
+def test_a_continued_video_of_the_output_size_is_not_told(tmp_path):
+    video = write_video(tmp_path / "same.mp4", 96, 64)
+    result = invoke("extend", "a cat", *TINY, "--frames", 20, "--overlap", 5, "--video", video, "--dry-run",
+                    "-o", tmp_path / "x.mp4")
+    assert result.exit_code == 0 and "warning:" not in result.output, result.output
+
+
+class _Placement:
+    device = text_encoder_device = "cpu"
+
+    @contextmanager
+    def encoding(self):
+        yield
+
+
+class _Pipe:
+    """What PromptEncoder uses of a pipeline: the tokenizer, and encode_prompt (no text encoder needed)."""
+
+    def __init__(self):
+        from skyreels_cli.models.tiny import _tokenizer
+
+        self.tokenizer = _tokenizer()
+
+    def encode_prompt(self, prompt, negative_prompt, do_classifier_free_guidance, max_sequence_length, device):
+        import torch
+
+        return torch.zeros(1, max_sequence_length, 4), torch.zeros(1, max_sequence_length, 4)
+
+
+@pytest.mark.parametrize("words,cut", [(600, 89), (511, None), (20, None)])
+def test_a_prompt_longer_than_the_text_encoder_reads_is_told(words, cut):
+    import torch
+
+    from skyreels_cli.core.conditioning import PromptEncoder
+
+    encoder = PromptEncoder(_Pipe(), _Placement())
+    prompt = " ".join(["fox"] * words)  # one token a word, plus the end token
+    if cut is None:
+        with no_skyreels_warning():
+            encoder(prompt, "blurry", 5.0, torch.float32)
+        return
+    with pytest.warns(SkyreelsWarning) as told:
+        encoder(prompt, "blurry", 5.0, torch.float32)
+    [message] = [str(w.message) for w in told if issubclass(w.category, SkyreelsWarning)]
+    assert f"{words + 1} tokens" in message and "512" in message and f"last {cut}" in message, message
