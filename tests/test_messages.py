@@ -466,3 +466,27 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_told(words, cut):
         encoder(prompt, "blurry", 5.0, torch.float32)
     [message] = [str(w.message) for w in told if issubclass(w.category, SkyreelsWarning)]
     assert f"{words + 1} tokens" in message and "512" in message and f"last {cut}" in message, message
+
+
+# ------------------------------------------------------------ 12: one way to write sizes; plan's header names
+
+def test_plan_table_names_every_column_once(capsys):
+    from skyreels_cli.cli.plan import _table
+    from skyreels_cli.runtime.memory import MemoryPlan
+
+    phases = {"text": 2e9, "image": 1e9, "denoise": 5e9, "decode": 3e9}
+    row = SimpleNamespace(plan=MemoryPlan(), phases=phases, fits=True, chosen=True, note="", peak_gb=6.5)
+    _table("df-1.3b-540p", [row])
+    head = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("offload"))
+    names = head.split()
+    assert len(names) == len(set(names)), head
+    assert {"text", "decode"} <= set(names)
+
+
+def test_messages_write_sizes_width_x_height(tmp_path):
+    """The sizes a run prints (Job.describe, warnings) put the width first: a 100 wide, 60 high video is 100x60."""
+    video = write_video(tmp_path / "wide.mp4", 100, 60)
+    result = invoke("extend", "a cat", *TINY, "--frames", 20, "--overlap", 5, "--video", video, "--dry-run",
+                    "--width", 96, "--height", 48, "-o", tmp_path / "x.mp4")
+    assert result.exit_code == 0, result.output
+    assert "tiny-df, 96x48," in result.output and "is 100x60" in result.output and "to 96x48" in result.output

@@ -89,15 +89,18 @@ def _table(alias: str, rows: list) -> None:
     from ..runtime.plan import GB, MARGIN_BYTES, PHASES
 
     phases = [name for name in PHASES if any(name in p.phases for p in rows)]
-    head = f"{'offload':<10} {'quantize':<8} {'cfg':<8} {'decode':<7} {'text':<4} " + \
+    # The plan's settings first (`tiling`: decode in tiles or not; `encoder`: where the text encoder runs), then
+    # the peak of each phase (text and image encoding, denoising, decoding): no name is used twice.
+    head = f"{'offload':<10} {'quantize':<8} {'cfg':<8} {'tiling':<7} {'encoder':<7} " + \
         " ".join(f"{name:>7}" for name in phases) + f" {'peak':>7}  {'fits':<4} chosen"
-    typer.echo(f"{alias}: predicted peak GPU memory in GB (phases without the {MARGIN_BYTES / GB:.1f} GB margin)")
+    typer.echo(f"{alias}: predicted peak GPU memory in GB per phase ({', '.join(phases)}; without the "
+               f"{MARGIN_BYTES / GB:.1f} GB margin); encoder: where the text encoder runs")
     typer.echo(head)
     for p in rows:
         fits = "-" if p.fits is None else ("yes" if p.fits else "no")
         cells = " ".join(f"{p.phases[name] / GB:>7.1f}" if name in p.phases else f"{'-':>7}" for name in phases)
         plan = p.plan
         decode, text = "tiled" if plan.tiled_decode else "untiled", "cpu" if plan.text_encoder_device == "cpu" else "gpu"
-        line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {decode:<7} {text:<4} " \
+        line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {decode:<7} {text:<7} " \
                f"{cells} {p.peak_gb:>7.1f}  {fits:<4} {'*' if p.chosen else ''}"
         typer.echo(line + (f"  ({p.note})" if p.note else ""))
