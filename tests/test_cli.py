@@ -197,7 +197,7 @@ BAD_INPUT = [
     ([*EXT, "--ar-step", "-1"], ["--ar-step"]),
     ([*EXT, "--addnoise", "80"], ["--addnoise", "50"]),
     ([*EXT, "--image", "{d}/a.png", "--video", "{d}/b.mp4"], ["--image and --video"]),
-    ([*EXT, "--video", "{d}/notvideo.mp4"], ["cannot read video"]),
+    ([*EXT, "--video", "{d}/notvideo.mp4"], ["cannot read --video"]),
     ([*EXT, "--video", "{d}/missing.mp4"], ["does not exist"]),
     ([*EXT, "--end-image", "{d}/missing.png"], ["--end-image", "does not exist"]),
     (["extend", "a cat", "-m", ALIASES["t2v"], "--device", "cpu", "--frames", "45"], ["cannot run `skyreels extend`"]),
@@ -258,7 +258,7 @@ def test_ctrl_c_says_what_fits_the_command(hub_models, tmp_path, monkeypatch, co
 
 @pytest.mark.parametrize("args,words", [
     (["t2v"], ["Missing argument", "skyreels t2v --help"]),
-    (["t2v", "a cat", "--frames", "abc"], ["--frames", "integer"]),
+    (["t2v", "a cat", "--frames", "abc"], ["--frames", "whole number"]),
     (["t2v", "a cat", "--fraems", "3"], ["No such option: --fraems", "--frames"]),
     (["nope"], ["No such command", "skyreels --help"]),
 ])

@@ -249,7 +249,7 @@ def test_table_names_the_choice():
     assert plan.flags(chosen.plan).startswith("--offload ")
     assert sum(line.rstrip().endswith("*") or "*  (" in line for line in result.stdout.splitlines()) == 1
     head = next(line for line in result.stdout.splitlines() if line.startswith("offload"))
-    assert head.split()[:5] == ["offload", "quantize", "cfg", "decode", "text"]
+    assert head.split()[:5] == ["offload", "quantize", "cfg", "tiling", "encoder"]
 
 
 def test_nothing_fits_is_one_line_exit_2():

@@ -27,7 +27,7 @@ def info(
     from ..core.replay import read_recorded
 
     with user_errors("info"):
-        recorded = read_recorded(source)
+        recorded = read_recorded(source, "skyreels info")
         if as_json:
             data = {"skyreels": recorded.version, "request": recorded.request, "model": recorded.model}
             typer.echo(json.dumps(data if recorded.run is None else {**data, "run": recorded.run}, indent=2,
@@ -126,7 +126,10 @@ def parallel_line(ranks: dict) -> str:
 
 
 def colour_table(colour: list[dict]) -> list[str]:
-    """Each window's mean and spread of R, G and B (levels 0-255) and the drift of the mean over the run."""
+    """Each window's mean and spread of R, G and B (levels 0-255) and the brightness drift over the run, as
+    `media/colour.py` defines it (`drift`: the trend after the first window, the measure the tests hold)."""
+    from ..media.colour import DRIFT_WINDOWS, drift, trend
+
     if not colour:
         return []
     lines = ["colour per window (levels 0-255):",
@@ -135,6 +138,12 @@ def colour_table(colour: list[dict]) -> list[str]:
         mean, std = entry.get("mean", [0, 0, 0]), entry.get("std", [0, 0, 0])
         lines.append(f"  {entry.get('window', '?'):>6} {entry.get('first_frame', '?'):>10}   "
                      + " ".join(f"{v:6.1f}" for v in mean) + "   " + " ".join(f"{v:6.1f}" for v in std))
-    first, last = (sum(colour[i].get("mean", [0, 0, 0])) / 3 for i in (0, -1))
-    lines.append(f"  brightness drift: {last - first:+.1f} levels from the first window to the last")
+    measured = [entry for entry in colour if len(entry.get("mean") or []) == 3]
+    if len(measured) < DRIFT_WINDOWS:
+        lines.append(f"  brightness drift: not measured (it needs {DRIFT_WINDOWS} windows or more: the first is left "
+                     "out)")
+        return lines
+    moved, shown = trend(measured), f"{drift(measured):.1f}"
+    way = "steady" if shown == "0.0" else "brighter" if moved > 0 else "darker"
+    lines.append(f"  brightness drift: {shown} levels ({way}) along the trend of the windows after the first")
     return lines

@@ -37,7 +37,7 @@ def download(
     quiet: Quiet = False,
 ) -> None:
     """Fetch models into the Hugging Face cache ahead of time (only the files skyreels loads), and check
-    that every file is whole.
+    that every file is whole. A family (`tiny`) fetches, or for the tiny models builds, every model it covers.
 
     Examples:
 
@@ -48,9 +48,7 @@ def download(
       skyreels download --force df-1.3b-540p
     """
     from ..core.enhance import enhancer_folder, is_enhancer
-    from ..errors import ModelError
-    from ..models.hub import disk_size, ensure_model, hub_mismatches
-    from ..models.naming import resolve_model
+    from ..models.hub import disk_size
 
     with user_errors("download"):
         for name in names:
@@ -58,20 +56,45 @@ def download(
                 path = enhancer_folder(name)
                 typer.echo(f"{name}: {path} ({disk_size(path) / 1e9:.2f} GB, prompt enhancer)")
                 continue
-            spec = resolve_model(name, None)
-            path = ensure_model(spec, progress=not quiet, force=force)
-            mismatches = hub_mismatches(spec, path)
-            if mismatches:
-                again = "the Hub's copy may have changed: check the revision" if force else \
-                    f"run `skyreels download --force {spec.alias}`"
-                raise ModelError(f"model {spec.alias} is damaged: {mismatches[0]}; {again}")
-            checked = "sizes and hashes match the Hub" if mismatches is not None else "all files whole"
-            typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB, {checked})")
+            for spec in _members(name):
+                _download(spec, quiet, force)
+
+
+def _members(name: str) -> list:
+    """The models a download of `name` means: every model of a family once (`tiny`: tiny-df for t2v and extend,
+    tiny-i2v for i2v), else the one model it names."""
+    from ..models.naming import resolve_model
+    from ..models.registry import load_registry
+
+    family = load_registry().families.get(name)
+    if family is None:
+        return [resolve_model(name, None)]
+    return [resolve_model(alias, None) for alias in dict.fromkeys(family.values())]
+
+
+def _download(spec, quiet: bool, force: bool) -> None:
+    """Fetch (or build) one model, check it, and print where it is."""
+    from ..errors import ModelError
+    from ..models.hub import disk_size, ensure_model, hub_mismatches
+
+    path = ensure_model(spec, progress=not quiet, force=force)
+    mismatches = hub_mismatches(spec, path)
+    if mismatches:
+        again = "the Hub's copy may have changed: check the revision" if force else \
+            f"run `skyreels download --force {spec.alias}`"
+        raise ModelError(f"model {spec.alias} is damaged: {mismatches[0]}; {again}")
+    checked = "sizes and hashes match the Hub" if mismatches is not None else "all files whole"
+    typer.echo(f"{spec.alias}: {path} ({disk_size(path) / 1e9:.2f} GB, {checked})")
 
 
 @app.command()
 def doctor() -> None:
-    """Check this machine: torch and CUDA, GPUs and free memory, ffmpeg, diffusers, the model cache."""
+    """Check this machine: torch and CUDA, GPUs and free memory, ffmpeg, diffusers, the model cache and where the
+    tiny models are built; the last line sums up what works here.
+
+    Exits 0 when all this machine can do works (a machine without a GPU runs the tiny models on the CPU: that is
+    not a failure), 1 when something that should work does not (ffmpeg or a package missing, a GPU that cannot be
+    queried, a damaged model in the cache)."""
     from .doctor import report
 
     lines, ok = report()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated
 
 import typer
@@ -44,6 +45,7 @@ def plan(
             from ..errors import UsageError
 
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZES)}, got {quantize!r}")
+        check_vram(vram)
         spec = resolve_model(model, None)
         memory = vram if vram is not None else free_vram_gb()
         shape = None if spec.is_tiny else run_shape(spec, Request(height=height, width=width, frames=frames))
@@ -66,6 +68,14 @@ def plan(
                        f"peak {chosen.peak_gb:.1f} GB: {describe(chosen.plan)}")
 
 
+def check_vram(vram: float | None) -> None:
+    """A --vram that is given must be a finite number of GB above 0 (inf, nan, 0 and below plan nothing)."""
+    if vram is not None and not (math.isfinite(vram) and vram > 0):
+        from ..errors import UsageError
+
+        raise UsageError(f"--vram must be a positive number of GB, got {vram}; e.g. --vram 24 for a 24 GB card")
+
+
 def _best_of_each(predictions: list) -> list:
     """Per offload and quantization: the chosen or fastest fitting variant, else the smallest."""
     from ..runtime.plan import speed_rank
@@ -84,15 +94,18 @@ def _table(alias: str, rows: list) -> None:
     from ..runtime.plan import GB, MARGIN_BYTES, PHASES
 
     phases = [name for name in PHASES if any(name in p.phases for p in rows)]
-    head = f"{'offload':<10} {'quantize':<8} {'cfg':<8} {'decode':<7} {'text':<4} " + \
+    # The plan's settings first (`tiling`: decode in tiles or not; `encoder`: where the text encoder runs), then
+    # the peak of each phase (text and image encoding, denoising, decoding): no name is used twice.
+    head = f"{'offload':<10} {'quantize':<8} {'cfg':<8} {'tiling':<7} {'encoder':<7} " + \
         " ".join(f"{name:>7}" for name in phases) + f" {'peak':>7}  {'fits':<4} chosen"
-    typer.echo(f"{alias}: predicted peak GPU memory in GB (phases without the {MARGIN_BYTES / GB:.1f} GB margin)")
+    typer.echo(f"{alias}: predicted peak GPU memory in GB per phase ({', '.join(phases)}; without the "
+               f"{MARGIN_BYTES / GB:.1f} GB margin); encoder: where the text encoder runs")
     typer.echo(head)
     for p in rows:
         fits = "-" if p.fits is None else ("yes" if p.fits else "no")
         cells = " ".join(f"{p.phases[name] / GB:>7.1f}" if name in p.phases else f"{'-':>7}" for name in phases)
         plan = p.plan
         decode, text = "tiled" if plan.tiled_decode else "untiled", "cpu" if plan.text_encoder_device == "cpu" else "gpu"
-        line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {decode:<7} {text:<4} " \
+        line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {decode:<7} {text:<7} " \
                f"{cells} {p.peak_gb:>7.1f}  {fits:<4} {'*' if p.chosen else ''}"
         typer.echo(line + (f"  ({p.note})" if p.note else ""))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import warn
 from ..forcing.decoding import normalize
 from ..forcing.engine import Conditioning
 from ..media.images import fit_frames, fit_image, load_image
@@ -43,6 +44,12 @@ class PromptEncoder:
 
     @torch.no_grad()
     def encode(self, prompt: str, negative: str, cfg: bool):
+        for name, text in (("prompt", prompt), ("negative prompt", negative if cfg else None)):
+            count = self.tokens(text) if text else 0
+            if count > TEXT_TOKENS:
+                head = text if len(text) <= 40 else text[:37].rstrip() + "..."
+                warn(f"the {name} {head!r} is {count} tokens long and the text encoder reads only the first "
+                     f"{TEXT_TOKENS}: the last {count - TEXT_TOKENS} are cut off; shorten it")
         with self.placement.encoding():
             positive, negative_embeds = self.pipe.encode_prompt(
                 prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
@@ -50,6 +57,19 @@ class PromptEncoder:
             )
         device = self.placement.device  # the text encoder may have run on the host (--text-encoder-device cpu)
         return positive.to(device), negative_embeds.to(device) if cfg else None
+
+    def tokens(self, text: str) -> int:
+        """How many tokens the pipeline's tokenizer makes of `text` (its end token included), cleaned as
+        `encode_prompt` cleans it, counted without the text encoder and without cutting at 512."""
+        import sys
+
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        if tokenizer is None:
+            return 0
+        clean = getattr(sys.modules.get(type(self.pipe).__module__), "prompt_clean", None)
+        ids = tokenizer(clean(text) if clean else text, add_special_tokens=True, truncation=False,
+                        verbose=False)["input_ids"]
+        return len(ids)
 
 
 @torch.no_grad()
@@ -68,7 +88,7 @@ def image_latent(pipe, path: str, option: str, request: Request) -> torch.Tensor
 
 def video_prefix(vae, request: Request) -> torch.Tensor:
     """The last `overlap` frames of the video being continued, as clean latents."""
-    tail, _ = read_last_frames(Path(request.video), request.overlap)
+    tail, _ = read_last_frames(Path(request.video), request.overlap, "--video")
     tail = fit_frames(tail, request.height, request.width)
     pixels = torch.from_numpy(tail).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
     return encode_pixels(vae, pixels)

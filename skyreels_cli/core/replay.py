@@ -54,25 +54,39 @@ class Recorded:
                 quantize if quantize != "auto" else self.model.get("quantize", "auto"))
 
 
-def read_recorded(path: str | Path) -> Recorded:
-    """The settings recorded for a skyreels output: a video, a PNG frames folder or a settings JSON."""
+MADE_BY_SKYREELS = "give a video, a PNG frames folder or a settings JSON made by skyreels"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def read_recorded(path: str | Path, option: str = "--from") -> Recorded:
+    """The settings recorded for a skyreels output: a video, a PNG frames folder or a settings JSON.
+
+    `option` is how the caller names the input in its messages: an option (`--from`) or a command
+    (`skyreels info`)."""
+    from ..media.images import path_problem
+
     source = Path(path)
-    if not source.exists():
-        raise InputFileError(f"--from {path} does not exist; give a video, a PNG frames folder or a settings JSON "
-                             "made by skyreels")
+    where = f"{option} {path}" if option.startswith("-") else f"{option}: {path}"
+    problem = path_problem(source)
+    if problem is not None and not source.is_dir():
+        raise InputFileError(f"{where} {problem}; {MADE_BY_SKYREELS}")
     if source.is_dir():
-        where = source / SETTINGS_NAME
-        settings = _read_json(where)
+        where_json = source / SETTINGS_NAME
+        settings = _read_json(where_json)
     elif source.suffix.lower() == ".json":
-        where = source
-        settings = _read_json(where)
+        where_json = source
+        settings = _read_json(where_json)
+    elif source.suffix.lower() in IMAGE_SUFFIXES:
+        folder = source.parent / SETTINGS_NAME
+        here = f" (its folder {source.parent} holds the settings: give the folder)" if folder.is_file() else ""
+        raise InputFileError(f"{where} is an image, not a video; {MADE_BY_SKYREELS}{here}")
     else:
-        settings, where = _video_settings(source)
+        settings, where_json = _video_settings(source, where)
     if settings is None:
-        raise InputFileError(f"{path} carries no skyreels settings (a skyreels output has them in its comment tag "
+        raise InputFileError(f"{where} carries no skyreels settings (a skyreels output has them in its comment tag "
                              f"or in {_sidecar_of(source).name}); a video, PNG folder or settings JSON made by "
                              "skyreels is needed")
-    return Recorded(source=source, settings=where, request=dict(settings["request"]),
+    return Recorded(source=source, settings=where_json, request=dict(settings["request"]),
                     model=dict(settings.get("model") or {}), run=settings.get("run"),
                     version=settings.get("skyreels"), shots=settings.get("shots"))
 
@@ -81,13 +95,19 @@ def _sidecar_of(source: Path) -> Path:
     return source / SETTINGS_NAME if source.is_dir() else source.with_name(source.name + ".json")
 
 
-def _video_settings(video: Path) -> tuple[dict | None, Path]:
-    """The comment tag's settings, completed by the sidecar beside the video when both describe the same run."""
+def _video_settings(video: Path, where: str) -> tuple[dict | None, Path]:
+    """The comment tag's settings, completed by the sidecar beside the video when both describe the same run.
+    A file ffmpeg cannot read is refused in one line, unless a sidecar named after it still tells."""
     from ..media.videos import read_comment  # ffmpeg's view of the tag, without decoding the frames
 
-    tag = _parse(read_comment(video))
     sidecar_path = _sidecar_of(video)
     sidecar = _read_json(sidecar_path)
+    try:
+        tag = _parse(read_comment(video))
+    except InputFileError:
+        if sidecar is not None:
+            return sidecar, sidecar_path
+        raise InputFileError(f"{where} is not a video skyreels can read; {MADE_BY_SKYREELS}") from None
     if sidecar is not None and (tag is None or sidecar["request"] == tag["request"]):
         return sidecar, sidecar_path  # a tag lost in re-encoding: the sidecar named after the video still tells
     return tag, video

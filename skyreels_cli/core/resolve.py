@@ -126,10 +126,13 @@ def _check_fields_for_kind(r: Request, spec: ModelSpec) -> None:
 
 
 def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
-    """Continuing a video: its size (when a multiple of 16) and frame rate unless given."""
+    """Continuing a video: its size (when a multiple of 16) and frame rate unless given; a warning says when its
+    frames will be rescaled to another size."""
+    from ..errors import warn
     from ..media.videos import probe_video
+    from .sizes import round16
 
-    info = probe_video(Path(r.video))
+    info = probe_video(Path(r.video), "--video")
     height, width = r.height, r.width
     if r.aspect or r.resolution:
         height, width = pick_size(height, width, aspect=r.aspect, resolution=r.resolution,
@@ -146,7 +149,16 @@ def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
             f"--video {r.video} has {info['frames']} frames, fewer than --overlap {overlap}; "
             "give a longer video or a smaller --overlap"
         )
-    return _default(height, spec.height), _default(width, spec.width), fps
+    height, width = _default(height, spec.height), _default(width, spec.width)
+    video_w, video_h = info["width"], info["height"]
+    if (video_w, video_h) != (width, height):
+        near = (round16(video_w), round16(video_h))
+        keep = "keep its size" if near == (video_w, video_h) else "stay as near its size as multiples of 16 allow"
+        advice = "" if near == (width, height) else f"; give --width {near[0]} --height {near[1]} to {keep}"
+        warn(f"--video {r.video} is {video_w}x{video_h}, the output {width}x{height}: its frames are rescaled and "
+             f"centre-cropped from {video_w}x{video_h} to {width}x{height} (their copy at the start of the output "
+             f"too){advice}")
+    return height, width, fps
 
 
 def _forcing_defaults(r: Request, spec: ModelSpec) -> Request:

@@ -20,10 +20,19 @@ def pixel_frames(latents: int) -> int:
     return (latents - 1) * TEMPORAL + 1
 
 
-def nearest_valid_frames(frames: int) -> tuple[int, int]:
-    """The valid counts (4k+1) just below and just above `frames`."""
-    below = max(1, (frames - 1) // TEMPORAL * TEMPORAL + 1)
-    return below, below + TEMPORAL
+# The smallest count worth suggesting per option: a window of one frame (--base-frames 1) leaves no room for
+# an overlap and new frames, so windows.py refuses it for any video longer than one frame.
+SMALLEST = {"base_frames": 5}
+
+
+def nearest_valid_frames(frames: int, least: int = 1) -> tuple[int, ...]:
+    """The valid counts (4k+1, at least `least`) just below and just above `frames`; only the one above when
+    none below is valid."""
+    below = (frames - 1) // TEMPORAL * TEMPORAL + 1
+    above = below + TEMPORAL
+    if above < least:
+        above = (least - 1 + TEMPORAL - 1) // TEMPORAL * TEMPORAL + 1  # the smallest valid count >= least
+    return (below, above) if below >= least else (above,)
 
 
 def check_frames(frames: int, name: str = "frames") -> None:
@@ -32,8 +41,9 @@ def check_frames(frames: int, name: str = "frames") -> None:
         if frames < 1:
             raise UsageError(f"{setting(name, frames)} must be a positive count of the form 4k+1 (e.g. 97)",
                              field=name)
-        below, above = nearest_valid_frames(frames)
-        raise UsageError(f"{setting(name, frames)} is not of the form 4k+1: use {below} or {above}", field=name)
+        counts = nearest_valid_frames(frames, SMALLEST.get(name, 1))
+        raise UsageError(f"{setting(name, frames)} is not of the form 4k+1: use {' or '.join(map(str, counts))}",
+                         field=name)
 
 
 def check_size(height: int, width: int) -> None:

@@ -80,11 +80,20 @@ def drift(records: Sequence[dict]) -> float:
 
     The first window is left out: it is the reference of nothing, and it holds the video's first frame,
     which the causal VAE decodes on its own (on the tiny test model it is several levels off the rest)."""
+    return abs(trend(records))
+
+
+def trend(records: Sequence[dict]) -> float:
+    """`drift` with its sign: positive when the video grew brighter, negative when darker; 0.0 with fewer than
+    `DRIFT_WINDOWS` windows (nothing to fit a trend to once the first is left out)."""
     later = [brightness(r) for r in records[1:]]
     if len(later) < 2:
         return 0.0
     slope = np.polyfit(np.arange(len(later)), later, 1)[0]
-    return float(abs(slope) * (len(later) - 1))
+    return float(slope * (len(later) - 1))
+
+
+DRIFT_WINDOWS = 3  # the fewest windows `drift` measures: the first is left out, and a trend needs two points
 
 
 def check_mode(mode: str) -> str:

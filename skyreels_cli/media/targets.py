@@ -76,6 +76,7 @@ def resolve_output(
         output = str(Path(folder if folder is not None else "outputs") / default_output_name(prompt, seed, now))
     if not output.strip():
         raise UsageError("-o is empty; give NAME.mp4 for a video or DIR/ for PNG frames")
+    _check_characters(output)
     path = Path(output)
     if path.name in ("", ".", ".."):  # "./", "..": the folder they name
         path = path.resolve()
@@ -98,6 +99,20 @@ def resolve_output(
     else:
         _check_writable_parent(target.path)
     return target
+
+
+def _check_characters(output: str) -> None:
+    """Refuse control characters (newline, tab, escape, NUL, ...) in -o: they break every script that reads the
+    printed path back (`$(skyreels ... -q)`, one path a line) and most terminals that show it."""
+    for position, char in enumerate(output):
+        if unicodedata.category(char) == "Cc":
+            what = CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
+            raise UsageError(f"-o {output!r} holds {what} (character {position + 1}); choose a name without "
+                             "newlines, tabs or other control characters")
+
+
+CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte",
+                 "\x1b": "an escape character"}
 
 
 def _mp4_target(path: Path) -> OutputTarget:

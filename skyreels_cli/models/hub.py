@@ -36,8 +36,13 @@ def hf_home() -> Path:
     return Path(constants.HF_HOME)
 
 
+def tiny_root() -> Path:
+    """Where the tiny random checkpoints are built: beside the Hub cache (in HF_HOME), not in it."""
+    return hf_home() / "skyreels-tiny"
+
+
 def tiny_path(spec: ModelSpec) -> Path:
-    return hf_home() / "skyreels-tiny" / spec.kind
+    return tiny_root() / spec.kind
 
 
 def is_offline() -> bool:

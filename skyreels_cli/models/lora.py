@@ -53,13 +53,20 @@ class ResolvedLora:
 
 
 def parse_lora(text: str) -> LoraSpec:
-    """`PATH_OR_REPO[:SCALE]`; a trailing `:number` is the scale (so `C:\\x.safetensors` stays a path)."""
+    """`PATH_OR_REPO[:SCALE]`; a trailing `:number` is the scale (so `C:\\x.safetensors` stays a path).
+
+    A `:` after a file, folder or repo id that exists (or could be a repo id) followed by something that is not
+    a number is a scale given wrong, and refused as such rather than looked for as a file named so."""
     text = text.strip()
     head, sep, tail = text.rpartition(":")
     if sep and head and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail):
         return LoraSpec(head, float(tail))
     if not text:
         raise UsageError("--lora needs a file, folder or Hub repo id, e.g. --lora style.safetensors:0.8")
+    if sep and head and not re.search(r"[/\\]", tail) and not Path(text).expanduser().exists() \
+            and (Path(head).expanduser().exists() or _looks_like_repo(head)):
+        what = "has no scale after its ':'" if not tail.strip() else f"has the scale {tail!r}, which is not a number"
+        raise UsageError(f"--lora {text} {what}; give a number after the ':', e.g. --lora {head}:0.8")
     return LoraSpec(text)
 
 
