@@ -194,7 +194,7 @@ def startup() -> list[dict]:
     from skyreels_cli.runtime import trace
 
     rows = []
-    for (kind, size), arch in ARCHITECTURES.items():
+    for arch in ARCHITECTURES.values():
         parts = {
             "transformer": trace.trace_transformer_weights(arch.transformer),
             "text_encoder": trace.trace_text_encoder(arch.text_encoder).weights,

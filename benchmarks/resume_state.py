@@ -10,10 +10,9 @@
 
 from __future__ import annotations
 
-import math
 import platform
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -66,7 +65,7 @@ def state_bytes(vae, height: int, width: int) -> int:
 
 
 def main() -> None:
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.platform()}, torch {torch.__version__}")
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.platform()}, torch {torch.__version__}")
     vae = AutoencoderKLWan().eval()  # the released Wan2.1 VAE architecture, random weights
     print(f"replay length: {replay_length(vae)} latent frames")
     check_replay(vae)

@@ -87,7 +87,7 @@ def test_drift_is_the_brightness_trend_after_the_first_window():
 
 def test_modes_are_checked():
     assert check_mode(DEFAULT_MODE) == "latent"
-    with pytest.raises(UsageError, match="--color-match must be one of off, latent, pixel"):
+    with pytest.raises(UsageError, match="color_match must be one of off, latent, pixel"):
         check_mode("hsv")
 
 
@@ -163,7 +163,7 @@ def test_an_interrupted_matched_run_resumes_to_the_same_frames_and_record(mode, 
     with pytest.raises(Stop):
         model.generate(request, f"{tmp_path / 'cut'}/", on_window=stop_after_second)
     events = []
-    resumed = model.generate(request, f"{tmp_path / 'cut'}/", resume=True, progress=events.append)
+    resumed = model.generate(request, f"{tmp_path / 'cut'}/", resume=True, on_event=events.append)
     straight = model.generate(request, f"{tmp_path / 'straight'}/")
     assert events[0].done == 2 and resumed.resumed
     ours, reference = read_png_frames(resumed.path), read_png_frames(straight.path)

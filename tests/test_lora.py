@@ -174,13 +174,15 @@ def test_cli_records_the_lora_and_refuses_a_misfit(hub_models, lora_file, tmp_pa
 def test_resume_with_other_loras_is_refused(base, lora_file):
     from types import SimpleNamespace
 
+    from skyreels_cli.core.run import _check_resumable
+
     model = base[0]
     record = L.resolve_lora(str(lora_file)).record
     job = SimpleNamespace(saved={"model": {"quantize": "none", "loras": [record]}}, target=SimpleNamespace(path="x"))
-    with pytest.raises(ResumeError, match="--lora"):
-        model._check_resumable(job)
+    with pytest.raises(ResumeError, match="other LoRAs"):
+        _check_resumable(job, model)
     model.loras = [{**record, "path": "/elsewhere/copy.safetensors"}]  # the same file moved: still the same run
     try:
-        model._check_resumable(job)
+        _check_resumable(job, model)
     finally:
         model.loras = []

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from skyreels_cli.errors import UsageError
-from skyreels_cli.runtime.placement import Placement
 from skyreels_cli.models.tiny import build_components
 from skyreels_cli.runtime.memory import (
     MemoryPlan,
@@ -24,6 +23,7 @@ from skyreels_cli.runtime.memory import (
     is_skipped,
     skipped_patterns,
 )
+from skyreels_cli.runtime.placement import Placement
 
 CPU = torch.device("cpu")
 FRAMES = 5  # latent frames: 17 pixel frames at 64x64
@@ -104,19 +104,19 @@ def test_unknown_names_are_one_line_usage_errors(field, value, option):
     with pytest.raises(UsageError) as info:
         MemoryPlan(**{field: value})
     message = str(info.value)
-    assert "\n" not in message and message.startswith(f"{option} {value!r} is not known; use one of ")
+    assert "\n" not in message and message.startswith(f"{field}={value!r} is not known; use one of ")
 
 
 def test_auto_offload_must_be_resolved_by_the_planner_first():
-    with pytest.raises(UsageError, match="--offload auto must be resolved"):
+    with pytest.raises(UsageError, match="offload='auto' must be resolved"):
         MemoryPlan(offload="auto")
 
 
 def test_functions_check_names_too(tiny):
     transformer = tiny["transformer"]
-    with pytest.raises(UsageError, match="--quantize 'nf4' is not known"):
+    with pytest.raises(UsageError, match="quantize='nf4' is not known"):
         apply_quantization(transformer, "nf4")
-    with pytest.raises(UsageError, match="--offload 'disk' is not known"):
+    with pytest.raises(UsageError, match="offload='disk' is not known"):
         apply_offload_hooks(transformer, "disk", CPU)
 
 

@@ -201,7 +201,7 @@ def test_lora_scale_that_is_not_a_number_says_so(tmp_path, scale, words):
     with pytest.raises(UsageError) as refused:
         parse_lora(f"{lora}:{scale}")
     message = str(refused.value)
-    assert "no such file" not in message and f"--lora {lora}:0.8" in message
+    assert "no such file" not in message and f"loras='{lora}:0.8'" in message
     for word in words:
         assert word in message
     one_line_error(invoke("t2v", "a cat", *TINY, "--dry-run", "--lora", f"{lora}:{scale}"), *words,
@@ -257,9 +257,9 @@ def test_bad_numbers_are_plain_from_the_installed_command(args, expected):
 # ------------------------------------------------------------ 7: suggested frame counts are accepted ones
 
 @pytest.mark.parametrize("option,value,suggested", [
-    ("--base-frames", 2, [5]), ("--base-frames", 3, [5]), ("--base-frames", 4, [5]),
-    ("--base-frames", 6, [5, 9]), ("--base-frames", 30, [29, 33]),
-    ("--overlap", 3, [1, 5]), ("--frames", 3, [1, 5]),
+    ("base_frames", 2, [5]), ("base_frames", 3, [5]), ("base_frames", 4, [5]),
+    ("base_frames", 6, [5, 9]), ("base_frames", 30, [29, 33]),
+    ("overlap", 3, [1, 5]), ("frames", 3, [1, 5]),
 ])
 def test_check_frames_suggests_the_nearest_valid_counts(option, value, suggested):
     from skyreels_cli.forcing.frames import check_frames

@@ -22,6 +22,9 @@ from skyreels_cli.runtime import parallel as P
 
 from .conftest import ALIASES, read_png_frames
 
+# Real torchrun processes (gloo): minutes in all.
+pytestmark = pytest.mark.slow
+
 SIZE = ["--device", "cpu", "--height", "64", "--width", "64", "--steps", "3", "--seed", "5", "-q"]
 # two windows of 5 latent frames (17 pixel frames) with an overlap of 2: 29 frames
 EXTEND = ["extend", "a red fox running", "-m", ALIASES["df"], "--frames", "29", "--base-frames", "17",

@@ -12,6 +12,7 @@ import skyreels_cli.cli.plan  # noqa: F401  (registers `skyreels plan` on the ap
 from skyreels_cli.cli.app import app
 from skyreels_cli.errors import UsageError
 from skyreels_cli.models.architectures import TransformerArch, VaeArch, architecture
+from skyreels_cli.errors import command_line_spelling
 from skyreels_cli.models.naming import resolve_model
 from skyreels_cli.runtime import memory, plan, trace
 
@@ -155,7 +156,7 @@ def test_nothing_fitting_the_constraints_is_one_line_naming_the_smallest():
     least = min(plan.predict(spec, vram_gb=24, offload="none", quantize="none", cfg="separate"),
                 key=lambda p: p.peak)
     assert "\n" not in message
-    assert message.startswith("no memory plan with --offload none --quantize none --cfg separate fits in 24 GB; ")
+    assert message.startswith("no memory plan with offload='none', quantize='none', cfg='separate' fits in 24 GB; ")
     assert f"the smallest, {plan.describe(least.plan)}, needs {least.peak_gb:.1f} GB" in message
     assert least.peak_gb > 24
 
@@ -202,9 +203,9 @@ def test_cpu_tiny_and_unknown_models_get_the_plain_plan_with_no_prediction(monke
 
 def test_bad_names_are_one_line_usage_errors():
     spec = resolve_model(DF13)
-    with pytest.raises(UsageError, match=r"^--offload 'disk' is not known; use one of auto, none, model"):
+    with pytest.raises(UsageError, match=r"^offload='disk' is not known; use one of auto, none, model"):
         plan.resolve_plan(spec, CUDA, offload="disk", vram_gb=24)
-    with pytest.raises(UsageError, match=r"^--cfg batched needs a diffusion forcing model; t2v-14b-540p"):
+    with pytest.raises(UsageError, match=r"^cfg='batched' needs a diffusion forcing model; t2v-14b-540p"):
         plan.resolve_plan(resolve_model("t2v-14b-540p"), CUDA, cfg="batched", vram_gb=24)
 
 
@@ -244,9 +245,10 @@ def test_table_names_the_choice():
     result = invoke(DF13, "--vram", 8)
     assert result.exit_code == 0, result.output
     chosen = plan.choose(plan.predict(resolve_model(DF13), vram_gb=8), 8)
-    assert f"auto picks for 8.0 GB (--quantize auto): {plan.flags(chosen.plan)}, peak {chosen.peak_gb:.1f} GB" \
-        in result.stdout
-    assert plan.flags(chosen.plan).startswith("--offload ")
+    with command_line_spelling():  # as the command prints them
+        flags = plan.flags(chosen.plan)
+    assert f"auto picks for 8.0 GB (--quantize auto): {flags}, peak {chosen.peak_gb:.1f} GB" in result.stdout
+    assert flags.startswith("--offload ") and plan.flags(chosen.plan).startswith("offload='")
     assert sum(line.rstrip().endswith("*") or "*  (" in line for line in result.stdout.splitlines()) == 1
     head = next(line for line in result.stdout.splitlines() if line.startswith("offload"))
     assert head.split()[:5] == ["offload", "quantize", "cfg", "tiling", "encoder"]
@@ -261,8 +263,8 @@ def test_nothing_fits_is_one_line_exit_2():
 
 @pytest.mark.parametrize("args, message", [
     (("no-such-model",), "unknown model"),
-    ((DF13, "--height", 500), "--height must be a positive multiple of 16"),
-    ((DF13, "--frames", 0), "--frames must be a positive number"),
+    ((DF13, "--height", 500), "--height 500 is not a positive multiple of 16: use 496 or 512"),
+    ((DF13, "--frames", 0), "--frames 0 must be a positive number"),
     ((DF13, "--quantize", "fp4"), "--quantize must be one of"),
     (("tiny-df",), "tiny test model"),
 ])

@@ -73,39 +73,47 @@ def on_tiny(argv: list[str]) -> list[str]:
     return [*out, "--model", "tiny", "--device", "cpu"]
 
 
-@pytest.fixture
-def example_inputs(tmp_path, monkeypatch):
-    """The files the examples name, made here: images, and a short video to continue."""
+@pytest.fixture(scope="module")
+def example_inputs(hub_models, tmp_path_factory):
+    """The files the examples name, made once: images, and a short video to continue."""
     import numpy as np
     from PIL import Image
 
+    folder = tmp_path_factory.mktemp("examples")
     y, x = np.mgrid[0:48, 0:80]
     picture = np.stack([x * 3, y * 5, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
     for name in ("photo.png", "portrait.jpg"):
-        Image.fromarray(picture).save(tmp_path / name)
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["t2v", "a fox", "--model", "tiny", "--device", "cpu", "-o", "fox.mp4", "-q"])
-    assert result.exit_code == 0, result.output
-    return tmp_path
+        Image.fromarray(picture).save(folder / name)
+    for name in ("fox.mp4", "storm.mp4"):  # a video to continue, and recorded settings to run again
+        result = CliRunner().invoke(app, ["t2v", "a fox", "--model", "tiny", "--device", "cpu", "-o",
+                                          str(folder / name), "-q"])
+        assert result.exit_code == 0, result.output
+    return folder
 
 
-def test_every_example_runs_as_written_on_the_tiny_model(hub_models, example_inputs):
+def generating_examples() -> list[list[str]]:
+    examples = [argv for argv in readme_commands() + help_examples() if argv[1] in ("t2v", "i2v", "extend")]
+    assert len(examples) >= 12
+    return examples
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", generating_examples(), ids=lambda a: " ".join(a[1:4]))
+def test_every_example_runs_as_written_on_the_tiny_model(argv, example_inputs, monkeypatch):
     """Each example of the README and of --help, with --model tiny --device cpu: it runs (a --resume
     example after the same command was killed mid-run)."""
     import os
     import subprocess
     import sys
 
-    examples = [argv for argv in readme_commands() + help_examples() if argv[1] in ("t2v", "i2v", "extend")]
-    assert len(examples) >= 12
-    for argv in examples:
-        args = on_tiny(argv)
-        if "--resume" in args:
-            fresh = [a for a in args if a != "--resume"]
-            env = {**os.environ, "SKYREELS_FAULT": "window_saved:2"}
-            subprocess.run([sys.executable, "-m", "skyreels_cli", *fresh, "--overwrite", "-q"], env=env,
-                           capture_output=True, timeout=300)
-        elif "-o" in args:
-            args.append("--overwrite")  # the same output appears in more than one example
-        result = CliRunner().invoke(app, [*args, "-q"])
-        assert result.exit_code == 0, (" ".join(argv), result.output)
+    monkeypatch.chdir(example_inputs)
+    args = on_tiny(argv)
+    if "--resume" in args:
+        fresh = [a for a in args if a != "--resume"]
+        env = {**os.environ, "SKYREELS_FAULT": "window_saved:2"}
+        subprocess.run([sys.executable, "-m", "skyreels_cli", *fresh, "--overwrite", "-q"], env=env,
+                       capture_output=True, timeout=300)
+    elif "-o" in args:
+        args.append("--overwrite")  # the same output appears in more than one example
+    result = CliRunner().invoke(app, [*args, "-q"])
+    assert result.exit_code == 0, (" ".join(argv), result.output)

@@ -20,6 +20,9 @@ from skyreels_cli.media.videos import read_video
 
 from .conftest import ALIASES, read_png_frames
 
+# Runs killed and resumed many times, full disks, damaged caches: minutes in all.
+pytestmark = pytest.mark.slow
+
 EXE = [sys.executable, "-m", "skyreels_cli"]
 TINY = ["t2v", "a red fox", "-m", "tiny", "--device", "cpu", "--steps", "2", "-q", "--overwrite"]
 STEPS = 2

@@ -8,9 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from skyreels_cli.cli import app
 from skyreels_cli.core.replay import Recorded, read_recorded, replay_request
 from skyreels_cli.core.request import Request
 from skyreels_cli.errors import InputFileError, UsageError

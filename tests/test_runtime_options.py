@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import skyreels_cli as sk
 import skyreels_cli.core.model
 import skyreels_cli.runtime.plan
-from skyreels_cli.cli import app
 from skyreels_cli.forcing.engine import DiffusionForcingEngine
 from skyreels_cli.runtime.memory import MemoryPlan
 
@@ -205,14 +203,14 @@ REFUSED = [
     (["--attention", "sage"], ["--attention sage", "NVIDIA Ampere", "not the cpu"]),
     (["--attention", "xformers"], ["--attention xformers", "NVIDIA GPUs", "not the cpu"]),
     (["--attention", "flash", "--dry-run"], ["--attention flash", "not the cpu"]),
-    (["--attention", "bogus"], ["unknown --attention 'bogus'", "sdpa"]),
+    (["--attention", "bogus"], ["--attention 'bogus' is not known", "sdpa"]),
     (["--quantize", "int8"], ["--quantize int8 needs torchao", "pip install torchao"]),
     (["--quantize", "int4"], ["--quantize 'int4'", "none, fp8, int8"]),
     (["--offload", "disk"], ["--offload 'disk'", "auto, none, model, group, sequential"]),
     (["--cfg", "both"], ["--cfg 'both'", "auto, separate, batched"]),
     (["--text-encoder-device", "gpu"], ["--text-encoder-device 'gpu'", "use one of auto, cpu"]),
-    (["--cache", "2"], ["--cache must be between 0 (off) and 1", "2.0"]),
-    (["--cache", "nan"], ["--cache must be between 0 (off) and 1", "nan"]),
+    (["--cache", "2"], ["--cache 2.0 must be between 0 (off) and 1"]),
+    (["--cache", "nan"], ["--cache nan must be between 0 (off) and 1"]),
     ([*T2V, "--cache", "0.05"], ["applies to diffusion forcing models only", "tiny-t2v"]),
     ([*T2V, "--cfg", "batched"], ["--cfg batched needs a diffusion forcing model"]),
 ]
@@ -281,12 +279,12 @@ def test_out_of_memory_names_the_plan_keeps_the_first_window_and_resumes(runs, p
 
     asked = []
 
-    def smaller_plan(spec, device, plan, height, width, frames, vram_gb=None):
-        asked.append((plan, height, width, frames))
+    def smaller_plan(spec, device, plan, shape=None, vram_gb=None):
+        asked.append((plan, shape.height, shape.width, shape.decoded_frames))
         return smaller
 
     monkeypatch.setattr(DiffusionForcingEngine, "_model", out_of_memory)
-    monkeypatch.setattr(skyreels_cli.runtime.plan, "smaller_plan", smaller_plan)
+    monkeypatch.setattr(skyreels_cli.core.model, "smaller_plan", smaller_plan)
     out = tmp_path / "oom"
     args = [*EXTEND, "--offload", "model", "-o", f"{out}/", "-q"]
     message = one_line_error(invoke(*args))
@@ -361,7 +359,7 @@ def test_api_refuses_a_kernel_that_cannot_run_before_loading(monkeypatch):
         raise AssertionError("the model was loaded before the kernel was refused")
 
     monkeypatch.setattr(skyreels_cli.core.model, "load_components", no_load)
-    with pytest.raises(sk.DeviceError, match="--attention sage needs"):
+    with pytest.raises(sk.DeviceError, match="attention='sage' needs"):
         sk.load("tiny", device="cpu", attention="sage", progress=False)
-    with pytest.raises(sk.UsageError, match="unknown --attention"):
+    with pytest.raises(sk.UsageError, match="attention='fastest' is not known"):
         sk.load("tiny", device="cpu", attention="fastest", progress=False)

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from skyreels_cli.cli import app
 
 from .conftest import ALIASES, invoke, read_png_frames
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 from diffusers import SkyReelsV2DiffusionForcingPipeline
 
-from skyreels_cli.errors import UsageError
 from skyreels_cli.forcing.schedule import step_matrix, timestep_rows, timesteps_for
 
 

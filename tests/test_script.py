@@ -13,10 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from skyreels_cli import Request
-from skyreels_cli.cli import app
 from skyreels_cli.core.conditioning import PromptEncoder
 from skyreels_cli.core.request import Shot
 from skyreels_cli.core.resolve import resolve

@@ -8,9 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from typer.testing import CliRunner
 
-from skyreels_cli.cli import app
 from skyreels_cli.core.request import Request
 from skyreels_cli.core.resolve import resolve
 from skyreels_cli.core.sizes import (

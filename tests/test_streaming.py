@@ -98,8 +98,9 @@ def test_addnoise_changes_the_continuation(hub_models, tmp_path):
 
 
 def test_causal_attention_mask_is_scoped_to_the_call(hub_models):
-    from skyreels_cli.forcing.attention import attention_mask_on, block_causal_mask
     from diffusers import SkyReelsV2Transformer3DModel
+
+    from skyreels_cli.forcing.attention import attention_mask_on, block_causal_mask
 
     model = SkyReelsV2Transformer3DModel.from_pretrained(hub_models["df"] / "transformer")
     before = dict(model.config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import generate, batch, info, manage, plan  # noqa: F401  (registers the commands, in the order --help lists them)
+from . import batch, generate, info, manage, plan  # noqa: F401  (registers the commands, in the order --help lists them)
 from .app import app
 
 # A value that shows what a number option takes, for the parser's "not a number" messages.

@@ -64,16 +64,17 @@ def user_errors(command: str = "", quiet: bool = False) -> Iterator[None]:
 
 @contextmanager
 def _warnings_as_lines(quiet: bool) -> Iterator[None]:
-    """SkyreelsWarnings as one line each on stderr, every time (or not at all when `quiet`); others as before."""
+    """SkyreelsWarnings as one line each on stderr, each message once (none when `quiet`); others as before."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if quiet else "always", SkyreelsWarning)
-        shown = warnings.showwarning
+        shown, said = warnings.showwarning, set()
 
         def show(message, category, *args, **kwargs) -> None:
-            if issubclass(category, SkyreelsWarning):
-                typer.echo(f"warning: {message}", err=True)
-            else:
+            if not issubclass(category, SkyreelsWarning):
                 shown(message, category, *args, **kwargs)
+            elif str(message) not in said:  # checked, then checked again when it runs: said once
+                said.add(str(message))
+                typer.echo(f"warning: {message}", err=True)
 
         warnings.showwarning = show
         yield

@@ -14,8 +14,16 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ..core.events import Event, PromptEnhanced, RunFinished, RunStarted, StepDone, WindowDone, format_duration, \
-    seconds_per_frame
+from ..core.events import (
+    Event,
+    PromptEnhanced,
+    RunFinished,
+    RunStarted,
+    StepDone,
+    WindowDone,
+    format_duration,
+    seconds_per_frame,
+)
 
 REDRAW_S = 0.1  # a terminal line is redrawn at most this often on step events (tiny models step in ms)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import warn
+from ..errors import setting, warn
 from ..forcing.decoding import normalize
 from ..forcing.engine import Conditioning
 from ..media.images import fit_frames, fit_image, load_image
@@ -15,7 +15,6 @@ from ..media.videos import read_last_frames
 from ..models.architectures import TEXT_TOKENS
 from ..runtime.placement import Placement
 from .request import Request
-
 
 
 class PromptEncoder:
@@ -88,7 +87,7 @@ def image_latent(pipe, path: str, option: str, request: Request) -> torch.Tensor
 
 def video_prefix(vae, request: Request) -> torch.Tensor:
     """The last `overlap` frames of the video being continued, as clean latents."""
-    tail, _ = read_last_frames(Path(request.video), request.overlap, "--video")
+    tail, _ = read_last_frames(Path(request.video), request.overlap, setting("video"))
     tail = fit_frames(tail, request.height, request.width)
     pixels = torch.from_numpy(tail).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
     return encode_pixels(vae, pixels)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, UsageError, setting
+from ..models.hub import hub_errors, looks_like_repo_id
 from .request import Request
 
 # What the LLM is told; data, so that it can be read, tested and changed in one place.
@@ -79,32 +80,20 @@ def enhancer_folder(name: str | None = None, *, download: bool = True) -> Path:
     local = Path(repo).expanduser()
     if local.is_dir():
         return local.resolve()
-    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+    if not looks_like_repo_id(repo):
         _, table = enhancer_table()
         raise UsageError(f"{setting('enhancer', repo)}: not a folder, a Hub repo id (org/name) or one of {', '.join(table)}")
     from huggingface_hub import snapshot_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    if not download:
-        found = try_to_load_from_cache(repo, "config.json")
-        if not isinstance(found, str):
-            raise _missing(name, repo)
-        return Path(found).parent
-    try:
+    fetch = f"run `skyreels download {name or enhancer_table()[0]}` (or drop {setting('enhance', True)})"
+    with hub_errors(f"prompt enhancer {repo}", repo, fetch=fetch):
+        if not download:
+            found = try_to_load_from_cache(repo, "config.json")
+            if not isinstance(found, str):
+                raise LocalEntryNotFoundError(f"{repo} is not cached")
+            return Path(found).parent
         return Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS))
-    except LocalEntryNotFoundError:
-        raise _missing(name, repo) from None
-    except RepositoryNotFoundError:
-        raise ModelError(f"{setting('enhancer', repo)}: no such model on the Hugging Face Hub (private? set HF_TOKEN)") from None
-
-
-def _missing(name: str | None, repo: str) -> ModelError:
-    from ..models.hub import hf_home
-
-    fetch = name or enhancer_table()[0]
-    return ModelError(f"prompt enhancer {repo} is not in the cache ({hf_home() / 'hub'}) and the Hub cannot be "
-                      f"reached (or HF_HUB_OFFLINE is set); run `skyreels download {fetch}` with network access "
-                      f"first, or drop {setting('enhance', True)}")
 
 
 # ------------------------------------------------------------------ asking it

@@ -31,6 +31,7 @@ from ..quiet import third_party_quiet
 from ..run_options import BY_NAME, PLAN_FIELDS, RECORDED, LoadOptions
 from ..runtime.attention import apply_backend, pick_backend
 from ..runtime.compile import check_compile, compile_blocks
+from ..runtime.launch import launched_by_torchrun
 from ..runtime.memory import MemoryPlan
 from ..runtime.modulation import install_per_frame_modulation
 from ..runtime.parallel import (
@@ -41,7 +42,6 @@ from ..runtime.parallel import (
     enable_context_parallel,
     from_rank_0,
     init_parallel,
-    launched_by_torchrun,
     whole_sequence_attention,
 )
 from ..runtime.placement import Placement

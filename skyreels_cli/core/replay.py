@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputFileError
+from ..errors import InputFileError, setting
 from .request import Request
 from .resolve import FORCING_FIELDS
 
@@ -58,7 +58,7 @@ MADE_BY_SKYREELS = "give a video, a PNG frames folder or a settings JSON made by
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
-def read_recorded(path: str | Path, option: str = "--from") -> Recorded:
+def read_recorded(path: str | Path, option: str = f"{setting('from')}") -> Recorded:
     """The settings recorded for a skyreels output: a video, a PNG frames folder or a settings JSON.
 
     `option` is how the caller names the input in its messages: an option (`--from`) or a command

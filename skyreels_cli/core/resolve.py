@@ -11,7 +11,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import UsageError, setting
+from ..errors import UsageError, on_command_line, setting
 from ..forcing.frames import TEMPORAL, check_frames, check_positive, check_size, latent_frames, pixel_frames
 from ..forcing.schedule import GRIDS
 from ..forcing.windows import WindowPlan, plan_for_length
@@ -103,7 +103,8 @@ def _frames(r: Request, spec: ModelSpec, fps: float) -> int:
 
 
 def _image_option(spec: ModelSpec) -> str:
-    return "--image" if spec.forcing else "IMAGE"
+    """How the start image was given: i2v's IMAGE argument on the command line, else the image setting."""
+    return "IMAGE" if on_command_line() and not spec.forcing else setting("image")
 
 
 def _check_fields_for_kind(r: Request, spec: ModelSpec) -> None:
@@ -132,7 +133,7 @@ def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
     from ..media.videos import probe_video
     from .sizes import round16
 
-    info = probe_video(Path(r.video), "--video")
+    info = probe_video(Path(r.video), setting("video"))
     height, width = r.height, r.width
     if r.aspect or r.resolution:
         height, width = pick_size(height, width, aspect=r.aspect, resolution=r.resolution,
@@ -146,16 +147,16 @@ def _video_defaults(r: Request, spec: ModelSpec) -> tuple[int, int, float]:
     overlap = r.overlap if r.overlap is not None else pixel_frames(OVERLAP_LATENTS)
     if info["frames"] < overlap:
         raise UsageError(
-            f"--video {r.video} has {info['frames']} frames, fewer than --overlap {overlap}; "
-            "give a longer video or a smaller --overlap"
+            f"{setting('video', r.video)} has {info['frames']} frames, fewer than {setting('overlap', overlap)}; "
+            f"give a longer video or a smaller {setting('overlap')}"
         )
     height, width = _default(height, spec.height), _default(width, spec.width)
     video_w, video_h = info["width"], info["height"]
     if (video_w, video_h) != (width, height):
         near = (round16(video_w), round16(video_h))
         keep = "keep its size" if near == (video_w, video_h) else "stay as near its size as multiples of 16 allow"
-        advice = "" if near == (width, height) else f"; give --width {near[0]} --height {near[1]} to {keep}"
-        warn(f"--video {r.video} is {video_w}x{video_h}, the output {width}x{height}: its frames are rescaled and "
+        advice = "" if near == (width, height) else f"; give {setting('width', near[0])} {setting('height', near[1])} to {keep}"
+        warn(f"{setting('video', r.video)} is {video_w}x{video_h}, the output {width}x{height}: its frames are rescaled and "
              f"centre-cropped from {video_w}x{video_h} to {width}x{height} (their copy at the start of the output "
              f"too){advice}")
     return height, width, fps
@@ -238,7 +239,7 @@ def _validate_forcing(r: Request) -> None:
                          "of the model calls", field="cache")
     check_mode(r.color_match)
     if r.end_image:
-        load_image(r.end_image, "--end-image")
+        load_image(r.end_image, setting("end_image"))
     window_plan(r)
 
 

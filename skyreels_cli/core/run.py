@@ -45,6 +45,7 @@ from .results import Result, WindowFrames
 from .shot_plan import shot_conditioning, shots_record
 from .timer import Timer
 
+
 class Loaded(Protocol):
     """What a run borrows from a loaded model (a `Model`)."""
 
@@ -192,11 +193,11 @@ class Run:
         if request.image or request.video or request.end_image:
             with m.placement.encoding_images():  # the VAE's encoder (model offload: only while it encodes)
                 if request.image:
-                    start = image_latent(m.pipe, request.image, "--image", request)
+                    start = image_latent(m.pipe, request.image, setting("image"), request)
                 elif request.video:
                     start = video_prefix(m.components["vae"], request)
                 if request.end_image:
-                    end = image_latent(m.pipe, request.end_image, "--end-image", request)
+                    end = image_latent(m.pipe, request.end_image, setting("end_image"), request)
         return start, end
 
     # ------------------------------------------------------------ writing
@@ -269,7 +270,7 @@ class Run:
     def _copy_input_video(self, sink: FrameSink) -> None:
         """The video being continued goes into the output first, streamed in chunks."""
         request = self.request
-        for chunk in iter_video_frames(Path(request.video), chunk=16):
+        for chunk in iter_video_frames(Path(request.video), chunk=16, option=setting("video")):
             sink.write(fit_frames(chunk, request.height, request.width))
         sink.end_window()
 

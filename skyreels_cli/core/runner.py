@@ -22,7 +22,8 @@ from ..models.naming import resolve_model
 from ..models.registry import ModelSpec
 from ..runtime.attention import pick_backend
 from ..runtime.compile import check_compile
-from ..runtime.parallel import Parallel, check_layout_options, init_parallel, launched_by_torchrun
+from ..runtime.launch import launched_by_torchrun
+from ..runtime.parallel import Parallel, check_layout_options, init_parallel
 from ..runtime.plan import resolve_plan
 from .enhance import enhancer_note
 from .estimate import estimate, format_flops

@@ -98,7 +98,7 @@ DRIFT_WINDOWS = 3  # the fewest windows `drift` measures: the first is left out,
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        from ..errors import UsageError
+        from ..errors import UsageError, setting
 
-        raise UsageError(f"--color-match must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UsageError(f"{setting('color_match')} must be one of {', '.join(MODES)}, got {mode!r}")
     return mode

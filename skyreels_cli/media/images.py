@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputFileError, warn
+from ..errors import InputFileError, setting, warn
 
 IMAGE_FILES = "give the path of a PNG or JPEG file"
 # Fitting an image this much bigger, or keeping less than this share of it, is told as a warning.
@@ -113,7 +113,7 @@ def fit_warnings(image: Image.Image, height: int, width: int) -> list[str]:
             advice.append(f"the frame will be blurry: give an image of at least {width}x{height}")
         if cut:
             advice.append("crop it to the part that matters first, or ask for a size near its shape "
-                          "(--aspect, --width, --height)")
+                          f"({setting('aspect')}, {setting('width')}, {setting('height')})")
         found.append(message + "; " + "; ".join(advice))
     return found
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import OutputError, setting
 
 try:
     import fcntl
@@ -34,7 +34,7 @@ class OutputLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise OutputError(f"output {self.output} is being written by another skyreels run (pid {holder}); "
-                              "wait for it to finish or choose another -o") from None
+                              f"wait for it to finish or choose another {setting('output')}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

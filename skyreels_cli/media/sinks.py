@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -134,7 +134,8 @@ class _PngFrames:
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
             image = Image.fromarray(frame, "RGB")
-            replace_atomically(self.folder / frame_name(self.frames_written), lambda tmp: image.save(tmp, "PNG"))
+            replace_atomically(self.folder / frame_name(self.frames_written),
+                               lambda tmp, image=image: image.save(tmp, "PNG"))
             self.frames_written += 1
 
     def end_window(self) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import OutputError, UsageError
+from ..errors import OutputError, UsageError, setting
 
 FRAME_DIGITS = 6
 SLUG_MAX = 40
@@ -75,13 +75,14 @@ def resolve_output(
     if output is None:
         output = str(Path(folder if folder is not None else "outputs") / default_output_name(prompt, seed, now))
     if not output.strip():
-        raise UsageError("-o is empty; give NAME.mp4 for a video or DIR/ for PNG frames")
+        raise UsageError(f"{setting('output')} is empty; give NAME.mp4 for a video or DIR/ for PNG frames", field="output")
     _check_characters(output)
     path = Path(output)
     if path.name in ("", ".", ".."):  # "./", "..": the folder they name
         path = path.resolve()
         if not path.name:
-            raise UsageError(f"-o {output!r} is the top folder; give NAME.mp4 for a video or DIR/ for PNG frames")
+            raise UsageError(f"{setting('output', output, quoted=True)} is the top folder; give NAME.mp4 for a video or DIR/ "
+                             "for PNG frames", field="output")
     _check_names(path)
     if output.endswith(("/", os.sep)) or (path.is_dir() and not output.lower().endswith(".mp4")):
         target = _png_target(path)
@@ -89,8 +90,8 @@ def resolve_output(
         target = _mp4_target(path)
     else:
         raise UsageError(
-            f"-o {output!r} is neither an .mp4 file nor a folder; "
-            "use -o NAME.mp4 for a video or -o DIR/ for PNG frames"
+            f"{setting('output', output, quoted=True)} is neither an .mp4 file nor a folder; "
+            f"use {setting('output', 'NAME.mp4')} for a video or {setting('output', 'DIR/')} for PNG frames", field="output"
         )
     _check_inputs(target, inputs)
     _check_existing(target, output, overwrite or resume)
@@ -107,7 +108,7 @@ def _check_characters(output: str) -> None:
     for position, char in enumerate(output):
         if unicodedata.category(char) == "Cc":
             what = CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
-            raise UsageError(f"-o {output!r} holds {what} (character {position + 1}); choose a name without "
+            raise UsageError(f"{setting('output', output, quoted=True)} holds {what} (character {position + 1}); choose a name without "
                              "newlines, tabs or other control characters")
 
 
@@ -135,28 +136,28 @@ def _png_target(path: Path) -> OutputTarget:
 def _check_names(path: Path) -> None:
     for part in path.parts:
         if len(os.fsencode(part)) > NAME_MAX:
-            raise UsageError(f"-o: the name {part[:24]}... is {len(os.fsencode(part))} bytes long; "
+            raise UsageError(f"{setting('output')}: the name {part[:24]}... is {len(os.fsencode(part))} bytes long; "
                              f"file systems allow {NAME_MAX}; choose a shorter name")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise OutputError(f"-o {path}: {parent} is a file, not a folder; choose another -o")
+                raise OutputError(f"{setting('output', path)}: {parent} is a file, not a folder; choose another {setting('output')}")
             break
 
 
 def _check_existing(target: OutputTarget, output: str, replacing: bool) -> None:
     path = target.path
     if target.kind == "mp4" and path.is_dir():
-        raise OutputError(f"-o {output}: {path} is a folder; give a new file name, or {path}/ for PNG frames in it")
+        raise OutputError(f"{setting('output', output)}: {path} is a folder; give a new file name, or {path}/ for PNG frames in it")
     if target.kind == "png" and path.exists() and not path.is_dir():
-        raise OutputError(f"-o {output}: {path} is a file, not a folder; choose another -o")
+        raise OutputError(f"{setting('output', output)}: {path} is a file, not a folder; choose another {setting('output')}")
     if target.preview.exists() and not target.work_dir.is_dir():
-        raise OutputError(f"{target.preview} exists and was not made by skyreels; move it or choose another -o")
+        raise OutputError(f"{target.preview} exists and was not made by skyreels; move it or choose another {setting('output')}")
     if target.kind == "png" and path.is_dir() and any(path.iterdir()) and not is_png_output(path):
-        raise OutputError(f"folder {path} holds files skyreels did not write; choose a new or empty folder for -o")
+        raise OutputError(f"folder {path} holds files skyreels did not write; choose a new or empty folder for {setting('output')}")
     exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
     if exists and not replacing:
-        raise OutputError(f"output {output} already exists; pass --overwrite to replace it or choose another -o")
+        raise OutputError(f"output {output} already exists; pass {setting('overwrite', True)} to replace it or choose another {setting('output')}")
 
 
 def is_png_output(folder: Path) -> bool:
@@ -167,7 +168,7 @@ def is_png_output(folder: Path) -> bool:
         return False
     if not isinstance(settings, dict) or not ({"skyreels", "skyreels_version"} & settings.keys()):
         return False
-    frame = re.compile(r"\d{%d}\.png" % FRAME_DIGITS)
+    frame = re.compile(rf"\d{{{FRAME_DIGITS}}}\.png")
     return all(p.name == "settings.json" or frame.fullmatch(p.name) for p in folder.iterdir())
 
 
@@ -178,7 +179,7 @@ def _check_inputs(target: OutputTarget, inputs: tuple[str | None, ...]) -> None:
         where = Path(given).resolve()
         inside = [target.path.resolve()] if target.kind == "mp4" else [target.path.resolve(), target.preview.resolve()]
         if any(where == place or place in where.parents for place in inside):
-            raise OutputError(f"the input {given} is inside the output {target.path}; choose another -o")
+            raise OutputError(f"the input {given} is inside the output {target.path}; choose another {setting('output')}")
 
 
 def _ensure_writable_parent(path: Path) -> None:
@@ -187,10 +188,10 @@ def _ensure_writable_parent(path: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(
-            f"cannot create folder {parent} for output {path} ({err.strerror}); choose another -o"
+            f"cannot create folder {parent} for output {path} ({err.strerror}); choose another {setting('output')}"
         ) from err
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"folder {parent} is not writable; fix its permissions or choose another -o")
+        raise OutputError(f"folder {parent} is not writable; fix its permissions or choose another {setting('output')}")
 
 
 def _check_writable_parent(path: Path) -> None:
@@ -198,7 +199,7 @@ def _check_writable_parent(path: Path) -> None:
     must let us create the rest."""
     existing = next((p for p in path.parents if p.exists()), Path("."))
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"folder {existing} is not writable; fix its permissions or choose another -o")
+        raise OutputError(f"folder {existing} is not writable; fix its permissions or choose another {setting('output')}")
 
 
 def frame_name(index: int) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import deque
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Generator, Iterator
 
 import numpy as np
 

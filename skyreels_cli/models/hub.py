@@ -103,14 +103,20 @@ def _snapshot(spec: ModelSpec, progress: bool, force: bool = False) -> Path:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    with hub_errors(spec.alias, spec.repo, spec.revision):
+    with hub_errors(f"model {spec.alias}", spec.repo, spec.revision, fetch=f"run `skyreels download {spec.alias}`",
+                    missing="run `skyreels models` for the known ones",
+                    entry="has no model_index.json: it is not a Diffusers checkpoint"):
         return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=ALLOW_PATTERNS,
                                       force_download=force))
 
 
 @contextmanager
-def hub_errors(alias: str, repo: str, revision: str) -> Iterator[None]:
-    """The Hub's exceptions as one-line ModelErrors that say what to do."""
+def hub_errors(what: str, repo: str, revision: str = "main", *, fetch: str, missing: str = "",
+               entry: str = "") -> Iterator[None]:
+    """The Hub's exceptions as one-line ModelErrors that say what to do: the one translation for models, LoRAs
+    and prompt enhancers. `what` names the thing ("model df-1.3b-540p"), `fetch` how to get it where there is a
+    network ("run `skyreels download df-1.3b-540p`"), `missing` what to do about a repo that is not there,
+    `entry` what a missing file inside it means."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -123,25 +129,19 @@ def hub_errors(alias: str, repo: str, revision: str) -> Iterator[None]:
         yield
     except LocalEntryNotFoundError:
         if is_offline():
-            raise ModelError(
-                f"model {alias} is not in the cache ({hf_home() / 'hub'}) and HF_HUB_OFFLINE is set; "
-                f"run `skyreels download {alias}` with network access first"
-            ) from None
-        raise ModelError(
-            f"could not download {repo}: the Hub is unreachable; check the network or run "
-            f"`skyreels download {alias}` where there is one"
-        ) from None
+            raise ModelError(f"{what} is not in the cache ({hf_home() / 'hub'}) and HF_HUB_OFFLINE is set; "
+                             f"{fetch} with network access first") from None
+        raise ModelError(f"could not download {repo}: the Hub is unreachable; check the network or {fetch} where "
+                         "there is one") from None
     except GatedRepoError:
         raise ModelError(f"{repo} needs you to accept its terms on huggingface.co and set HF_TOKEN") from None
     except RepositoryNotFoundError:
-        raise ModelError(
-            f"no model {repo} on the Hugging Face Hub (or it is private: set HF_TOKEN); "
-            "run `skyreels models` for the known ones"
-        ) from None
+        raise ModelError(f"no {repo} on the Hugging Face Hub (or it is private: set HF_TOKEN)"
+                         + (f"; {missing}" if missing else "")) from None
     except RevisionNotFoundError:
         raise ModelError(f"{repo} has no revision {revision!r}") from None
     except EntryNotFoundError:
-        raise ModelError(f"{repo} has no model_index.json: it is not a Diffusers checkpoint") from None
+        raise ModelError(f"{repo} {entry or 'lacks a file skyreels needs'}") from None
 
 
 def hub_mismatches(spec: ModelSpec, folder: Path) -> list[str] | None:

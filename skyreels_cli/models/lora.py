@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, UsageError
-from .hub import sha256_of
+from ..errors import ModelError, UsageError, setting
+from .hub import hub_errors, looks_like_repo_id, sha256_of
 
 PREFIX = "transformer."
 # The tensors of one adapted layer, by the suffix that follows the layer's name.
@@ -62,11 +62,13 @@ def parse_lora(text: str) -> LoraSpec:
     if sep and head and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail):
         return LoraSpec(head, float(tail))
     if not text:
-        raise UsageError("--lora needs a file, folder or Hub repo id, e.g. --lora style.safetensors:0.8")
+        raise UsageError(f"{setting('loras')} needs a file, folder or Hub repo id, e.g. "
+                         f"{setting('loras', 'style.safetensors:0.8')}", field="loras")
     if sep and head and not re.search(r"[/\\]", tail) and not Path(text).expanduser().exists() \
-            and (Path(head).expanduser().exists() or _looks_like_repo(head)):
+            and (Path(head).expanduser().exists() or looks_like_repo_id(head, with_file=True)):
         what = "has no scale after its ':'" if not tail.strip() else f"has the scale {tail!r}, which is not a number"
-        raise UsageError(f"--lora {text} {what}; give a number after the ':', e.g. --lora {head}:0.8")
+        raise UsageError(f"{setting('loras', text)} {what}; give a number after the ':', e.g. "
+                         f"{setting('loras', head + ':0.8')}", field="loras")
     return LoraSpec(text)
 
 
@@ -76,20 +78,16 @@ def resolve_lora(spec: LoraSpec | str) -> ResolvedLora:
     local = Path(spec.source).expanduser()
     if local.exists():
         path = _pick_file(local, spec.source)
-    elif _looks_like_repo(spec.source):
+    elif looks_like_repo_id(spec.source, with_file=True):
         from huggingface_hub.errors import HFValidationError
 
         try:
             path = _from_hub(spec.source)
         except HFValidationError:
-            raise UsageError(f"--lora {spec.source}: no such file, and not a Hub repo id (org/name)") from None
+            raise UsageError(f"{setting('loras', spec.source)}: no such file, and not a Hub repo id (org/name)") from None
     else:
-        raise UsageError(f"--lora {spec.source}: no such file, and not a Hub repo id (org/name)")
+        raise UsageError(f"{setting('loras', spec.source)}: no such file, and not a Hub repo id (org/name)")
     return ResolvedLora(spec, path.resolve(), sha256_of(path))
-
-
-def _looks_like_repo(source: str) -> bool:
-    return source.count("/") >= 1 and not source.startswith((".", "/", "~")) and "\\" not in source
 
 
 def _pick_file(folder_or_file: Path, source: str) -> Path:
@@ -101,31 +99,22 @@ def _pick_file(folder_or_file: Path, source: str) -> Path:
     if len(standard) == 1 or len(files) == 1:
         return (standard or files)[0]
     if not files:
-        raise UsageError(f"--lora {source}: no .safetensors file in it")
+        raise UsageError(f"{setting('loras', source)}: no .safetensors file in it")
     names = ", ".join(str(f.relative_to(folder_or_file)) for f in files[:SHOWN])
-    raise UsageError(f"--lora {source} holds several LoRA files ({names}); name one, e.g. "
-                     f"--lora {source}/{files[0].name}")
+    raise UsageError(f"{setting('loras', source)} holds several LoRA files ({names}); name one, e.g. "
+                     f"{setting('loras', source)}/{files[0].name}")
 
 
 def _from_hub(source: str) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
 
     parts = source.split("/")
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
+    with hub_errors(f"the LoRA {source}", repo, fetch=f"fetch it with `hf download {repo}`",
+                    entry=f"has no {filename}"):
         if filename:
             return Path(hf_hub_download(repo, filename))
         return _pick_file(Path(snapshot_download(repo, allow_patterns=["*.safetensors"])), source)
-    except LocalEntryNotFoundError:
-        raise ModelError(f"--lora {source}: not in the Hugging Face cache and the Hub cannot be reached (or "
-                         f"HF_HUB_OFFLINE is set); fetch it where there is a network: hf download {repo}") from None
-    except (RepositoryNotFoundError, EntryNotFoundError):
-        raise ModelError(f"--lora {source}: no such LoRA on the Hugging Face Hub (private? set HF_TOKEN)") from None
 
 
 def read_lora(lora: ResolvedLora) -> dict[str, torch.Tensor]:
@@ -135,7 +124,7 @@ def read_lora(lora: ResolvedLora) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    where = f"--lora {lora.spec.source}"
+    where = f"{setting('loras', lora.spec.source)}"
     try:
         raw = load_file(lora.path)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -204,7 +193,7 @@ def check_fits(lora: ResolvedLora, state: dict[str, torch.Tensor], shapes: dict[
     if not found:
         return
     more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
-    raise ModelError(f"--lora {lora.spec.source} does not fit model {model}: {'; '.join(found[:SHOWN])}{more}; "
+    raise ModelError(f"{setting('loras', lora.spec.source)} does not fit model {model}: {'; '.join(found[:SHOWN])}{more}; "
                      "nothing was applied (is it a LoRA for another model size or family?)")
 
 
@@ -220,7 +209,7 @@ def apply_loras(transformer: torch.nn.Module, loras: list[ResolvedLora | LoraSpe
     try:
         import peft  # noqa: F401  (diffusers loads LoRAs through it)
     except ImportError:
-        raise UsageError("--lora needs the peft package: pip install peft") from None
+        raise UsageError(f"{setting('loras')} needs the peft package: pip install peft") from None
     if getattr(transformer, "peft_config", None):
         raise UsageError("this model has LoRAs loaded already: remove them first (remove_loras)")
     shapes = weight_shapes(transformer)

@@ -75,6 +75,8 @@ def peek_kind(repo: str, revision: str = "main") -> str:
 
     found = try_to_load_from_cache(repo, "model_index.json", revision=revision)
     if not isinstance(found, str):
-        with hub_errors(repo, repo, revision):
+        with hub_errors(f"model {repo}", repo, revision, fetch=f"run `skyreels download {repo}`",
+                        missing="run `skyreels models` for the known ones",
+                        entry="has no model_index.json: it is not a Diffusers checkpoint"):
             found = hf_hub_download(repo, "model_index.json", revision=revision)
     return kind_of_index(Path(found), repo)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
-from ..errors import ModelError
 from .kinds import KINDS
 
 
@@ -64,7 +63,7 @@ def _registry_file() -> Path:
     raise FileNotFoundError("weights.toml is missing from the installation; reinstall skyreels")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_registry(path: Path | None = None) -> Registry:
     data = tomllib.loads((path or _registry_file()).read_text())
     models = {alias: ModelSpec(alias=alias, **fields) for alias, fields in data["models"].items()}

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .architectures import CLIP_H14, T_1_3B, TEXT_TOKENS, ROPE_POSITIONS, TextEncoderArch, VaeArch
+from .architectures import CLIP_H14, ROPE_POSITIONS, T_1_3B, TEXT_TOKENS, TextEncoderArch, VaeArch
 from .kinds import KINDS
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError, setting
-from ..run_options import BY_NAME, CFGS, OFFLOADS, QUANTIZES, TEXT_ENCODER_DEVICES, check_value
+from ..run_options import BY_NAME, check_value
 
 # Offloads whose transformer is driven by diffusers' group-offload hooks (weights on the host, onloaded per group).
 STREAMED = {"group": "block_level", "sequential": "leaf_level"}

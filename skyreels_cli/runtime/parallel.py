@@ -51,8 +51,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import DeviceError, ModelError, PeerLost, UsageError, setting
-from .launch import check_gpus, launched_by_torchrun
+from ..errors import ModelError, PeerLost, UsageError, setting
+from .launch import check_gpus
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
 # next one), not how fast a dead rank is noticed: the watchdog and torchrun do that in seconds.
