@@ -151,8 +151,8 @@ def command(impl: str, frames: int, args: argparse.Namespace, model: Path, outpu
             "--output", str(output), *shape]
 
 
-# ours with the command's allocator policy (skyreels_cli/cli/memory.py) switched off.
-PLAIN_ALLOCATOR = ("import sys; import skyreels_cli.cli.memory as m; "
+# ours with the command's allocator policy (skyreels_cli/cli/host_memory.py) switched off.
+PLAIN_ALLOCATOR = ("import sys; import skyreels_cli.cli.host_memory as m; "
                    "m.keep_host_memory_flat = m.release_freed_memory = lambda *a: None; "
                    "sys.argv[0] = 'skyreels'; from skyreels_cli.cli import main; main()")
 

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skyreels_cli.core.estimate import Architecture, forward_flops
+from skyreels_cli.core.estimate import forward_flops
 from skyreels_cli.forcing.engine import Conditioning, DiffusionForcingEngine
 from skyreels_cli.forcing.schedule import make_scheduler, step_matrix, timestep_rows
 from skyreels_cli.forcing.solver import make_solver
@@ -91,9 +91,9 @@ def apply_options(model, options: dict, device: torch.device, stack: ExitStack, 
 
     used = dict(options)
     if options.get("plan"):
-        from skyreels_cli.runtime.plan import resolve_plan
+        from skyreels_cli.runtime.plan import Shape, resolve_plan
 
-        plan, reason = resolve_plan(spec, device, height=args.height, width=args.width, frames=args.frames,
+        plan, reason = resolve_plan(spec, device, Shape.window(args.height, args.width, args.frames),
                                     vram_gb=args.vram)
         used.update(plan=reason, cfg=plan.cfg, modulation=True, solver="vectorised", attention="auto")
         options = {**used, "quantize": plan.quantize, "offload": plan.offload}
@@ -160,8 +160,7 @@ def measure(name: str, options: dict, spec, args, device) -> dict:
     if cuda:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
     tokens = frames * (h // 2) * (w // 2)
-    a = Architecture(arch.dim, arch.ffn, arch.layers)
-    floor = 2 * forward_flops(a, tokens) / FLOOR_FLOPS
+    floor = 2 * forward_flops(arch, tokens) / FLOOR_FLOPS
     return {"variant": name, "options": used, "s_per_step": round(seconds, 4), "floor_s": round(floor, 4),
             "over_floor": round(seconds / floor, 2), "peak_vram_gb": round(peak, 2),
             "predicted_gb": _predicted(spec, args, used)}

@@ -132,7 +132,7 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
                         fps=[1], return_dict=False)
 
     if args.causal:  # blocks of one latent frame, as `extend --causal-attention --causal-block 1`
-        from skyreels_cli.forcing.attention import causal_attention
+        from skyreels_cli.forcing.causal_attention import causal_attention
 
         causal = causal_attention(transformer, (1,) * args.latent_frames, (args.height // 16) * (args.width // 16))
         causal.__enter__()

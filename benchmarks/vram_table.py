@@ -11,7 +11,7 @@ a minute or two (traces are cached: `skyreels_cli.runtime.trace.trace_cache_file
 from __future__ import annotations
 
 from skyreels_cli.models.registry import load_registry
-from skyreels_cli.runtime.memory import OFFLOADS, QUANTIZES
+from skyreels_cli.run_options import OFFLOADS, QUANTIZES
 from skyreels_cli.runtime.plan import baseline, judge, predict, speed_rank
 
 CARD_GB = 24.0

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from skyreels_cli.errors import DeviceError, UsageError
-from skyreels_cli.forcing.attention import (
+from skyreels_cli.forcing.causal_attention import (
     BlockCausalLayout,
     attention_mask_on,
     block_causal_attention,

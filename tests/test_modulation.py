@@ -14,7 +14,7 @@ import torch
 from diffusers import SkyReelsV2Transformer3DModel
 from diffusers.hooks import HookRegistry, ModelHook
 
-from skyreels_cli.forcing.attention import attention_mask_on, block_causal_mask
+from skyreels_cli.forcing.causal_attention import attention_mask_on, block_causal_mask
 from skyreels_cli.models.tiny import build_components
 from skyreels_cli.runtime.modulation import (
     install_per_frame_modulation,

@@ -45,7 +45,7 @@ def assert_latents_match(ours: torch.Tensor, pipe, *args, **kwargs) -> None:
 
 
 class OfficialGrid(UniPCMultistepScheduler):
-    """diffusers' UniPC handed the official sigmas (REFERENCE.md §3), written independently of ours."""
+    """diffusers' UniPC handed the official sigmas, written independently of ours."""
 
     def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
         sigmas = np.linspace(0.999, 0, num_inference_steps + 1)[:-1]

@@ -10,9 +10,8 @@ from typer.testing import CliRunner
 
 import skyreels_cli.cli.plan  # noqa: F401  (registers `skyreels plan` on the app)
 from skyreels_cli.cli.app import app
-from skyreels_cli.errors import UsageError
+from skyreels_cli.errors import UsageError, command_line_spelling
 from skyreels_cli.models.architectures import TransformerArch, VaeArch, architecture
-from skyreels_cli.errors import command_line_spelling
 from skyreels_cli.models.naming import resolve_model
 from skyreels_cli.runtime import memory, plan, trace
 

@@ -43,10 +43,12 @@ def test_readme_python_example_runs(hub_models, tmp_path, monkeypatch):
     [block] = re.findall(r"```python\n(.*?)```", README, re.S)
     assert 'sk.load("df-1.3b-540p", device="cuda")' in block
     code = block.replace('sk.load("df-1.3b-540p", device="cuda")', 'sk.load("tiny", device="cpu", progress=False)')
+    code = code.replace('model="df-1.3b-540p"', 'model="tiny"').replace('device="cuda"', 'device="cpu"')
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert (tmp_path / "fox.mp4").is_file() and (tmp_path / "cat.mp4.json").is_file()
+    assert (tmp_path / "dawn.mp4").is_file(), "the Job example ran too"
     assert scope["result"].frames == 257
 
 

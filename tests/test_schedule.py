@@ -8,7 +8,7 @@ from skyreels_cli.forcing.schedule import step_matrix, timestep_rows, timesteps_
 
 
 def test_official_grid_timesteps():
-    # REFERENCE.md §2/§3: N=30, shift 8.
+    # The official grid at N=30, shift 8.
     assert timesteps_for(30, 8.0)[-4:].tolist() == [551, 470, 363, 216]
     assert timesteps_for(30, 8.0, "diffusers")[-4:].tolist() == [553, 473, 367, 221]
 

@@ -8,11 +8,11 @@ import torch
 from diffusers import SkyReelsV2DiffusionForcingPipeline, UniPCMultistepScheduler
 
 from skyreels_cli import DEFAULT_NEGATIVE_PROMPT
-from skyreels_cli.core.conditioning import MAX_SEQUENCE_LENGTH
 from skyreels_cli.forcing.engine import Conditioning, DiffusionForcingEngine, Sampling
 from skyreels_cli.forcing.schedule import make_scheduler, step_matrix, timestep_rows
 from skyreels_cli.forcing.solver import PerFrameUniPC, VectorisedUniPC, make_solver, supports
-from skyreels_cli.forcing.windows import plan_for_frames
+from skyreels_cli.forcing.windows import plan_for_length
+from skyreels_cli.models.architectures import TEXT_TOKENS
 from skyreels_cli.models.tiny import build_components
 
 BASE = UniPCMultistepScheduler().config
@@ -150,7 +150,7 @@ def df(request):
     # As core/conditioning.py encodes them: both padded to the same length.
     positive, negative = pipe.encode_prompt("a red fox running through snow", negative_prompt=DEFAULT_NEGATIVE_PROMPT,
                                             do_classifier_free_guidance=True,
-                                            max_sequence_length=MAX_SEQUENCE_LENGTH, device="cpu")
+                                            max_sequence_length=TEXT_TOKENS, device="cpu")
     components["transformer"].to(request.param)
     return components, Conditioning(positive.to(request.param), negative.to(request.param), 5.0)
 
@@ -187,7 +187,7 @@ def run_engine(components, cond, solver: str, cfg: str, grid: str) -> tuple[torc
     engine = DiffusionForcingEngine(components["transformer"], components["vae"], scheduler, "cpu",
                                     solver=solver, cfg=cfg)
     # Two windows of 5 latent frames, blocks of one frame running 2 steps apart, and an end image.
-    plan = plan_for_frames(29, base_frames=17, overlap_frames=5, causal_block=1, end_image=True)
+    _, plan = plan_for_length(29, base_frames=17, overlap_frames=5, causal_block=1, end_image=True)
     assert len(plan.windows) == 2
     sampling = Sampling(steps=4, ar_step=2, addnoise=20, causal_attention=True)
     end = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(5))

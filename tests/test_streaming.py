@@ -63,7 +63,7 @@ def test_decoder_state_is_rebuilt_exactly_from_its_last_latents(hub_models):
 
 
 def test_end_image_is_seen_by_every_frame_under_causal_attention():
-    from skyreels_cli.forcing.attention import block_causal_mask
+    from skyreels_cli.forcing.causal_attention import block_causal_mask
 
     mask = block_causal_mask((2, 2, 1), 1, "cpu", visible_tail=1)[0, 0]
     assert mask[:, -1].all(), "every frame attends to the end image"
@@ -100,7 +100,7 @@ def test_addnoise_changes_the_continuation(hub_models, tmp_path):
 def test_causal_attention_mask_is_scoped_to_the_call(hub_models):
     from diffusers import SkyReelsV2Transformer3DModel
 
-    from skyreels_cli.forcing.attention import attention_mask_on, block_causal_mask
+    from skyreels_cli.forcing.causal_attention import attention_mask_on, block_causal_mask
 
     model = SkyReelsV2Transformer3DModel.from_pretrained(hub_models["df"] / "transformer")
     before = dict(model.config)

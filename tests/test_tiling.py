@@ -156,7 +156,7 @@ def test_decode_memory_of_the_released_vae_at_540p():
         released = AutoencoderKLWan()  # the defaults are the released Wan 2.1 VAE; meta: no memory, no weights
     assert len(_cached_convs(released)) == 32
     whole = decode_memory(released, 544, 960, tiled=False, dtype_bytes=4)
-    assert whole.tile_cache_bytes == whole.total_cache_bytes == 4_939_345_920  # REFERENCE.md: 4.9 GB
+    assert whole.tile_cache_bytes == whole.total_cache_bytes == 4_939_345_920  # 4.9 GB at 960x544
     tiled = decode_memory(released, 544, 960, dtype_bytes=4)
     # 15 tiles of at most 256x256 pixels: one holds an eighth of the whole cache, all hold more (overlaps)
     assert tiled.tiles == 15 and tiled.tile_cache_bytes == 619_839_488 and tiled.total_cache_bytes > 1.5 * 4_939_345_920

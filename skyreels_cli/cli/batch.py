@@ -21,7 +21,7 @@ def batch(
 ) -> None:
     """Many videos from one file, each model loaded once for all its jobs.
 
-    The file's top-level settings are defaults for every job; each \\[\\[job]] has a command (t2v, i2v or
+    The file's top-level settings are defaults for every job; each [[job]] has a command (t2v, i2v or
     extend), an output and any setting of that command under its name with underscores (base_frames,
     negative_prompt, ...). Paths are relative to the file, and a job without an output writes into
     outputs/ beside it. The file is checked as a whole first; then a failing job is reported and the
@@ -29,21 +29,16 @@ def batch(
 
     Example file:
 
-      model = "df-1.3b-540p"
-
-      \\[\\[job]]
-
-      command = "t2v"
-
-      prompt = "a lighthouse in a storm"
-
-      output = "storm.mp4"
+        model = "df-1.3b-540p"
+        [[job]]
+        command = "t2v"
+        prompt = "a lighthouse in a storm"
+        output = "storm.mp4"
 
     Examples:
 
-      skyreels batch jobs.toml --dry-run
-
-      skyreels batch jobs.toml --device cuda:1
+        skyreels batch jobs.toml --dry-run
+        skyreels batch jobs.toml --device cuda:1
     """
     with user_errors("batch", quiet):
         from ..core.batch import read_batch, run_batch

@@ -25,11 +25,9 @@ def t2v(
 
     Examples:
 
-      skyreels t2v "a red fox running through snow"
-
-      skyreels t2v "a cat" --model tiny --device cpu -o cat.mp4
-
-      skyreels t2v "a lighthouse at dawn" --aspect 9:16
+        skyreels t2v "a red fox running through snow"
+        skyreels t2v "a cat" --model tiny --device cpu -o cat.mp4
+        skyreels t2v "a lighthouse at dawn" --aspect 9:16
     """
     with user_errors("t2v", quiet):
         run_from_flags(JobFlags("t2v", {"prompt": prompt, **fields}, load, model, output, overwrite, False,
@@ -52,9 +50,8 @@ def i2v(
 
     Examples:
 
-      skyreels i2v photo.png "the waves roll in"
-
-      skyreels i2v photo.png --model tiny --device cpu -o frames/
+        skyreels i2v photo.png "the waves roll in"
+        skyreels i2v photo.png --model tiny --device cpu -o frames/
     """
     with user_errors("i2v", quiet):
         run_from_flags(JobFlags("i2v", {"prompt": prompt, "image": image, **fields}, load, model, output, overwrite,
@@ -86,13 +83,11 @@ def extend(
 
     Examples:
 
-      skyreels extend "a sailboat crossing the bay at dusk" --seconds 30
+        skyreels extend "a sailboat crossing the bay at dusk" --seconds 30
+        skyreels extend "the fox keeps running" --video fox.mp4 --frames 240 -o fox-long.mp4
+        skyreels extend "a city at night" --frames 257 --ar-step 5 --causal-block 5 --causal-attention
 
-      skyreels extend "the fox keeps running" --video fox.mp4 --frames 240 -o fox-long.mp4
-
-      skyreels extend "a city at night" --frames 257 --ar-step 5 --causal-block 5 --causal-attention
-
-    A shot list (--script film.toml) gives settings and \\[[shot]] tables, each with a prompt and frames or
+    A shot list (--script film.toml) gives settings and [[shot]] tables, each with a prompt and frames or
     seconds: one continuous video, windows cut between shots; see the README.
     """
     with user_errors("extend", quiet):
@@ -115,7 +110,7 @@ def _defaults(command: str) -> str:
     window = f", windows of {spec.base_frames} frames" if command == "extend" else ""
     return (f"\n\n    Defaults: model {spec.alias} ({spec.width}x{spec.height}, {spec.frames} frames, {spec.steps} steps, "
             f"guidance {spec.guidance}, shift {spec.shift}, {spec.fps} fps{window}); device auto; output "
-            "outputs/<time>_<seed>_<prompt>.mp4.")
+            "`outputs/<time>_<seed>_<prompt>.mp4`.")
 
 
 for _command in (t2v, i2v, extend):

@@ -20,9 +20,8 @@ def info(
 
     Examples:
 
-      skyreels info fox.mp4
-
-      skyreels t2v --from fox.mp4 --seed 8 -o fox-8.mp4
+        skyreels info fox.mp4
+        skyreels t2v --from fox.mp4 --seed 8 -o fox-8.mp4
     """
     from ..core.replay import read_recorded
 

@@ -133,7 +133,7 @@ def _dry_run(job) -> None:
 def run_job(job, *, quiet: bool, pool=None) -> None:
     """`sk.run(job)` with the progress display on stderr (nothing with `quiet`), then the output's path on stdout."""
     from .. import run
-    from .memory import keep_host_memory_flat, release_freed_memory
+    from .host_memory import keep_host_memory_flat, release_freed_memory
     from .progress import ProgressDisplay
 
     on_window = None

@@ -41,11 +41,9 @@ def download(
 
     Examples:
 
-      skyreels download df-1.3b-540p i2v-1.3b-540p
-
-      skyreels download qwen2.5-1.5b     (the prompt enhancer of --enhance)
-
-      skyreels download --force df-1.3b-540p
+        skyreels download df-1.3b-540p i2v-1.3b-540p
+        skyreels download qwen2.5-1.5b     (the prompt enhancer of --enhance)
+        skyreels download --force df-1.3b-540p
     """
     from ..core.enhance import enhancer_folder, is_enhancer
     from ..models.hub import disk_size

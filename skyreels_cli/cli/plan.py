@@ -30,9 +30,8 @@ def plan(
 
     Examples:
 
-      skyreels plan df-14b-540p --vram 24
-
-      skyreels plan df-1.3b-540p --frames 257 --json
+        skyreels plan df-14b-540p --vram 24
+        skyreels plan df-1.3b-540p --frames 257 --json
     """
     from ..core.request import Request
     from ..core.resolve import run_shape

@@ -32,7 +32,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 FORCING_FIELDS = ("end_image", "video", "base_frames", "overlap", "ar_step", "causal_block", "addnoise",
                   "causal_attention", "cache", "shots", "color_match")
-# Official recommendations for diffusion forcing (REFERENCE.md §2).
+# Official recommendations for diffusion forcing (the SkyReels-V2 README).
 OVERLAP_LATENTS = 5  # 17 frames
 ADDNOISE = 20.0
 # The transformer's rotary position table (ROPE_POSITIONS per axis): latent frames in one window, and

@@ -1,6 +1,6 @@
 """The streaming diffusion forcing engine.
 
-Generates a video of any length window by window (REFERENCE.md §2): each window
+Generates a video of any length window by window (forcing/windows.py): each window
 takes the last latents of the one before as a clean prefix (in latent space, no
 decode/re-encode round trip), runs the step matrix with per-frame solver state,
 and decodes only its new latents, continuing one causal VAE decode. Memory is
@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import faults
-from .attention import causal_attention
+from .causal_attention import causal_attention
 from .decoding import StreamingDecoder, to_uint8
 from .schedule import step_matrix, timestep_rows
 from .solver import SOLVERS, make_solver
@@ -117,7 +117,7 @@ class DiffusionForcingEngine:
         self.adjust_latents = adjust_latents
         # False on the ranks of a context-parallel run but the first: they denoise with it, rank 0 decodes
         self.decode = decode
-        # Context parallelism: how causal attention sees every key (forcing/attention.py); None: one process
+        # Context parallelism: how causal attention sees every key (forcing/causal_attention.py); None: one process
         self.whole_sequence = whole_sequence
 
     def _phase(self, name: str):

@@ -1,6 +1,6 @@
 """The sampler's time grid and the diffusion forcing step matrix: pure arithmetic.
 
-REFERENCE.md §2: the official SkyReels-V2 code samples on
+The official SkyReels-V2 code samples on
 `linspace(0.999, 0, N+1)[:-1]` (shifted), diffusers' UniPC on `linspace(1, 0.001, N+1)`.
 Handing UniPC the official raw sigmas reproduces the official sampler exactly.
 """

@@ -1,6 +1,6 @@
 """UniPC for every latent frame of a diffusion forcing window, advanced one step-matrix row at a time.
 
-Each frame has its own solver history (REFERENCE.md §2) and frames sit at different steps of one timestep
+Each frame has its own solver history (as in the official code) and frames sit at different steps of one timestep
 grid. The reference keeps one diffusers `UniPCMultistepScheduler` copy per frame and steps them frame by
 frame (`PerFrameUniPC`): about 40 small operations per frame per row, each a kernel launch on a GPU.
 `VectorisedUniPC` holds the same state as tensors indexed by frame and does a row in about twenty

@@ -1,6 +1,6 @@
 """The full-size architectures of the released checkpoints, as data (CI has no network to read their configs).
 
-One table for every component a checkpoint holds: the transformer by kind and size (REFERENCE.md §1),
+One table for every component a checkpoint holds: the transformer by kind and size (the released configs),
 UMT5-XXL's encoder, CLIP ViT-H/14's vision tower (I2V only) and the Wan VAE (diffusers'
 `AutoencoderKLWan()` defaults). The planner builds these on fake tensors to trace memory; the
 `config()` methods give the keyword arguments of the diffusers / transformers classes.

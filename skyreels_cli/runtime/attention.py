@@ -3,7 +3,7 @@
 One table says, per name, the diffusers backend, the package it needs, the GPUs it runs on and whether
 it accepts an attention mask. `pick_backend` validates a choice against what is installed and the
 device (`auto` takes the fastest usable one); `apply_backend` sets it on every attention processor of a
-model. Causal attention (forcing/attention.py) never passes a mask, so it works with all of them.
+model. Causal attention (forcing/causal_attention.py) never passes a mask, so it works with all of them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ ATTENTION_CHOICES: dict[str, AttentionChoice] = {
 }
 NAMES = ("auto", *ATTENTION_CHOICES)
 
-# `auto` on CUDA, fastest first. FA3 ~650 TFLOP/s vs FA2 ~370 on an H100 (REFERENCE.md §6). Sage quantises
+# `auto` on CUDA, fastest first. FA3 ~650 TFLOP/s vs FA2 ~370 on an H100 (FlashAttention-3's paper). Sage quantises
 # Q and K to int8, so it comes after the exact kernels; xformers is never faster than torch's SDPA,
 # which already runs FlashAttention-2 or memory-efficient kernels inside.
 AUTO_ORDER = ("flash3", "flash", "sage")

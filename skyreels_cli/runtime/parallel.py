@@ -22,7 +22,7 @@ merged by their log-sum-exp). diffusers 0.42 has a plan for Wan's transformer bu
   processor passes the parallel config to cross-attention too, which would all-to-all the replicated keys
   (right numbers, N times the traffic); we clear it on `attn2`, so cross-attention runs locally on each
   rank's queries against all text/image keys.
-* Block-causal attention (`--causal-attention`, forcing/attention.py) cuts self-attention into one call per
+* Block-causal attention (`--causal-attention`, forcing/causal_attention.py) cuts self-attention into one call per
   query block over the keys that block may see, which needs every key. `whole_sequence_attention` gives
   it them: Ulysses' all-to-all as diffusers does it, then under ring an all-gather of keys and values (as
   diffusers' ring attention gathers them too), and each rank runs the blocks of its own queries.
