@@ -129,6 +129,13 @@ def setting(name: str, value: object = _UNSET, *, quoted: bool = False) -> str:
     return name if value is _UNSET else f"{name}={value!r}"
 
 
+def kept_after_stop(resumable: bool) -> str:
+    """What a run stopped early leaves behind (Ctrl-C, cancel, out of memory, a lost process): a diffusion forcing
+    run's finished windows, which the same run with resume continues; otherwise nothing."""
+    return f"the finished windows are kept: {again_with('resume')} to continue" if resumable else \
+        "nothing was written"
+
+
 def again_with(name: str) -> str:
     """The advice to repeat the call with a flag set: `run the same command with --resume`,
     `run it again with resume = true` or `call again with resume=True`."""

@@ -6,6 +6,7 @@ subprocesses alike.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from skyreels_cli.models.tiny import place_in_hub_cache, save_checkpoint  # noqa: E402
+from skyreels_cli.media.videos import iter_video_frames, probe_video  # noqa: E402
+from skyreels_cli.models.tiny import save_checkpoint  # noqa: E402
 
 # Released repo ids the tests find in the cache, by tiny kind.
 HUB_REPOS = {
@@ -62,6 +64,23 @@ def image_file(tmp_path) -> Path:
     path = tmp_path / "start.png"
     Image.fromarray(rgb).save(path)
     return path
+
+
+def place_in_hub_cache(src: Path, repo_id: str, hub_cache: Path, commit: str = "0" * 40) -> Path:
+    """Lay out `src` as the Hub cache does for `repo_id` (refs/main + snapshots/<commit>): what a download makes."""
+    repo_dir = Path(hub_cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    shutil.copytree(src, snapshot, ignore=shutil.ignore_patterns("tiny.json"))
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def read_video(path: Path) -> tuple[np.ndarray, float]:
+    """A video written by skyreels, decoded back: all its frames (T, H, W, 3) and its frame rate."""
+    return np.concatenate(list(iter_video_frames(Path(path)))), probe_video(Path(path))["fps"]
 
 
 def invoke(*args):

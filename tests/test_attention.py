@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -18,6 +20,20 @@ from skyreels_cli.forcing.causal_attention import (
     causal_attention,
 )
 from skyreels_cli.runtime import attention as kernels
+
+
+@contextmanager
+def backend_on(transformer, name: str) -> Iterator[str]:
+    """`apply_backend` for the calls inside; each processor's previous backend is put back afterwards."""
+    saved = [(p, p.__dict__.get("_attention_backend")) for p in kernels._processors(transformer)]
+    try:
+        yield kernels.apply_backend(transformer, name)
+    finally:
+        for processor, backend in saved:
+            if backend is None:  # it had none of its own: fall back to the class default again
+                processor.__dict__.pop("_attention_backend", None)
+            else:
+                processor._attention_backend = backend
 
 TINY_MODULE = "diffusers.models.transformers.transformer_skyreels_v2"
 # (causal blocks in latent frames, visible tail frames): the tail is appended as the last block.
@@ -278,7 +294,7 @@ def test_setting_and_resetting_a_backend_keeps_the_output(transformer):
     active = _AttentionBackendRegistry._active_backend
     processors = kernels._processors(transformer)
     assert len(processors) == 2 * len(transformer.blocks)
-    with kernels.backend_on(transformer, "auto") as picked:
+    with backend_on(transformer, "auto") as picked:
         assert picked == "sdpa"
         assert all(p._attention_backend == AttentionBackendName.NATIVE for p in processors)
         torch.testing.assert_close(run_model(transformer, 5), before, atol=1e-6, rtol=1e-6)
@@ -302,7 +318,7 @@ def test_causal_attention_on_cuda_with_the_auto_kernel():
     q, k, v = torch.randn(3, 1, 7 * 64, 2, 64, device="cuda", dtype=torch.bfloat16).unbind(0)
     layout = BlockCausalLayout((1, 2, 2, 2), 64)
     dense = sdpa(q, k, v, block_causal_mask(layout.blocks, 64, "cuda"))
-    with kernels.backend_on(model, "auto") as picked:
+    with backend_on(model, "auto") as picked:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
 
         backend = kernels.ATTENTION_CHOICES[picked].backend

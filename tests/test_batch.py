@@ -9,9 +9,8 @@ import pytest
 import skyreels_cli as sk
 import skyreels_cli.core.model as core_model
 from skyreels_cli.core.batch import in_model_order
-from skyreels_cli.media.videos import read_video
 
-from .conftest import ALIASES, invoke
+from .conftest import ALIASES, invoke, read_video
 
 JOBS = f"""
 model = "{ALIASES['df']}"   # defaults for every job

@@ -12,9 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skyreels_cli.cli import app
-from skyreels_cli.media.videos import probe_video, read_video
+from skyreels_cli.media.videos import probe_video
 
-from .conftest import ALIASES, SMALL, invoke, read_png_frames
+from .conftest import ALIASES, SMALL, invoke, read_png_frames, read_video
 
 runner = CliRunner()
 
@@ -321,3 +321,22 @@ def test_transformer_flops_match_the_reference_floor():
     tokens = 34 * 60 * 25  # 544x960, 97 frames: the compute floor's figures
     assert round(forward_flops(T_1_3B, tokens) / 1e15, 2) == 0.61
     assert round(forward_flops(T_14B, tokens) / 1e15, 2) == 3.37
+
+
+def test_a_dry_run_writes_nothing_not_even_a_folder(hub_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["t2v", "a cat"], ["extend", "a cat", "--frames", "41"]):
+        result = invoke(*args, "-m", ALIASES["df"], *SMALL[:4], "--device", "cpu", "--dry-run")
+        assert result.exit_code == 0, result.output
+        assert list(tmp_path.iterdir()) == [], f"{args[0]} --dry-run made {list(tmp_path.iterdir())}"
+
+
+def test_the_help_shows_tables_as_written_and_the_example_file_is_valid_toml():
+    import tomllib
+
+    text = invoke("batch", "--help").output
+    example = text[text.index("Example file:"):text.index("Examples:")]
+    lines = [line.strip() for line in example.splitlines()[1:] if line.strip()]
+    assert "[[job]]" in lines
+    assert tomllib.loads("\n".join(lines))["job"][0]["command"] == "t2v"
+    assert "[[shot]]" in invoke("extend", "--help").output

@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 from skyreels_cli.cli import app
 from skyreels_cli.core import enhance as E
 from skyreels_cli.errors import ModelError
-from skyreels_cli.models.tiny import place_in_hub_cache
 
-from .conftest import ALIASES
+from .conftest import ALIASES, place_in_hub_cache
 
 REPO = "tester/tiny-enhancer"
 WORDS = ["a", "the", "fox", "cat", "runs", "walks", "in", "snow", "forest", "light", "camera", "slow", "pan", "close",

@@ -209,3 +209,16 @@ def test_the_cli_runs_under_python_oo():
     done = subprocess.run([sys.executable, "-OO", "-m", "skyreels_cli", "extend", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "--base-frames" in done.stdout, done.stderr
+
+
+def test_a_shot_list_reads_into_the_job_the_cli_would_run(tmp_path):
+    from skyreels_cli.cli.jobs import JobFlags, build_job
+
+    (tmp_path / "film.toml").write_text('seed = 7\nheight = 64\nwidth = 64\n[[shot]]\nprompt = "a fox"\nframes = 17\n'
+                                        '[[shot]]\nprompt = "a cat"\nseconds = 0.5\n')
+    job = sk.read_script(tmp_path / "film.toml").job(output=str(tmp_path / "film.mp4"), device="cpu")
+    assert job.command == "extend" and [s.prompt for s in job.request.shots] == ["a fox", "a cat"]
+    assert (job.request.seed, job.load.device, job.output) == (7, "cpu", str(tmp_path / "film.mp4"))
+    flags = JobFlags("extend", {}, {"device": "cpu"}, None, str(tmp_path / "film.mp4"), False, False, None, None,
+                     True, False, str(tmp_path / "film.toml"))
+    assert build_job(flags) == job

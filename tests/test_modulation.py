@@ -16,11 +16,16 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from skyreels_cli.forcing.causal_attention import attention_mask_on, block_causal_mask
 from skyreels_cli.models.tiny import build_components
+from skyreels_cli.runtime import modulation
 from skyreels_cli.runtime.modulation import (
     install_per_frame_modulation,
-    per_frame_modulation_installed,
     remove_per_frame_modulation,
 )
+
+
+def per_frame_modulation_installed(transformer) -> bool:
+    """True when `transformer` (and so its blocks) runs the per-frame modulation."""
+    return modulation._is_ours(transformer, modulation._model_forward)
 
 TIMESTEPS = [999, 874, 640, 431, 215, 37, 0]  # one per latent frame, all different
 TEXT_LEN = 512  # the I2V attention processor splits image tokens off at 512 text tokens

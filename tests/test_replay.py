@@ -13,9 +13,8 @@ from skyreels_cli.core.replay import Recorded, read_recorded, replay_request
 from skyreels_cli.core.request import Request
 from skyreels_cli.errors import InputFileError, UsageError
 from skyreels_cli.media.ffmpeg import ffmpeg
-from skyreels_cli.media.videos import read_video
 
-from .conftest import ALIASES, SMALL, invoke, read_png_frames
+from .conftest import ALIASES, SMALL, invoke, read_png_frames, read_video
 
 # Two windows on the tiny DF model: a replay must carry the window settings too.
 EXTEND = ["extend", "a lighthouse", "-m", ALIASES["df"], "--device", "cpu", "--height", "64", "--width", "64",

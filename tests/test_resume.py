@@ -14,9 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from skyreels_cli.cli import app
-from skyreels_cli.media.videos import read_video
 
-from .conftest import ALIASES, read_png_frames
+from .conftest import ALIASES, read_png_frames, read_video
 
 STEPS = 3
 # 16 windows of tiny work: 50 latent frames in windows of 5 with an overlap of 2.

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ALIASES, invoke, read_png_frames
+from .conftest import ALIASES, invoke, read_png_frames, read_video
 
 RUN = ["-m", ALIASES["df"], "--device", "cpu", "--height", "64", "--width", "64", "--steps", "2", "-q"]
 T2V = ["t2v", "a red fox", *RUN, "--frames", "9", "--seed", "1"]
@@ -127,6 +127,5 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(hub_models, tmp_path, holder
 
 
 def read_video_frames(path):
-    from skyreels_cli.media.videos import read_video
 
     return read_video(path)[0]

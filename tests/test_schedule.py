@@ -2,9 +2,16 @@
 
 import pytest
 import torch
-from diffusers import SkyReelsV2DiffusionForcingPipeline
+from diffusers import SkyReelsV2DiffusionForcingPipeline, UniPCMultistepScheduler
 
-from skyreels_cli.forcing.schedule import step_matrix, timestep_rows, timesteps_for
+from skyreels_cli.forcing.schedule import make_scheduler, step_matrix, timestep_rows
+
+
+def timesteps_for(steps: int, shift: float, grid: str = "official") -> torch.Tensor:
+    """The integer timesteps a run of `steps` steps feeds the transformer."""
+    scheduler = make_scheduler(UniPCMultistepScheduler().config, shift, grid)
+    scheduler.set_timesteps(steps)
+    return scheduler.timesteps
 
 
 def test_official_grid_timesteps():

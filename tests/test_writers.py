@@ -10,7 +10,9 @@ from skyreels_cli.errors import InputFileError, OutputError, UsageError
 from skyreels_cli.media.files import write_json_atomic
 from skyreels_cli.media.sinks import FrameSink
 from skyreels_cli.media.targets import default_output_name, resolve_output
-from skyreels_cli.media.videos import probe_video, read_last_frames, read_video
+from skyreels_cli.media.videos import probe_video, read_last_frames
+
+from .conftest import read_video
 
 H, W, FPS = 32, 48, 8
 WINDOW = 6

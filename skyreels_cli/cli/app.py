@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import SkyreelsError, SkyreelsWarning, command_line_spelling
+from ..errors import SkyreelsError, SkyreelsWarning, command_line_spelling, kept_after_stop
 
 app = typer.Typer(
     name="skyreels",
@@ -22,11 +22,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# What Ctrl-C leaves behind, by command: only extend saves state to continue from.
-INTERRUPTED = {
-    "extend": "interrupted; the finished windows are kept: run the same command with --resume to continue",
-}
-INTERRUPTED_DEFAULT = "interrupted; nothing was written"
+def interrupted(command: str) -> str:
+    """The line after Ctrl-C: what the command leaves behind (only extend saves state to continue from)."""
+    with command_line_spelling():
+        return f"interrupted; {kept_after_stop(command == 'extend')}"
 
 
 def _version(value: bool) -> None:
@@ -59,7 +58,7 @@ def user_errors(command: str = "", quiet: bool = False) -> Iterator[None]:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo(INTERRUPTED.get(command, INTERRUPTED_DEFAULT), err=True)
+        typer.echo(interrupted(command), err=True)
         raise typer.Exit(130) from None
 
 

@@ -1,1 +1,2 @@
-"""The Python API: requests, resolving them against a model, jobs, and the Model that generates."""
+"""The Python API: requests and jobs, checking and running them, the Model that generates, pools, batches, shot lists and
+the progress events."""

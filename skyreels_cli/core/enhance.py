@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ModelError, UsageError, setting
 from ..models.hub import hub_errors, looks_like_repo_id
+from ..models.loading import auto_device
 from .request import Request
 
 # What the LLM is told; data, so that it can be read, tested and changed in one place.
@@ -111,9 +112,7 @@ def enhance_prompt(prompt: str, enhancer: str | None = None, *, device: str | to
     started = time.perf_counter()
     with third_party_quiet(not progress):
         folder = enhancer_folder(enhancer)
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = auto_device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     try:
         with third_party_quiet():  # the LLM's loading bars and generation warnings are noise here

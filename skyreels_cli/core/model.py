@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, OutOfMemory, UsageError, setting
+from ..errors import ModelError, OutOfMemory, UsageError, kept_after_stop, setting
 from ..forcing.engine import Conditioning
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
@@ -47,7 +47,7 @@ from ..runtime.parallel import (
 from ..runtime.placement import Placement
 from ..runtime.plan import flags, resolve_plan, smaller_plan
 from .conditioning import PromptEncoder
-from .events import OnEvent
+from .events import OnEvent, RunFinished
 from .job import Job
 from .prepare import Prepared, prepare
 from .request import Request
@@ -293,8 +293,7 @@ class Model:
     @property
     def _kept(self) -> str:
         """What an interrupted run leaves behind."""
-        return f"the finished windows are kept: add {setting('resume', True)}" if self.spec.forcing else \
-            "nothing was written"
+        return kept_after_stop(self.spec.forcing)
 
     def stream(self, request: Request, *, cancel: Cancel | None = None, on_event: OnEvent | None = None,
                progress: bool | None = None) -> Iterator[WindowFrames]:
@@ -313,8 +312,6 @@ class Model:
                     break
                 run.made += len(made[0].frames)
                 yield made[0]
-            from .events import RunFinished
-
             run.emit(RunFinished(run.made, run.clock.elapsed(), None))
         finally:
             with self._lock:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, faults
-from ..errors import Cancelled, ResumeError, setting
+from ..errors import Cancelled, ResumeError, kept_after_stop, setting
 from ..forcing.engine import Conditioning, DiffusionForcingEngine, EngineState, Sampling
 from ..forcing.resume import log_window, logged_windows, save_state
 from ..forcing.schedule import make_scheduler
@@ -117,9 +117,7 @@ class Run:
     def check_cancel(self) -> None:
         """Stop here if the caller cancelled: finished windows stay saved for resume=True."""
         if self.cancel is not None and self.cancel.is_set():
-            kept = f"; the finished windows are kept: resume with {setting('resume', True)}" \
-                if self.model.spec.forcing and self.prepared is not None else ""
-            raise Cancelled(f"cancelled{kept}")
+            raise Cancelled(f"cancelled; {kept_after_stop(self.model.spec.forcing and self.prepared is not None)}")
 
     def _step(self, window: int, step: int, steps: int) -> None:
         self.emit(StepDone(window, step, steps, self.clock.elapsed(), self.clock.eta(window, step / steps)))

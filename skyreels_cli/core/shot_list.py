@@ -41,6 +41,10 @@ class Script:
     settings: dict  # the settings for the whole video, by name (paths absolute; the first shot's image included)
     shots: tuple[Shot, ...]
 
+    def job(self, **given) -> Job:
+        """The `extend` job the shot list describes, with `given` settings (by name) over the file's."""
+        return Job.from_settings("extend", {**self.settings, **given, "shots": self.shots})
+
 
 def read_script(path: str | Path) -> Script:
     """Parse a shot list; any problem is one UsageError naming the key and its line."""

@@ -1,1 +1,1 @@
-"""Diffusion forcing: frame arithmetic, schedule, windows, the engine, attention, streaming decode, resume state."""
+"""Diffusion forcing: frame arithmetic, schedule, windows, the engine, block-causal attention, streaming decode, resume state."""

@@ -29,13 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import faults
+from ..run_options import CFGS
 from .causal_attention import causal_attention
 from .decoding import StreamingDecoder, to_uint8
 from .schedule import step_matrix, timestep_rows
 from .solver import SOLVERS, make_solver
 from .windows import Window, WindowPlan
-
-CFG_MODES = ("separate", "batched")
 
 
 @dataclass
@@ -97,8 +96,8 @@ class DiffusionForcingEngine:
         adjust_latents: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         decode: bool = True, whole_sequence: Callable | None = None,
     ) -> None:
-        if cfg not in CFG_MODES:
-            raise ValueError(f"unknown cfg mode {cfg!r}; expected one of {CFG_MODES}")
+        if cfg not in CFGS:
+            raise ValueError(f"unknown cfg mode {cfg!r}; expected one of {CFGS}")
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
         self.transformer = transformer

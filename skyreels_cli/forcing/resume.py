@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__, faults
 from ..errors import OutputError, ResumeError, again_with, setting
-from ..media.files import fsync_file
+from ..media.files import replace_atomically
 from .engine import EngineState
 
 STATE_FILE = "state.pt"
@@ -34,15 +34,15 @@ def save_state(work_dir: Path, request: dict, model: dict, state: EngineState, f
     """Write the state atomically: a reader sees the previous window's state or this one's, whole."""
     work_dir.mkdir(parents=True, exist_ok=True)
     path = state_path(work_dir)
-    tmp = path.with_suffix(".tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         torch.save({"request": request, "model": model, "engine": state.to_dict(), "frames_written": frames_written,
                     "generated": generated, "version": __version__}, tmp)
-        fsync_file(tmp)
-        faults.point("state_saving")
-        os.replace(tmp, path)
+        faults.point("state_saving")  # a kill here leaves the previous state whole
+
+    try:
+        replace_atomically(path, write)
     except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
-        tmp.unlink(missing_ok=True)
         reason = getattr(err, "strerror", None) or "the write failed"
         raise OutputError(f"cannot save the resume state in {work_dir} ({reason}); the previous window's state is "
                           f"kept: free disk space, then {again_with('resume')}") from None

@@ -42,13 +42,6 @@ def make_scheduler(config, shift: float, grid: str = "official") -> UniPCMultist
     return cls.from_config(config, flow_shift=shift, use_flow_sigmas=True, prediction_type="flow_prediction")
 
 
-def timesteps_for(steps: int, shift: float, grid: str = "official") -> torch.Tensor:
-    """The integer timesteps a run of `steps` steps feeds the transformer."""
-    scheduler = make_scheduler(UniPCMultistepScheduler().config, shift, grid)
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps
-
-
 def step_matrix(
     block_sizes: Sequence[int], num_steps: int, ar_step: int, ready_blocks: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,8 +15,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Have write() fill a temp file beside path, fsync it, then rename it over path."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Have write() fill a temp file beside path, fsync it, then rename it over path: readers see the old file or
+    the whole new one. The temp file is this process's own, so two processes writing one path never mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         fsync_file(tmp)

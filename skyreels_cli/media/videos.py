@@ -17,15 +17,6 @@ from .images import path_problem
 VIDEO_FILES = "give a video file ffmpeg can decode, e.g. an MP4"
 
 
-def read_video(path: Path, option: str = "video") -> tuple[np.ndarray, float]:
-    """All frames as uint8 (T, H, W, 3), and the frame rate. `option` names the input in messages."""
-    fps, frames = _stream(Path(path), option)
-    stacked = list(frames)
-    if not stacked:
-        raise InputFileError(f"{option} {path} has no frames; choose another video")
-    return np.stack(stacked), fps
-
-
 def iter_video_frames(path: Path, chunk: int = 16, option: str = "video") -> Iterator[np.ndarray]:
     """Frames in uint8 arrays of at most `chunk` frames, holding no more than that at a time."""
     _, frames = _stream(Path(path), option)

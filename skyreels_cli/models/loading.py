@@ -14,13 +14,20 @@ from .kinds import KINDS
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def auto_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`device` as torch names it; "auto" (or None) is CUDA when a GPU is visible, else the CPU. The one meaning of
+    "auto" for every device setting (checked further for a model by `check_device`)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def check_device(device: str | torch.device | None = "auto", spec=None) -> torch.device:
-    """The torch device for `device` ("auto": CUDA when visible, else the CPU for tiny models)."""
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if spec is None or spec.is_tiny:
-            return torch.device("cpu")
+    """The torch device for `device` ("auto": `auto_device`, where the CPU is for tiny models only)."""
+    if device is None or str(device) == "auto":
+        dev = auto_device(device)
+        if dev.type == "cuda" or spec is None or spec.is_tiny:
+            return dev
         raise DeviceError(
             f"no CUDA GPU is visible, and {spec.alias} on the CPU would take days; pass {setting('device', 'cpu')} to run it "
             "anyway, or run `skyreels doctor` to see why CUDA is missing"

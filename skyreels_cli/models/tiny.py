@@ -171,18 +171,6 @@ def save_checkpoint(kind: str, dest: Path, seed: int = 0, arch: str = "tiny") ->
     return dest
 
 
-def place_in_hub_cache(src: Path, repo_id: str, hub_cache: Path, commit: str = "0" * 40) -> Path:
-    """Lay out `src` as the Hub cache does for `repo_id` (refs/main + snapshots/<commit>)."""
-    repo_dir = Path(hub_cache) / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo_dir / "snapshots" / commit
-    if snapshot.exists():
-        shutil.rmtree(snapshot)
-    shutil.copytree(src, snapshot, ignore=shutil.ignore_patterns("tiny.json"))
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    return snapshot
-
-
 if __name__ == "__main__":
     import sys
 

@@ -9,8 +9,6 @@ model. Causal attention (forcing/causal_attention.py) never passes a mask, so it
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -147,17 +145,3 @@ def _processors(transformer) -> list:
 
     return [m.processor for m in transformer.modules()
             if isinstance(m, AttentionModuleMixin) and hasattr(m.processor, "_attention_backend")]
-
-
-@contextmanager
-def backend_on(transformer, name: str) -> Iterator[str]:
-    """`apply_backend` for the calls inside; each processor's previous backend is put back afterwards."""
-    saved = [(p, p.__dict__.get("_attention_backend")) for p in _processors(transformer)]
-    try:
-        yield apply_backend(transformer, name)
-    finally:
-        for processor, backend in saved:
-            if backend is None:  # it had none of its own: fall back to the class default again
-                processor.__dict__.pop("_attention_backend", None)
-            else:
-                processor._attention_backend = backend

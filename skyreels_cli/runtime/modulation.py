@@ -54,11 +54,6 @@ def remove_per_frame_modulation(transformer: SkyReelsV2Transformer3DModel) -> No
             del module.forward  # the class's forward shows through again
 
 
-def per_frame_modulation_installed(transformer: SkyReelsV2Transformer3DModel) -> bool:
-    """True when `transformer` (and so its blocks) runs the per-frame modulation."""
-    return _is_ours(transformer, _model_forward)
-
-
 def _is_ours(module: torch.nn.Module, forward: types.FunctionType) -> bool:
     return getattr(vars(module).get("forward"), "__func__", None) is forward
 

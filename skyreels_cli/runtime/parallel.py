@@ -51,7 +51,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import ModelError, PeerLost, UsageError, setting
+from ..errors import ModelError, PeerLost, UsageError, kept_after_stop, setting
+from ..models.loading import auto_device
 from .launch import check_gpus
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
@@ -512,8 +513,7 @@ def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COL
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    want = torch.device("cuda" if str(device) == "auto" and torch.cuda.is_available() else
-                        ("cpu" if str(device) == "auto" else device))
+    want = auto_device(device)
     if want.type == "cuda":
         check_gpus(local_world)
         torch.cuda.set_device(local)
@@ -562,8 +562,7 @@ def start_watchdog(rank: int, world: int, every_s: float = HEARTBEAT_S,
 
 
 def _die(why: str) -> None:
-    print(f"error: {why}; stopping this rank (the finished windows are kept: add {setting('resume', True)})", file=sys.stderr,
-          flush=True)
+    print(f"error: {why}; stopping this rank ({kept_after_stop(True)})", file=sys.stderr, flush=True)
     os._exit(1)
 
 

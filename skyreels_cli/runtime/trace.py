@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..media.files import replace_atomically
 from ..models.architectures import (
     TEXT_TOKENS,
     ImageEncoderArch,
@@ -322,9 +323,8 @@ def _write_cache(path: Path, key: str, value: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
         data[key] = value
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
-        os.replace(tmp, path)
+        text = json.dumps(data, indent=0, sort_keys=True)
+        replace_atomically(path, lambda tmp: tmp.write_text(text))
     except OSError:
         pass
 
