@@ -8,7 +8,7 @@ of batch 2) and the solver update of every frame. Printed and written to $OUT/gp
 - seconds per step for diffusers as shipped (per-token modulation, two guidance calls, one UniPC copy per
   frame, its default attention) and for skyreels with each option alone and all together;
 - each one's speed-up over diffusers in the same run, and its ratio to the compute floor
-  (REFERENCE.md §6: the transformer FLOPs at 800 TFLOP/s, the bf16 matrix rate measured on an H100);
+  (the transformer FLOPs at 800 TFLOP/s, the bf16 matrix rate measured on an H100);
 - each one's peak VRAM next to the planner's prediction for the same forward (traced on fake tensors).
 
     python benchmarks/gpu_speed.py --model df-1.3b-540p
@@ -43,7 +43,7 @@ from skyreels_cli.models.architectures import architecture
 from skyreels_cli.models.naming import resolve_model
 from skyreels_cli.runtime.trace import default_dtype
 
-FLOOR_FLOPS = 800e12  # bf16 dense matrix rate measured on an H100 (REFERENCE.md §6)
+FLOOR_FLOPS = 800e12  # bf16 dense matrix rate measured on an H100
 TEXT_TOKENS = 512
 # name -> the options it turns on (each alone, then all together)
 VARIANTS = {

@@ -23,7 +23,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from skyreels_cli.runtime.modulation import install_per_frame_modulation
 
 GB = 1e9
-# Released DF architectures (REFERENCE.md section 1); DF-1.3B has the fps embedding.
+# Released DF architectures (models/architectures.py); DF-1.3B has the fps embedding.
 MODELS = {
     "14b": {"num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824, "inject_sample_info": False},
     "1.3b": {"num_attention_heads": 12, "num_layers": 30, "ffn_dim": 8960, "inject_sample_info": True},

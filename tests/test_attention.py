@@ -259,17 +259,17 @@ def test_a_missing_kernel_says_what_to_install(monkeypatch, name, hint):
     with pytest.raises(UsageError) as err:
         kernels.pick_backend(name, gpu, torch.bfloat16)
     message = str(err.value)
-    assert "\n" not in message and hint in message and "--attention auto" in message
+    assert "\n" not in message and hint in message and "attention='auto'" in message
 
 
 def test_a_kernel_on_the_wrong_device_says_which_to_use(monkeypatch):
-    with pytest.raises(DeviceError, match="not the cpu; use --attention auto or sdpa"):
+    with pytest.raises(DeviceError, match="not the cpu; use attention='auto' or sdpa"):
         kernels.pick_backend("flash", torch.device("cpu"))
     ampere = fake_gpu(monkeypatch, (8, 6), installed=("_flash_3",))
     with pytest.raises(DeviceError, match="Hopper.*sm86"):
         kernels.pick_backend("flash3", ampere, torch.bfloat16)
     hopper = fake_gpu(monkeypatch, (9, 0), installed=("flash",))
-    with pytest.raises(UsageError, match="--dtype bf16"):
+    with pytest.raises(UsageError, match="dtype='bf16'"):
         kernels.pick_backend("flash", hopper, torch.float32)
     with pytest.raises(UsageError, match="choose one of auto, sdpa"):
         kernels.pick_backend("fast", hopper)

@@ -105,7 +105,7 @@ def test_dead_rank_stops_the_others_and_resume_finishes(resume_on, extend_refere
     assert took < 60, f"the surviving rank took {took:.0f} s to stop"
     # the survivor says so on one line (its collective failed, or its watchdog noticed), with no traceback
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "add --resume" in errors[0], done.stderr[-2000:]
+    assert len(errors) == 1 and "the same command with --resume" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     partial = tmp_path / "killed.partial"
     assert len(list(partial.glob("[0-9]*.png"))) == 17, "window 1 kept"
@@ -340,7 +340,7 @@ def test_layout_choice_and_errors():
     assert P.choose_layout(40, 8) == P.Layout(8, 1)
     assert P.choose_layout(12, 8) == P.Layout(4, 2)  # 1.3B on 8 GPUs: Ulysses 4 x ring 2
     assert P.choose_layout(12, 8, ring=8) == P.Layout(1, 8)
-    with pytest.raises(P.UsageError, match="valid choices: --ulysses 4 --ring 2, --ulysses 2 --ring 4"):
+    with pytest.raises(P.UsageError, match="valid choices: ulysses=4 ring=2, ulysses=2 ring=4"):
         P.choose_layout(12, 8, ulysses=8)
     with pytest.raises(P.UsageError, match="must equal the 2 processes"):
         P.choose_layout(2, 2, ulysses=2, ring=2)
@@ -352,5 +352,5 @@ def test_gpus_flag_is_taken_out():
     with pytest.raises(P.UsageError, match="whole number"):
         L.strip_gpus(["t2v", "--gpus", "two"])
     if not torch.cuda.is_available():
-        with pytest.raises(P.DeviceError, match="no GPU is visible"):
+        with pytest.raises(L.DeviceError, match="no GPU is visible"):
             L.check_gpus(2)

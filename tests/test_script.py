@@ -60,7 +60,7 @@ def scripted(hub_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("scripted")
     (folder / "film.toml").write_text(SCRIPT)
     seen, encoded = [], []
-    denoise, encode = DiffusionForcingEngine.denoise_window, PromptEncoder._encode
+    denoise, encode = DiffusionForcingEngine.denoise_window, PromptEncoder.encode
 
     def spy_denoise(self, latents, window, cond, *args, **kwargs):
         seen.append((window.index, cond.prompt_embeds.clone()))
@@ -73,7 +73,7 @@ def scripted(hub_models, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DiffusionForcingEngine, "denoise_window", spy_denoise)
-        patch.setattr(PromptEncoder, "_encode", spy_encode)
+        patch.setattr(PromptEncoder, "encode", spy_encode)
         result = invoke("extend", "--script", folder / "film.toml", "-o", f"{folder / 'film'}/", "-q")
     assert result.exit_code == 0, result.output
     return folder, seen, encoded
@@ -190,7 +190,7 @@ def test_prompt_file_gives_one_window_per_line(hub_models, tmp_path):
         layout = shot_layout(r)
         assert r.frames == 41 and [s.frames for s in r.shots] == [17, 12, 12]
         assert layout.window_shot == (0, 1, 2) and [w.length for w in layout.plan.windows] == [5, 5, 5]
-    with pytest.raises(Exception, match="3 prompts, one per window, but --frames 97 makes 8 windows; use --frames 41"):
+    with pytest.raises(Exception, match="3 prompts, one per window, but frames=97 makes 8 windows; use frames=41"):
         resolve(Request(**base, frames=97), spec)
     result = invoke("extend", "--prompt-file", story, "-m", ALIASES["df"], "--device", "cpu", "--height", 64,
                     "--width", 64, "--base-frames", 17, "--overlap", 5, "--seed", 1, "-o", tmp_path / "s.mp4",

@@ -90,7 +90,7 @@ def test_a_tail_that_would_stay_noisy_is_made_longer_not_left_noisy():
 
 
 def test_an_overlap_that_is_no_whole_block_names_the_ones_that_are():
-    with pytest.raises(UsageError, match="use --overlap 17 or 37"):
+    with pytest.raises(UsageError, match="use overlap=17 or 37"):
         plan_windows(40, base=10, overlap=3, causal_block=5)
 
 

@@ -94,7 +94,7 @@ def test_other_suffixes_are_usage_errors(tmp_path, name):
 
 def test_existing_mp4_needs_overwrite_or_resume(tmp_path):
     (tmp_path / "out.mp4").write_bytes(b"old")
-    with pytest.raises(OutputError, match="already exists.*--overwrite"):
+    with pytest.raises(OutputError, match="already exists.*overwrite=True"):
         target(tmp_path)
     assert target(tmp_path, overwrite=True).path == tmp_path / "out.mp4"
     assert target(tmp_path, resume=True).path == tmp_path / "out.mp4"
@@ -245,7 +245,7 @@ def test_resume_drops_windows_after_the_resume_point(tmp_path):
 @pytest.mark.parametrize("resume_frames", [WINDOW - 1, WINDOW + 1, 3 * WINDOW])
 def test_resume_that_does_not_match_saved_segments_fails(tmp_path, resume_frames):
     t = aborted_after_two_windows(tmp_path)
-    with pytest.raises(OutputError, match="does not match.*without --resume"):
+    with pytest.raises(OutputError, match="does not match.*without resume=True"):
         FrameSink(t, FPS, META, resume_frames=resume_frames)
 
 

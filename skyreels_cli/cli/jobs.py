@@ -115,11 +115,25 @@ def _given(value) -> bool:
 
 
 def _dry_run(job) -> None:
+    """Print what the job would make. Under torchrun (--gpus N) the first process checks it for all of them."""
     from .. import check
     from ..core.estimate import format_flops
     from ..core.events import format_duration
+    from ..runtime.launch import launched_by_torchrun
 
-    checked = check(job)
+    parallel = None
+    if launched_by_torchrun():
+        from ..runtime.parallel import init_parallel
+
+        parallel = init_parallel(job.load.device)
+        if not parallel.is_main:
+            parallel.share(None)  # wait while the first checks: processes of one group end together
+            return
+    try:
+        checked = check(job, parallel=parallel)
+    finally:
+        if parallel is not None:
+            parallel.share(None)
     if checked.enhance:
         typer.echo(checked.enhance, err=True)
     work = ""

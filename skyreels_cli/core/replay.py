@@ -58,13 +58,14 @@ MADE_BY_SKYREELS = "give a video, a PNG frames folder or a settings JSON made by
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
-def read_recorded(path: str | Path, option: str = f"{setting('from')}") -> Recorded:
+def read_recorded(path: str | Path, option: str | None = None) -> Recorded:
     """The settings recorded for a skyreels output: a video, a PNG frames folder or a settings JSON.
 
     `option` is how the caller names the input in its messages: an option (`--from`) or a command
     (`skyreels info`)."""
     from ..media.images import path_problem
 
+    option = option or setting("from")
     source = Path(path)
     where = f"{option} {path}" if option.startswith("-") else f"{option}: {path}"
     problem = path_problem(source)
