@@ -289,7 +289,7 @@ def test_out_of_memory_names_the_plan_keeps_the_first_window_and_resumes(runs, p
     args = [*EXTEND, "--offload", "model", "-o", f"{out}/", "-q"]
     message = one_line_error(invoke(*args))
     assert message.startswith("error: the GPU ran out of memory with --offload model --quantize none --cfg separate")
-    assert hint in message and message.endswith("the finished windows are kept: add --resume")
+    assert hint in message and message.endswith("the finished windows are kept: run the same command with --resume to continue")
     assert asked == [(MemoryPlan(offload="model"), 64, 64, 17)]
     partial = read_png_frames(tmp_path / "oom.partial")
     assert np.array_equal(partial, plain.frames[:17]), "the first window's frames are not kept"
