@@ -36,6 +36,7 @@ only the transformer's weights (`FOLLOWER_READS`). Every rank draws the same noi
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import sys
@@ -384,7 +385,7 @@ class Parallel:
     layout: Layout | None = None
     started: float = field(default_factory=time.perf_counter)
     shared_job: bool = False  # rank 0 has told the others what to run (the CLI's bookkeeping)
-    _watchdog: threading.Thread | None = None
+    _watchdog: Watchdog | None = None
     _waits: int = 0  # calls of `main_first` so far
 
     def startup_s(self) -> float:
@@ -466,6 +467,12 @@ class Parallel:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def close(self) -> None:
+        """Leave the group: say so to the others' watchdogs, stop ours, free the backend's threads. Run at exit
+        (init_parallel registers it): a group left to the interpreter's teardown can abort the process (gloo's
+        threads destroyed while joinable: `terminate called without an active exception`)."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -524,41 +531,62 @@ def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COL
                                 **({"device_id": want} if want.type == "cuda" else {}))
     parallel = Parallel(rank, world, local, want)
     if watchdog:
-        parallel._watchdog = start_watchdog(rank, world)
+        parallel._watchdog = Watchdog(rank, world)
+    atexit.register(parallel.close)
     return parallel
 
 
-def start_watchdog(rank: int, world: int, every_s: float = HEARTBEAT_S,
-                   dead_after_s: float = DEAD_AFTER_S) -> threading.Thread:
+class Watchdog:
     """A thread that beats in the rendezvous store and ends this process when another rank stops beating.
 
     A collective blocked on a dead peer may wait for its timeout (NCCL never notices a peer vanish);
     this stops every survivor within seconds, so resources are freed and the last saved window stays.
+    A rank that leaves normally writes LEFT as its last beat, so the others do not take it for dead while
+    they finish (rank 0 still decoding and writing the last window).
     """
-    store = dist.distributed_c10d._get_default_store()
 
-    def beat() -> None:
+    LEFT = b"left"
+
+    def __init__(self, rank: int, world: int, every_s: float = HEARTBEAT_S, dead_after_s: float = DEAD_AFTER_S):
+        self.rank, self.world, self.every_s, self.dead_after_s = rank, world, every_s, dead_after_s
+        self.store = dist.distributed_c10d._get_default_store()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="skyreels-watchdog", daemon=True)
+        self._thread.start()
+
+    def _key(self, rank: int) -> str:
+        return f"skyreels/beat/{rank}"
+
+    def _run(self) -> None:
         seen: dict[int, tuple[bytes, float]] = {}
-        while True:
+        while not self._stop.is_set():
             try:
-                store.set(f"skyreels/beat/{rank}", str(time.time()))
-                for other in range(world):
-                    if other == rank:
+                self.store.set(self._key(self.rank), str(time.time()))
+                for other in range(self.world):
+                    if other == self.rank:
                         continue
-                    value = store.get(f"skyreels/beat/{other}") if store.check([f"skyreels/beat/{other}"]) else b""
+                    key = self._key(other)
+                    value = self.store.get(key) if self.store.check([key]) else b""
                     last = seen.get(other)
                     now = time.monotonic()
                     if last is None or last[0] != value:
                         seen[other] = (value, now)
-                    elif now - last[1] > dead_after_s and value:
+                    elif now - last[1] > self.dead_after_s and value not in (b"", self.LEFT):
                         _die(f"rank {other} stopped responding")
             except Exception as exc:  # noqa: BLE001  the store lives with torchrun's agent or rank 0: gone means they are
+                if self._stop.is_set():
+                    return
                 _die(f"lost the process group ({type(exc).__name__})")
-            time.sleep(every_s)
+            self._stop.wait(self.every_s)
 
-    thread = threading.Thread(target=beat, name="skyreels-watchdog", daemon=True)
-    thread.start()
-    return thread
+    def stop(self) -> None:
+        """Stop beating, after a last beat that says this rank left on purpose."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.store.set(self._key(self.rank), self.LEFT)
+        except Exception:  # noqa: BLE001  the store may be gone already: the others are finishing too
+            pass
 
 
 def _die(why: str) -> None:
