@@ -1,7 +1,7 @@
 """How a model is loaded and runs: one table of the run options, and `LoadOptions`, a frozen set of them.
 
 Everything that names a run option is derived from `RUN_OPTIONS`: the fields of `LoadOptions` and the
-keywords of `load()`, the command line's flags (cli/run_flags.py), the planner's choices (`PLAN_FIELDS`,
+keywords of `load()`, the command line's flags (cli/flags.py), the planner's choices (`PLAN_FIELDS`,
 runtime/plan.py), what each sidecar records as `run.runtime` (`RECORDED`) and the keys batch files and
 shot lists accept. The value vocabularies (offloads, weight storages, kernels...) are here too, so that
 this module needs no torch: `skyreels --help` builds its flags from it without waiting for torch.

@@ -61,7 +61,7 @@ class Request:
     cache: float | None = None  # step cache threshold (0: off); skipped calls change the frames a little
     color_match: str | None = None  # "off", "latent" or "pixel": each window's colour pulled to what it continues
     prompt_original: str | None = None  # the user's prompt when --enhance rewrote it into `prompt`
-    shots: tuple[Shot, ...] | None = None  # a shot list (diffusion forcing): frames is their sum (core/script.py)
+    shots: tuple[Shot, ...] | None = None  # a shot list (diffusion forcing): frames is their sum (core/shot_plan.py)
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:

@@ -76,7 +76,7 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
     )
     if spec.forcing:
         filled = _forcing_defaults(filled, spec)
-    if filled.shots is not None:  # the length is the shots' total (core/script.py)
+    if filled.shots is not None:  # the length is the shots' total (core/shot_plan.py)
         filled = resolve_shots(filled, filled.frames if r.frames is not None or r.seconds is not None else None)
     validate(filled, spec)
     return filled
