@@ -48,6 +48,7 @@ def test_resolve_fills_the_model_defaults(df_model):
     assert df_model.resolve(resolved) == resolved
 
 
+@pytest.mark.slow
 def test_second_request_equals_a_fresh_process(df_model, tmp_path):
     """One loaded model, two different requests; the second's frames are what a new process makes."""
     first = frames_of(df_model, sk.Request(prompt="a red fox", seed=1, **SMALL))

@@ -72,6 +72,7 @@ def test_i2v_portrait_image_gives_portrait_video(hub_models, tmp_path):
     assert json.loads((out / "settings.json").read_text())["request"]["image"] == str(img)
 
 
+@pytest.mark.slow
 def test_installed_command_runs_tiny_model_as_a_subprocess(tmp_path):
     env = {**os.environ}
     out = tmp_path / "cat.mp4"
@@ -84,6 +85,7 @@ def test_installed_command_runs_tiny_model_as_a_subprocess(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["t2v", "i2v", "extend"])
+@pytest.mark.slow
 def test_quiet_prints_only_the_output_path(tmp_path, image_file, command):
     """No third-party bars, log lines or warnings: stdout is the path, stderr is empty (a fresh
     HF_HOME, so the tiny model is built in the run too)."""

@@ -120,6 +120,7 @@ def run_cli(tmp_path, name: str, *extra: str) -> list[dict]:
     return sidecar["run"]["colour"]
 
 
+@pytest.mark.slow
 def test_color_match_reduces_drift_on_a_drifting_run(drifting, tmp_path):
     plain = run_cli(tmp_path, "plain.mp4")
     matched = run_cli(tmp_path, "matched.mp4", "--color-match")

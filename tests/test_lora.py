@@ -90,6 +90,7 @@ def test_lora_before_group_offload_gives_the_same_frames(base, lora_file):
     assert np.array_equal(frames_of(grouped), frames)
 
 
+@pytest.mark.slow
 def test_misfit_is_refused_naming_the_layers_and_changes_nothing(base, lora_file, tmp_path):
     model, original = base
     transformer = model.components["transformer"]
@@ -107,6 +108,7 @@ def test_misfit_is_refused_naming_the_layers_and_changes_nothing(base, lora_file
     assert np.array_equal(frames_of(model), original)
 
 
+@pytest.mark.slow
 def test_an_error_while_loading_unloads_what_was_loaded(base, lora_file, monkeypatch):
     from diffusers.loaders.lora_pipeline import SkyReelsV2LoraLoaderMixin as Loader
 
@@ -150,6 +152,7 @@ def _saved(state: dict):
     return path
 
 
+@pytest.mark.slow
 def test_cli_records_the_lora_and_refuses_a_misfit(hub_models, lora_file, tmp_path):
     runner = CliRunner()
     args = ["extend", "a red fox running", "-m", ALIASES["df"], "--height", "64", "--width", "64", "--frames", "17",

@@ -86,6 +86,7 @@ def test_t2v_checkpoint_matches_diffusers(hub_models, tmp_path, grid):
 
 
 @pytest.mark.parametrize("grid", ["official", "diffusers"])
+@pytest.mark.slow
 def test_t2v_on_df_checkpoint_matches_diffusers(hub_models, tmp_path, grid):
     mine = ours(tmp_path, "t2v", "a red fox", "-m", ALIASES["df"], *SMALL, "--sigma-grid", grid)
     pipe = reference(SkyReelsV2DiffusionForcingPipeline, hub_models["df"], shift=8.0, grid=grid)
@@ -95,6 +96,7 @@ def test_t2v_on_df_checkpoint_matches_diffusers(hub_models, tmp_path, grid):
     assert_latents_match(latents, pipe, "a red fox", num_frames=17, guidance_scale=6.0, **common())
 
 
+@pytest.mark.slow
 def test_grids_differ(hub_models, tmp_path):
     """The two grids give different frames: the grid option is not a no-op."""
     a = ours(tmp_path / "a", "t2v", "a red fox", "-m", ALIASES["df"], *SMALL, "--sigma-grid", "official")
@@ -126,6 +128,7 @@ def test_extend_long_synchronous_matches_diffusers(hub_models, tmp_path):
     assert_latents_match(latents, pipe, "a red fox", **call, **common())
 
 
+@pytest.mark.slow
 def test_extend_long_asynchronous_matches_diffusers(hub_models, tmp_path):
     # Window 8 latent frames, overlap 2, causal block 2: 16 latent frames in three windows.
     args = ["--frames", "61", "--base-frames", "29", "--overlap", "5", "--addnoise", "0",

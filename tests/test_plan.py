@@ -55,6 +55,7 @@ def fastest_fitting(predictions: list, vram_gb: float, **fixed):
 
 # ---------------------------------------------------------------------------------------------- one MemoryPlan
 
+@pytest.mark.slow
 def test_the_planner_predicts_the_loaders_plans(df13):
     assert plan.MemoryPlan is memory.MemoryPlan
     plans = [p.plan for p in df13]
@@ -131,6 +132,7 @@ def test_auto_respects_every_fixed_field(fixed):
     assert f"predicted {expected.peak_gb:.1f} GB of 14.0 GB given" in reason
 
 
+@pytest.mark.slow
 def test_df_14b_at_24_gb_offloads_without_quantization_and_keeps_fp8_weights_resident():
     spec = resolve_model(DF14)
     bf16, reason = plan.resolve_plan(spec, CUDA, vram_gb=24, cfg="separate", quantize="none")

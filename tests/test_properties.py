@@ -78,6 +78,7 @@ def folder(tmp_path_factory):
 @given(frames=ints, seconds=floats, base=small.map(lambda v: None if v is None else 4 * v + 1), overlap=small,
        block=small, ar=small, addnoise=floats, steps=ints, guidance=floats, shift=floats, fps=floats,
        height=sides, width=sides, output=outputs)
+@pytest.mark.slow
 def test_extend_options_plan_or_fail_cleanly(hub_models, folder, frames, seconds, base, overlap, block, ar,
                                              addnoise, steps, guidance, shift, fps, height, width, output):
     args = ["extend", "a red fox", "-m", ALIASES["df"], "--device", "cpu", *option("--frames", frames),
@@ -103,6 +104,7 @@ def test_extend_options_plan_or_fail_cleanly(hub_models, folder, frames, seconds
 @SETTINGS
 @given(frames=ints, steps=ints, fps=floats, height=sides, width=sides, output=outputs,
        model=st.sampled_from([ALIASES["t2v"], ALIASES["df"]]))
+@pytest.mark.slow
 def test_t2v_options_plan_or_fail_cleanly(hub_models, folder, frames, steps, fps, height, width, output, model):
     args = ["t2v", "a red fox", "-m", model, "--device", "cpu", *option("--frames", frames),
             *option("--steps", steps), *option("--fps", fps), *option("--height", height),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -61,6 +62,7 @@ def test_killed_png_run_resumes_to_identical_frames(hub_models, tmp_path):
     assert not (tmp_path / ".killed.skyreels").exists() and not (tmp_path / "killed.partial").exists()
 
 
+@pytest.mark.slow
 def test_killed_mp4_run_plays_midway_and_resumes_identically(hub_models, tmp_path):
     out = tmp_path / "fox.mp4"
     killed_run(str(out), during_window(3))
@@ -73,6 +75,7 @@ def test_killed_mp4_run_plays_midway_and_resumes_identically(hub_models, tmp_pat
     assert not (tmp_path / "fox.partial.mp4").exists()
 
 
+@pytest.mark.slow
 def test_resume_state_stays_small_as_the_video_grows(hub_models, tmp_path):
     sizes = {}
     for window in (2, 11, 14):

@@ -111,12 +111,14 @@ EXACT = {
 
 
 @pytest.mark.parametrize("options,recorded", EXACT.values(), ids=EXACT.keys())
+@pytest.mark.slow
 def test_an_exact_plan_option_gives_the_plain_frames(runs, plain, options, recorded):
     run = runs(*options)
     assert np.array_equal(run.frames, plain.frames)
     assert run.runtime == {**PLAIN, **recorded}
 
 
+@pytest.mark.slow
 def test_batched_guidance_is_within_one_level(runs, plain):
     run = runs("--cfg", "batched")
     assert levels(run.frames, plain.frames).max() <= 1
@@ -176,6 +178,7 @@ def test_all_options_together_stay_within_one_level(runs, plain, alone):
 # ------------------------------------------------------------------ 2. the step cache
 
 
+@pytest.mark.slow
 def test_step_cache_skips_calls_counts_them_and_says_so(runs, tmp_path):
     out = tmp_path / "cached"
     result = invoke(*EXTEND, "--steps", "6", "--cache", "0.05", "-o", f"{out}/")
@@ -267,6 +270,7 @@ FITS = MemoryPlan(offload="group", quantize="fp8", cfg="separate", tiled_decode=
     (FITS, "try --offload group --quantize fp8 --cfg separate --tiled-decode"),
     (None, "no smaller plan is predicted to fit: try a smaller --height/--width or --base-frames"),
 ], ids=["a plan fits", "none fits"])
+@pytest.mark.slow
 def test_out_of_memory_names_the_plan_keeps_the_first_window_and_resumes(runs, plain, tmp_path, monkeypatch,
                                                                         smaller, hint):
     real, calls = DiffusionForcingEngine._model, []
@@ -326,6 +330,7 @@ def test_a_run_started_with_fp8_resumes_only_with_fp8(runs, tmp_path):
 # ------------------------------------------------------------------ 7. compilation
 
 
+@pytest.mark.slow
 def test_compile_on_the_cpu_matches_eager_within_one_level(runs):
     one_window = ("--frames", "17", "--steps", "2")
     eager, compiled = runs(*one_window), runs(*one_window, "--compile")
@@ -338,6 +343,7 @@ def test_compile_on_the_cpu_matches_eager_within_one_level(runs):
 # ------------------------------------------------------------------ 8. the Python API
 
 
+@pytest.mark.slow
 def test_api_loads_with_run_options_and_generates_twice(runs, tmp_path):
     model = sk.load("tiny", device="cpu", offload="model", cfg="batched", progress=False)
     assert model.memory == MemoryPlan(offload="model", cfg="batched")

@@ -27,6 +27,7 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_input_image_inside_the_output_folder_is_refused(hub_models, tmp_path):
     frames = tmp_path / "fr"
     assert invoke(*T2V, "-o", f"{frames}/").exit_code == 0
@@ -68,6 +69,7 @@ def killed(args, output, fault):
     assert done.returncode == 137, done.stderr
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_neither_discarded_nor_silently_restarted(hub_models, tmp_path):
     out = tmp_path / "long.mp4"
     killed(EXTEND, out, "window_saved:2")
@@ -80,6 +82,7 @@ def test_an_interrupted_run_is_neither_discarded_nor_silently_restarted(hub_mode
 
 
 @pytest.mark.parametrize("suffix", [".mp4", "/"])
+@pytest.mark.slow
 def test_overwrite_killed_midway_keeps_the_old_output(hub_models, tmp_path, suffix):
     out = f"{tmp_path / 'video'}{suffix}"
     assert invoke(*EXTEND, "-o", out).exit_code == 0

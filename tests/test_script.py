@@ -115,6 +115,7 @@ def test_frames_follow_the_shots_not_one_prompt(scripted, tmp_path):
         assert diff.mean() > 1, f"shot at frame {first} looks like the one-prompt run"
 
 
+@pytest.mark.slow
 def test_killed_script_run_resumes_to_identical_frames(scripted, tmp_path):
     folder, _, _ = scripted
     script = tmp_path / "film.toml"

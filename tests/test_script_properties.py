@@ -205,6 +205,7 @@ def check_shot_arithmetic(path: Path, printed: str) -> None:
 @example(top={**BASE, "loras": True}, shot_list=[{"prompt": "a", "frames": 1}], garbage="")
 @example(top={**BASE, "loras": ["0/"]}, shot_list=[{"prompt": "a", "frames": 1}], garbage="")
 @example(top=BASE, shot_list=[{"prompt": "a", "seconds": 7.5e306}], garbage="")
+@pytest.mark.slow
 def test_shot_lists_plan_or_fail_cleanly(folder, top, shot_list, garbage):
     path = folder / "script.toml"
     path.write_text(toml_document(top, "shot", shot_list) + garbage)
@@ -284,6 +285,7 @@ def check_batch_output(result, parsed: list) -> None:
 # Found by this test: a job crashing on a LoRA setting that is no list of text; a dry run's summary when no job passed.
 @example(top=BASE, job_list=[{"command": "t2v", "prompt": "a", "loras": 5}])
 @example(top=BASE, job_list=[{"command": "extend", "prompt": "a"}])
+@pytest.mark.slow
 def test_batch_files_plan_or_fail_cleanly(folder, top, job_list):
     path = folder / "jobs.toml"
     path.write_text(toml_document(top, "job", job_list))

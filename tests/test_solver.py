@@ -197,6 +197,7 @@ def run_engine(components, cond, solver: str, cfg: str, grid: str) -> tuple[torc
 
 
 @pytest.mark.parametrize("grid", ["official", "diffusers"])
+@pytest.mark.slow
 def test_engine_vectorised_and_batched_equal_the_reference(df, grid):
     components, cond = df
     ref_latents, ref_frames = run_engine(components, cond, "per-frame", "separate", grid)

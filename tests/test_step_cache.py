@@ -75,6 +75,7 @@ def levels(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
+@pytest.mark.slow
 def test_threshold_zero_is_exactly_no_cache(df, plain):
     frames, latents = generate(df, StepCache(0.0), **SYNC)
     cache = df[0]["separate"].cache
@@ -110,6 +111,7 @@ def test_async_skips_only_rows_with_the_cached_active_frames(df, plain):
     assert levels(frames, plain["async"][0]) < 8
 
 
+@pytest.mark.slow
 def test_async_counts_and_difference_at_a_moderate_threshold(df, plain):
     frames, _ = generate(df, StepCache(0.02, max_skips=2), **ASYNC)
     stats = df[0]["separate"].cache.stats()

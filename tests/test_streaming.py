@@ -38,6 +38,7 @@ def test_streaming_decode_resumes_from_saved_state(hub_models):
     assert torch.equal(torch.cat([head, second.decode(z[:, :, 4:])], dim=2), expected)
 
 
+@pytest.mark.slow
 def test_decoder_state_is_rebuilt_exactly_from_its_last_latents(hub_models):
     """Past the replay length, a fresh decoder fed only the last latents continues bit for bit;
     one latent fewer than the receptive field would not (so the margin is real, not luck)."""
@@ -81,6 +82,7 @@ def run(tmp_path, name, *extra):
     return read_png_frames(out)
 
 
+@pytest.mark.slow
 def test_addnoise_runs_are_reproducible_from_the_seed(hub_models, tmp_path):
     a = run(tmp_path, "a", "--addnoise", "20", "--seed", "3")
     b = run(tmp_path, "b", "--addnoise", "20", "--seed", "3")
@@ -89,6 +91,7 @@ def test_addnoise_runs_are_reproducible_from_the_seed(hub_models, tmp_path):
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_addnoise_changes_the_continuation(hub_models, tmp_path):
     clean = run(tmp_path, "clean", "--addnoise", "0", "--seed", "3")
     noisy = run(tmp_path, "noisy", "--addnoise", "20", "--seed", "3")
@@ -121,6 +124,7 @@ def test_causal_attention_mask_is_scoped_to_the_call(hub_models):
     assert dict(model.config) == before
 
 
+@pytest.mark.slow
 def test_video_continuation_keeps_the_input_and_adds_new_frames(hub_models, tmp_path):
     # A lossless input video, so the copied frames can be compared exactly.
     import imageio_ffmpeg
@@ -138,6 +142,7 @@ def test_video_continuation_keeps_the_input_and_adds_new_frames(hub_models, tmp_
     assert not np.array_equal(out[21:25], out[17:21]), "the seam repeats frames"
 
 
+@pytest.mark.slow
 def test_end_image_is_dropped_in_long_mode(hub_models, tmp_path, image_file):
     out = run(tmp_path, "ends", "--image", str(image_file), "--end-image", str(image_file), "--seed", "2")
     assert out.shape[0] == 45

@@ -47,6 +47,7 @@ def stream(decoder: StreamingDecoder, z: torch.Tensor, splits: list[int]) -> tor
     ((8, 11), [2, 2, 3], (2, 3)),  # a narrow last column of tiles
     ((9, 8), [1, 6], (3, 2)),  # a one-row last row, and a chunk that is only the first frame
 ])
+@pytest.mark.slow
 def test_tiled_streaming_decode_equals_diffusers_tiled_decode(vae, hw, splits, grid):
     z = latents(sum(splits), *hw)
     expected = diffusers_decode(vae, z, tiled=True)
@@ -58,6 +59,7 @@ def test_tiled_streaming_decode_equals_diffusers_tiled_decode(vae, hw, splits, g
     assert torch.equal(got, expected)
 
 
+@pytest.mark.slow
 def test_tiling_really_happens_and_stays_close_to_untiled(vae):
     z = latents(5, 8, 12, seed=1)
     untiled = diffusers_decode(vae, z, tiled=False)
@@ -85,6 +87,7 @@ def test_picture_within_one_tile_decodes_untiled(vae):
     assert decoder.tiles is None
 
 
+@pytest.mark.slow
 def test_tiled_decode_resumes_from_saved_state(vae):
     z = latents(7, 8, 12, seed=3)
     straight = stream(StreamingDecoder(vae, tiling=True), z, [3, 4])
