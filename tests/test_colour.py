@@ -152,6 +152,7 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("mode", ["latent", "pixel"])
+@pytest.mark.slow
 def test_an_interrupted_matched_run_resumes_to_the_same_frames_and_record(mode, tmp_path):
     model = sk.load("tiny-df", device="cpu", command="extend", progress=False)
     request = sk.Request(prompt="a fox", frames=53, height=64, width=64, steps=2, base_frames=17, seed=5,

@@ -38,6 +38,7 @@ def test_readme_test_command_is_what_ci_runs():
     assert "python -m pytest -q" in README and "python -m pytest -q" in ci
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(hub_models, tmp_path, monkeypatch):
     """The README's Python example, on the tiny model and the CPU instead of the default model on CUDA."""
     [block] = re.findall(r"```python\n(.*?)```", README, re.S)

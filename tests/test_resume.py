@@ -47,6 +47,7 @@ def uninterrupted(output: str) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_killed_png_run_resumes_to_identical_frames(hub_models, tmp_path):
     out = tmp_path / "killed"
     killed_run(f"{out}/", during_window(14))  # past the decoder's replay length (32 latents)
@@ -92,6 +93,7 @@ def test_resume_state_stays_small_as_the_video_grows(hub_models, tmp_path):
     assert sizes[14][0] < (32 + 2) * latent_frame + 64_000
 
 
+@pytest.mark.slow
 def test_resume_with_different_settings_names_the_difference(hub_models, tmp_path):
     out = tmp_path / "run"
     killed_run(f"{out}/", "window_saved:1")

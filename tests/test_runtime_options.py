@@ -311,6 +311,7 @@ def test_out_of_memory_names_the_plan_keeps_the_first_window_and_resumes(runs, p
 # ------------------------------------------------------------------ 6. the weights' storage is part of a resume
 
 
+@pytest.mark.slow
 def test_a_run_started_with_fp8_resumes_only_with_fp8(runs, tmp_path):
     out = tmp_path / "fp8"
     args = [*EXTEND, "--quantize", "fp8", "-q", "-o", f"{out}/"]

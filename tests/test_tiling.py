@@ -101,6 +101,7 @@ def test_tiled_decode_resumes_from_saved_state(vae):
     assert torch.equal(torch.cat([head, second.decode(z[:, :, 3:])], dim=2), straight)
 
 
+@pytest.mark.slow
 def test_tiled_resume_past_the_replay_length_is_exact(vae):
     """The resume state is only the last `keep` latents: replaying them rebuilds every tile's cache."""
     z = latents(38, 8, 8, seed=4)  # 2 x 2 tiles
