@@ -28,8 +28,10 @@ TINY_EXTEND = {"command": "extend", "model": "tiny", "prompt": "a red fox", "hei
 
 
 class Server:
-    def __init__(self, state_dir: Path, *args: str, env: dict | None = None, token: str | None = None) -> None:
+    def __init__(self, state_dir: Path, *args: str, env: dict | None = None, token: str | None = None,
+                 cwd: Path | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.cwd = cwd
         self.args = [str(a) for a in args]
         self.env = {**os.environ, **(env or {})}
         self.token = token
@@ -44,7 +46,7 @@ class Server:
                    *self.args]
         self.lines = []
         self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                     env=self.env)
+                                     env=self.env, cwd=self.cwd)
         listening = threading.Event()
 
         def drain() -> None:
@@ -100,7 +102,8 @@ class Server:
 
     def call(self, method: str, path: str, body=None, *, headers: dict | None = None, raw: bytes | None = None,
              token: str | None = None) -> tuple[int, dict | bytes, dict]:
-        """One request; (status, the JSON body or the bytes, the response headers)."""
+        """One request; (status, the JSON body or the bytes, the response headers). `token`: None sends the
+        server's, "" none. `raw` may be an iterator of chunks: sent chunked, without a length."""
         parts = urlsplit(self.url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
         headers = dict(headers or {})
@@ -111,7 +114,8 @@ class Server:
         if body is not None:
             data = json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=data, headers=headers)
+        chunked = data is not None and not isinstance(data, bytes)
+        conn.request(method, path, body=data, headers=headers, encode_chunked=chunked)
         response = conn.getresponse()
         payload = response.read()
         reply_headers = {k.lower(): v for k, v in response.getheaders()}

@@ -142,7 +142,7 @@ def create_app(service: Service) -> FastAPI:
             if row["status"] != "completed" or not sidecar.is_file():
                 raise HttpError(404, f"video {video_id} is {row['status']}: its settings are written when it is "
                                      "completed; GET /v1/videos/{id} has the request meanwhile", "variant")
-            return JSONResponse(_public_settings(sidecar, service.state_dir, video_id))
+            return JSONResponse(_public_settings(sidecar, service.state_dir, video_id, service.offer))
         if variant not in ("video", "preview"):
             raise HttpError(400, f"variant {variant!r} is not one of video, preview, settings", "variant")
         if row["status"] == "completed" and video.is_file():
@@ -212,10 +212,12 @@ def error(status: int, message: str, param: str | None = None) -> JSONResponse:
 def video_object(store: Store, row: dict) -> dict:
     """A job as the API shows it: OpenAI's video object, and ours."""
     fps = row["fps"] or 24
+    job = json.loads(row["job"])
     error_ = {"message": row["error"], "param": row["error_param"]} if row["error"] else None
     return {
         "id": row["id"], "object": "video", "created_at": row["created_at"], "status": row["status"],
-        "progress": row["progress"], "model": row["model"], "seconds": f"{row['frames'] / fps:g}",
+        "progress": row["progress"], "model": row["model"], "prompt": job["request"]["prompt"],
+        "seconds": f"{round(row['frames'] / fps, 2):g}",
         "size": f"{row['width']}x{row['height']}", "error": error_, "completed_at": row["completed_at"],
         "command": row["command"], "frames": row["frames"], "fps": fps, "seed": row["seed"],
         "windows": row["windows"], "windows_done": row["windows_done"],
@@ -321,14 +323,20 @@ async def _event_stream(store: Store, video_id: str, last: int, request: Request
         await asyncio.sleep(0.2)
 
 
-def _public_settings(sidecar: Path, state_dir: Path, video_id: str) -> dict:
-    """The sidecar as clients see it: no paths of the server (the output is its URL, the uploads their fields)."""
+def _public_settings(sidecar: Path, state_dir: Path, video_id: str, offer: Offer) -> dict:
+    """The sidecar as clients see it: no paths of the server (the output is its URL, the uploads their fields,
+    the LoRAs their names)."""
     text = sidecar.read_text()
     text = text.replace(json.dumps(str(state_dir / "videos" / video_id / "video.mp4"))[1:-1],
                         f"/v1/videos/{video_id}/content")
     for http in UPLOADS:
         text = re.sub(rf'"[^"]*/uploads/{video_id}/{http}[^"]*"', f'"{http}"', text)
-    return json.loads(text.replace(json.dumps(str(state_dir))[1:-1] + "/", ""))
+    settings = json.loads(text.replace(json.dumps(str(state_dir))[1:-1] + "/", ""))
+    names = {str(Path(path.rsplit(":", 1)[0] if ":" in Path(path).name else path).expanduser().resolve()): name
+             for name, path in offer.loras.items()}
+    for lora in settings.get("model", {}).get("loras", []):
+        lora["path"] = names.get(lora.get("path"), "(a LoRA of the service)")
+    return settings
 
 
 def _models(service: Service) -> list[dict]:

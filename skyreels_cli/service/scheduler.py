@@ -157,8 +157,11 @@ class Scheduler:
         if kind == "event":
             event = public_event(job_id, report["event"])
             self.store.record(job_id, event["type"], event, **progress_fields(event, self._windows.get(job_id, 1)))
+            # Where a test kills the service: the event is in the queue, the worker goes on.
             if event["type"] == "window_done":
-                faults.point("service_window_recorded")  # a test kills the service here
+                faults.point("service_window_recorded")
+            elif event["type"] == "step_done":
+                faults.point("service_step_recorded")
         elif kind == "warning":
             self.store.record(job_id, "warning", {"message": report["message"]})
         else:
