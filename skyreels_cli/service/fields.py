@@ -35,6 +35,8 @@ OWNED = {  # fields the service decides: why a client cannot give them
     "overwrite": "each job writes its own new video",
     "resume": "the service resumes interrupted jobs itself",
     "prompt_original": "it is recorded when a prompt is enhanced",
+    "ulysses": "a job runs on one GPU of this service",
+    "ring": "a job runs on one GPU of this service",
 }
 CLIENT_LOAD_OPTIONS = tuple(name for name in BY_NAME if name not in OWNED)
 REQUEST_NAMES = tuple(dict.fromkeys(n for c in COMMANDS for n in COMMAND_FIELDS[c] if n not in PATH_FIELDS))
