@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import batch, generate, info, manage, plan, serve  # noqa: F401  (registers the commands, in the order --help lists them)
+from . import batch, generate, info, manage, plan, remote, serve  # noqa: F401  (registers the commands, in the order --help lists them)
 from .app import app
 from .parse_errors import bad_number_message, plain_number_errors
 
