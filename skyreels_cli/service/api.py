@@ -94,7 +94,7 @@ def create_app(service: Service) -> FastAPI:
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise HttpError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", "Idempotency-Key")
         if key is not None:
-            row = await run_in_threadpool(_by_key, store, key)
+            row = await run_in_threadpool(store.by_key, key)
             if row is not None:
                 return JSONResponse(video_object(store, row))
         job_id = new_id()
@@ -232,11 +232,6 @@ def _row(store: Store, video_id: str) -> dict:
     if row is None:
         raise HttpError(404, f"no video {video_id!r} here; GET /v1/videos lists them", "id")
     return row
-
-
-def _by_key(store: Store, key: str) -> dict | None:
-    row = store._db().execute("SELECT * FROM jobs WHERE idempotency_key = ? AND deleted = 0", (key,)).fetchone()
-    return dict(row) if row is not None else None
 
 
 async def _read_body(request: Request, uploads_dir: Path) -> tuple[dict, dict[str, Path], bool]:

@@ -19,6 +19,8 @@ import os
 import shutil
 import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -75,7 +77,11 @@ class Scheduler:
         self.started.set()
         try:
             while not self._stopping.is_set():
-                self._tick()
+                try:
+                    self._tick()
+                except Exception:  # noqa: BLE001  a bug here must not stop the queue: said, then tried again
+                    traceback.print_exc()
+                    time.sleep(1)
                 handles = [h for w in self.workers for h in w.handles()]
                 ready = wait([self._wake_r, *handles], timeout=1.0)
                 if self._wake_r in ready:
@@ -171,7 +177,7 @@ class Scheduler:
             if kind == "done":
                 self.store.finish(job_id, "completed")
             elif kind == "cancelled":
-                self.store.finish(job_id, "cancelled", error=report["message"])
+                self.store.finish(job_id, "cancelled")
             else:
                 self.store.finish(job_id, "failed", error=report["message"], param=report.get("field"))
 

@@ -157,6 +157,11 @@ class Store:
         row = self._db().execute("SELECT * FROM jobs WHERE id = ? AND deleted = 0", (job_id,)).fetchone()
         return dict(row) if row is not None else None
 
+    def by_key(self, key: str) -> dict | None:
+        """The job recorded under an Idempotency-Key."""
+        row = self._db().execute("SELECT * FROM jobs WHERE idempotency_key = ? AND deleted = 0", (key,)).fetchone()
+        return dict(row) if row is not None else None
+
     def page(self, limit: int, after: str | None = None) -> tuple[list[dict], bool]:
         """Jobs newest first, `limit` of them, after the job `after` (a cursor); and whether more follow."""
         db = self._db()

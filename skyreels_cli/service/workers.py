@@ -10,7 +10,7 @@ its own death (out of memory, a crash) costs only the job it held: the scheduler
 new worker.
 
 Reports (dicts, `type` first): `ready` (pid, device), `event` (job, event: a library event as data),
-`warning` (job, message), `done` (job, result), `failed` (job, message, field), `cancelled` (job, message),
+`warning` (job, message), `done` (job, result), `failed` (job, message, field), `cancelled` (job),
 `held` (models: the aliases it has loaded).
 """
 
@@ -213,8 +213,8 @@ def run_job(job_id: str, spec: dict, device: str, pool, cancel, send) -> dict:
             result = run(job, pool=pool, cancel=cancel, on_event=on_event, progress=False)
         return {"type": "done", "job": job_id,
                 "result": {"frames": result.frames, "resumed": result.resumed, "timings_s": result.timings_s}}
-    except Cancelled as err:
-        return {"type": "cancelled", "job": job_id, "message": str(err)}
+    except Cancelled:  # the library's message says how to resume, which is the service's business here
+        return {"type": "cancelled", "job": job_id}
     except SkyreelsError as err:
         return {"type": "failed", "job": job_id, "message": str(err), "field": err.field}
     except Exception as err:  # noqa: BLE001  a bug: its job fails, the worker and the others go on
