@@ -11,6 +11,8 @@ import pytest
 
 from .service_helpers import Server
 
+pytestmark = pytest.mark.slow  # each command is a fresh process: about two minutes in all
+
 EXE = [sys.executable, "-m", "skyreels_cli"]
 TINY = ["--model", "tiny", "--steps", "2", "--seed", "3"]
 
@@ -117,3 +119,45 @@ def test_jobs_lists_and_cancels(hub_models, tmp_path):
         assert server.job(first["id"])["status"] == "cancelled"
         assert "needs its token" in one_line(cli("jobs", "--server", server.url, env={"SKYREELS_TOKEN": ""}))
         assert "no video" in one_line(cli("jobs", "cancel", "video_nope", env=env))
+
+
+# ------------------------------------------------------------------ the README's service examples, as written
+
+def test_the_readmes_server_examples_run_against_a_service(server, tmp_path):
+    from .test_readme import readme_commands
+
+    examples = [argv for argv in readme_commands() if "--server" in argv]
+    assert len(examples) >= 2
+    for argv in examples:
+        args = [server.url if a == "http://127.0.0.1:7860" else a for a in argv[1:]]
+        done = cli(*args, cwd=tmp_path)
+        assert done.returncode == 0, (argv, done.stderr)
+    assert (tmp_path / "dawn.mp4").is_file()
+
+
+def test_the_readmes_curl_example_runs_against_a_service(server, tmp_path, image_file):
+    import re
+    import shutil
+
+    from .test_readme import README
+
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "curl" in b]
+    shutil.copy(image_file, tmp_path / "photo.png")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("http://127.0.0.1:7860", server.url)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    from .conftest import read_video
+
+    frames, fps = read_video(tmp_path / "fox.mp4")
+    assert len(frames) == 24 and fps == 24
+    answers, text, decoder = [], done.stdout, json.JSONDecoder()
+    while text.strip():  # curl -s ends no answer with a newline: they run together
+        text = text[text.index("{"):] if "{" in text else ""
+        if text:
+            answer, end = decoder.raw_decode(text)
+            answers.append(answer)
+            text = text[end:]
+    last = answers[-1]
+    assert answers[-2]["object"] == "video" and answers[-2]["command"] == "i2v", "the multipart upload"
+    assert last["error"]["param"] == "frames" and last["error"]["message"] == '"frames": -4 must be a positive number'
+    assert json.dumps(last["error"]["message"]) in README, "the README shows the answer as it is"

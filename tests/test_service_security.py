@@ -85,6 +85,7 @@ def test_without_a_token_only_this_machine_is_answered(queue_only):
     assert queue_only.call("GET", "/health", headers={"Host": "localhost:7860"})[0] == 200
 
 
+@pytest.mark.slow  # a service of its own
 def test_no_cors_unless_asked(queue_only, tmp_path):
     origin = {"Origin": "https://example.com"}
     _, _, headers = queue_only.call("GET", "/v1/videos", headers=origin)
@@ -146,6 +147,7 @@ def test_ids_are_random(queue_only):
     assert len({d >> 90 for d in digits}) > 10, "no counter in them"
 
 
+@pytest.mark.slow  # a service of its own
 def test_outputs_stay_inside_the_state_folder(hub_models, tmp_path):
     home = tmp_path / "cwd"  # the service runs in a folder of its own: nothing may appear there
     home.mkdir()
@@ -157,6 +159,7 @@ def test_outputs_stay_inside_the_state_folder(hub_models, tmp_path):
 
 # ------------------------------------------------------------------ limits
 
+@pytest.mark.slow  # a service of its own
 def test_a_body_larger_than_the_limit_is_413(hub_models, tmp_path):
     from .test_service import png
 
@@ -171,6 +174,7 @@ def test_a_body_larger_than_the_limit_is_413(hub_models, tmp_path):
         assert recorded(server) == [] and not any((server.state_dir / "uploads").glob("*/*"))
 
 
+@pytest.mark.slow  # a service of its own
 def test_a_full_queue_answers_429_and_records_nothing(hub_models, tmp_path):
     with Server(tmp_path / "state", "--model", "tiny", "--workers", "0", "--max-queued", "2") as server:
         for seed in (1, 2):
@@ -180,6 +184,7 @@ def test_a_full_queue_answers_429_and_records_nothing(hub_models, tmp_path):
         assert len(recorded(server)) == 2
 
 
+@pytest.mark.slow  # a service of its own
 def test_loras_only_by_the_names_the_service_was_started_with(hub_models, tmp_path):
     from safetensors.torch import save_file
 
