@@ -19,7 +19,7 @@ TINY = {"model": "tiny", "prompt": "a red fox", "seed": 3, "steps": 2}
 
 @pytest.fixture(scope="module")
 def server(hub_models, tmp_path_factory):
-    with Server(tmp_path_factory.mktemp("service") / "state", "--model", "tiny") as server:
+    with Server(tmp_path_factory.mktemp("service") / "state", "--model", "tiny", "--model", "df-1.3b-540p") as server:
         yield server
 
 
@@ -65,6 +65,9 @@ def test_the_events_replay_the_librarys_progress_in_order(server):
     started = events[2][1]
     assert started["preview"] == f"/v1/videos/{job['id']}/content?variant=preview"
     assert "->" not in started["description"], "where the server writes is its business"
+    _, body, _ = server.call("GET", f"/v1/videos/{job['id']}/events", headers={"Last-Event-ID": "3"})
+    numbers = [int(line[4:]) for line in body.decode().splitlines() if line.startswith("id: ")]
+    assert numbers == list(range(4, len(events) + 1)), "a client that lost the stream takes it up where it was"
 
 
 def test_an_uploaded_start_image_makes_the_same_i2v_video_as_the_library(server, tmp_path):
@@ -122,7 +125,8 @@ def test_cancel_stops_a_running_job_and_delete_removes_its_files(server):
 
 def test_models_health_and_the_schema(server):
     models = server.call("GET", "/v1/models")[1]
-    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny", "df-1.3b-540p"]
+    assert models["data"][1]["kind"] == "df" and models["data"][1]["held_by"] == []
     health = server.call("GET", "/health")[1]
     assert health["status"] == "ok" and [w["device"] for w in health["workers"]] == ["cpu"]
     schema = server.call("GET", "/openapi.json")[1]
@@ -141,6 +145,7 @@ BAD = [
     ({"size": "big"}, 400, "size", "WIDTHxHEIGHT"),
     ({"height": 50}, 400, "height", "16"),
     ({"model": "sora-2"}, 400, "model", "not offered here"),
+    ({"model": "df-1.3b-540p"}, 400, "model", "this service runs on the CPU, where df-1.3b-540p would take days"),
     ({"command": "edit"}, 400, "command", "t2v, i2v, extend"),
     ({"base_frames": 17}, 400, "base_frames", "extend"),
     ({"steps": 0}, 400, "steps", "steps"),

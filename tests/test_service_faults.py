@@ -75,3 +75,22 @@ def test_a_dead_worker_fails_only_its_job_with_the_reason_and_is_replaced(hub_mo
         [now] = server.wait_workers()
         assert now["pid"] != before["pid"] and gone(before["pid"])
         assert "worker cpu died" in server.log()
+
+
+def test_the_preview_plays_what_is_finished_while_the_job_runs(hub_models, tmp_path):
+    from .conftest import read_video
+
+    # The worker blocks in native code in window 2 (its third denoising row): window 1 is finished, and stays
+    # the only one for as long as the test looks.
+    with Server(tmp_path / "state", "--model", "tiny", env={"SKYREELS_FAULT": "denoise_row:3:hang"}) as server:
+        job = server.submit(TINY_EXTEND)
+        running = server.wait(job["id"], until=lambda j: j["windows_done"] == 1)
+        assert running["status"] == "in_progress" and 0 < running["progress"] < 100
+        (tmp_path / "preview.mp4").write_bytes(server.content(job["id"], "preview"))
+        frames, fps = read_video(tmp_path / "preview.mp4")
+        assert len(frames) == 17 and frames.shape[1:3] == (48, 48) and fps == 24, "window 1, whole"
+        for variant in ("video", "settings"):
+            status, body, _ = server.call("GET", f"/v1/videos/{job['id']}/content?variant={variant}")
+            assert status == 404 and body["error"]["param"] == "variant", body
+        assert "variant=preview plays what is finished" in server.call(
+            "GET", f"/v1/videos/{job['id']}/content")[1]["error"]["message"]

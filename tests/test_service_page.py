@@ -112,3 +112,24 @@ def test_a_job_from_the_page_shows_progress_and_plays(hub_models, browser, tmp_p
         assert len(server.call("GET", "/v1/videos")[1]["data"]) == before
         assert not errors, errors
         page.close()
+
+
+def test_the_page_opened_with_its_token_submits_and_reads(hub_models, browser, tmp_path):
+    token = "page-token-0123"
+    with Server(tmp_path / "state", "--model", "tiny", "--workers", "0", "--token", token, token=token) as server:
+        page = browser.new_page()
+        page.goto(server.url + "/")  # without the token: the page loads, the API answers 401
+        page.wait_for_function("document.querySelector('#health').textContent.includes('needs its token')")
+        page.close()
+        page = browser.new_page()  # (the same address with only a new #fragment would not load it again)
+        page.goto(server.url + f"/#token={token}")
+        page.wait_for_selector("#advanced-fields label[data-field='steps']", state="attached")
+        assert "token" not in page.url, "the token leaves the address bar"
+        page.fill("#prompt", "a cat on a wall")
+        page.click("#submit")
+        item = page.locator("#jobs li .status").first
+        item.wait_for(timeout=30_000)
+        assert item.text_content() == "queued (#1)"
+        [job] = server.call("GET", "/v1/videos")[1]["data"]
+        assert job["prompt"] == "a cat on a wall" and job["status"] == "queued"
+        page.close()

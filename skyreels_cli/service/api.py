@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import SkyreelsError, http_spelling
+from ..errors import DeviceError, SkyreelsError, http_spelling
 from .fields import UPLOADS, HttpError, Offer, Submission, as_http, submission
 from .guard import Guard
 from .store import FINISHED, ID_PATTERN, NewJob, QueueFull, Store, new_id
@@ -284,11 +284,19 @@ def _checked(service: Service, sub: Submission, job_id: str, uploads: dict[str, 
     output put in its own folder and its seed drawn: what the queue records."""
     from .. import check
     from ..core.resolve import window_plan
+    from ..models.naming import resolve_model
 
     job = replace(sub.job, output=str(service.state_dir / "videos" / job_id / "video.mp4"))
     with http_spelling():
         try:
             checked = check(job)
+        except DeviceError as err:
+            if service.offer.gpus:
+                raise as_http(err, uploads) from None
+            name = resolve_model(job.model, job.command).alias
+            raise HttpError(400, f"this service runs on the CPU, where {name} would take "
+                                 "days; use a tiny model (e.g. \"model\": \"tiny\"), or a service on a machine with "
+                                 "a GPU", "model") from None
         except SkyreelsError as err:
             raise as_http(err, uploads) from None
     r = checked.job.request

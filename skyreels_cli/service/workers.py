@@ -128,6 +128,9 @@ class ProcessWorker:
     def stop(self) -> None:
         if self._process is None:
             return
+        if self._process.is_alive() and self.job is None and self.ready:
+            self._send({"type": "stop"})  # idle: it ends cleanly
+            self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.kill()  # crash-only: what it was writing is resumable, as after a crash
         self._process.join(timeout=10)

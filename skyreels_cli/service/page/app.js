@@ -33,6 +33,7 @@ async function api(method, path, body) {
   if (!response.ok) {
     const error = new Error(data && data.error ? data.error.message : `${response.status} ${response.statusText}`);
     error.param = data && data.error ? data.error.param : null;
+    error.status = response.status;
     throw error;
   }
   return data;
@@ -297,7 +298,14 @@ async function health() {
 }
 
 async function start() {
-  options = await api("GET", "/v1/options");
+  try {
+    options = await api("GET", "/v1/options");
+  } catch (error) {
+    $("#health").textContent = error.status === 401 ? "this service needs its token: open the page as /#token=TOKEN"
+      : `service unreachable: ${error.message}`;
+    $("#submit").disabled = true;
+    return;
+  }
   for (const [id, name] of [["#aspect", "aspect"], ["#resolution", "resolution"]]) {
     for (const choice of options.fields[name].choices) $(id).add(new Option(choice, choice));
   }
