@@ -39,6 +39,7 @@ def library_video(tmp_path, command: str, request: sk.Request, name: str) -> byt
 
 # ------------------------------------------------------------------ a job from end to end
 
+@pytest.mark.slow  # makes videos, or starts a service of its own
 def test_a_job_goes_through_the_queue_to_the_video_the_library_makes(server, tmp_path):
     job = server.submit(TINY)
     assert job["object"] == "video" and job["status"] in ("queued", "in_progress") and job["id"].startswith("video_")
@@ -52,6 +53,7 @@ def test_a_job_goes_through_the_queue_to_the_video_the_library_makes(server, tmp
     assert str(server.state_dir) not in json.dumps(settings), "no server path in what clients read"
 
 
+@pytest.mark.slow  # makes videos, or starts a service of its own
 def test_the_events_replay_the_librarys_progress_in_order(server):
     job = server.wait(server.submit({**TINY_EXTEND, "frames": 25})["id"], "completed")
     events = server.events(job["id"])
@@ -70,6 +72,7 @@ def test_the_events_replay_the_librarys_progress_in_order(server):
     assert numbers == list(range(4, len(events) + 1)), "a client that lost the stream takes it up where it was"
 
 
+@pytest.mark.slow  # makes videos, or starts a service of its own
 def test_an_uploaded_start_image_makes_the_same_i2v_video_as_the_library(server, tmp_path):
     data = png()
     job = server.submit({"prompt": "a red fox", "seed": 4, "steps": 2}, files={"input_reference": ("fox.png", data)})
@@ -83,6 +86,7 @@ def test_an_uploaded_start_image_makes_the_same_i2v_video_as_the_library(server,
         "the upload is the start image, as given"
 
 
+@pytest.mark.slow  # makes videos, or starts a service of its own
 def test_form_fields_take_their_types_and_openai_names(server):
     job = server.submit({"model": "tiny", "prompt": "a cat", "seconds": "1", "size": "64x48", "seed": "8",
                          "steps": "2", "command": "extend", "base_frames": "17", "overlap": "5",
@@ -93,6 +97,7 @@ def test_form_fields_take_their_types_and_openai_names(server):
 
 # ------------------------------------------------------------------ the queue
 
+@pytest.mark.slow  # makes videos, or starts a service of its own
 def test_priority_first_then_first_in_first_out(hub_models, tmp_path):
     with Server(tmp_path / "state", "--model", "tiny", "--workers", "0") as server:
         a, b, c = (server.submit({**TINY, "seed": s}) for s in (1, 2, 3))
@@ -108,6 +113,7 @@ def test_priority_first_then_first_in_first_out(hub_models, tmp_path):
         assert [j["seed"] for j in rest["data"]] == [2, 1] and not rest["has_more"]
 
 
+@pytest.mark.slow  # makes videos, or starts a service of its own
 def test_cancel_stops_a_running_job_and_delete_removes_its_files(server):
     job = server.submit({**TINY_EXTEND, "steps": 8, "frames": 121})
     server.wait(job["id"], "in_progress", until=lambda j: j["progress"] > 0)

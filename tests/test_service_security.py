@@ -206,6 +206,7 @@ def test_loras_only_by_the_names_the_service_was_started_with(hub_models, tmp_pa
 
 # ------------------------------------------------------------------ many at once
 
+@pytest.mark.slow  # 400 requests
 def test_a_burst_of_200_submissions_from_20_threads_each_recorded_once(queue_only):
     """Each submission is sent twice, by two threads at about the same time, with the same Idempotency-Key."""
     before = {j["id"] for j in recorded(queue_only)}
