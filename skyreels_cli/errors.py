@@ -4,7 +4,8 @@ The CLI turns each into one line on stderr and an exit code; a Python caller get
 the same message, spelled for Python: a message names a setting through `setting()`, which writes
 `--frames 17` while the command line is running (`command_line_spelling()`) and `frames=17` otherwise.
 `field` on an error names the setting that is wrong (a Request or LoadOptions field), for callers that
-point at it: a batch file's line, an HTTP field.
+point at it: a batch file's line, an HTTP field. The service's messages name settings as JSON fields
+(`http_spelling()`: `"frames": 17`, and the uploads by their field: `input_reference`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def warn(message: str) -> None:
 _SPELLING: contextvars.ContextVar[str] = contextvars.ContextVar("skyreels_spelling", default="python")
 # Settings whose command-line flag is not --name-with-dashes.
 FLAGS = {"output": "-o", "loras": "--lora", "vram_gb": "--vram"}
+# Settings whose HTTP field is not their name: input files arrive as uploads under OpenAI's field names.
+HTTP_FIELDS = {"image": "input_reference", "end_image": "end_reference", "video": "input_video"}
 _UNSET = object()
 
 
@@ -102,6 +105,17 @@ def command_line_spelling() -> Iterator[None]:
 def file_spelling() -> Iterator[None]:
     """Messages raised inside name settings as a TOML file writes them (`frames = -4`)."""
     token = _SPELLING.set("file")
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+@contextmanager
+def http_spelling() -> Iterator[None]:
+    """Messages raised inside name settings as the service's JSON fields (`"frames": -4`); an upload is named by
+    its field alone (its path is the server's business)."""
+    token = _SPELLING.set("http")
     try:
         yield
     finally:
@@ -126,6 +140,12 @@ def setting(name: str, value: object = _UNSET, *, quoted: bool = False) -> str:
         import json
 
         return name if value is _UNSET else f"{name} = {json.dumps(value) if isinstance(value, str) else value}"
+    if spelling == "http":
+        import json
+
+        if name in HTTP_FIELDS or value is _UNSET:
+            return f'"{HTTP_FIELDS.get(name, name)}"'
+        return f'"{name}": {json.dumps(value, default=str)}'
     return name if value is _UNSET else f"{name}={value!r}"
 
 
@@ -142,4 +162,6 @@ def again_with(name: str) -> str:
     spelling = _SPELLING.get()
     if spelling == "cli":
         return f"run the same command with {setting(name, True)}"
+    if spelling == "http":
+        return f'submit it again with "{name}": true'
     return f"run it again with {name} = true" if spelling == "file" else f"call again with {name}=True"

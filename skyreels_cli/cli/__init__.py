@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import batch, generate, info, manage, plan  # noqa: F401  (registers the commands, in the order --help lists them)
+from . import batch, generate, info, manage, plan, remote, serve  # noqa: F401  (registers the commands, in the order --help lists them)
 from .app import app
 from .parse_errors import bad_number_message, plain_number_errors
 
@@ -12,14 +12,15 @@ plain_number_errors()
 def main() -> None:
     """Run the command line; usage errors from the parser get the same one-line form as ours."""
     import sys
+    from contextlib import nullcontext
 
     from ..errors import SkyreelsError
     from ..runtime.launch import launch, launched_by_torchrun, strip_gpus  # torch-free: see runtime/launch.py
     from .app import interrupted
     from .interrupt import responsive_ctrl_c
 
-    try:
-        gpus, argv = strip_gpus(sys.argv[1:])
+    try:  # `serve --gpus` chooses its workers' GPUs itself
+        gpus, argv = strip_gpus(sys.argv[1:]) if _command(sys.argv[1:]) != "serve" else (None, sys.argv[1:])
     except SkyreelsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -30,9 +31,11 @@ def main() -> None:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
     sys.argv[1:] = argv
-    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    command = _command(argv)
+    # serve stops on Ctrl-C and SIGTERM by its own server's handlers; a run stops at its next step
+    watch = responsive_ctrl_c(interrupted(command)) if command != "serve" else nullcontext()
     try:
-        with responsive_ctrl_c(interrupted(command)):
+        with watch:
             code = app(prog_name="skyreels", standalone_mode=False)
     except Exception as exc:  # the parser's usage errors carry a message and an exit code
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
@@ -45,3 +48,7 @@ def main() -> None:
         print(f"error: {message}; see {where} --help", file=sys.stderr)
         sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command(argv: list[str]) -> str:
+    return next((arg for arg in argv if not arg.startswith("-")), "")

@@ -9,7 +9,7 @@ import typer
 from .app import app, user_errors
 from .flags import with_request_flags, with_run_flags
 from .jobs import JobFlags, run_from_flags
-from .options import DryRun, Enhance, Enhancer, From, Gpus, Model, Output, Overwrite, Quiet, Resume
+from .options import DryRun, Enhance, Enhancer, From, Gpus, Model, Output, Overwrite, Quiet, Resume, Server
 
 
 @app.command()
@@ -19,7 +19,7 @@ def t2v(
     prompt: Annotated[str | None, typer.Argument(help="What the video shows.", show_default=False)] = None,
     model: Model = None, output: Output = None, overwrite: Overwrite = False, quiet: Quiet = False,
     dry_run: DryRun = False, enhance: Enhance = False, enhancer: Enhancer = None, from_: From = None,
-    gpus: Gpus = None, *, fields: dict, load: dict,
+    gpus: Gpus = None, server: Server = None, *, fields: dict, load: dict,
 ) -> None:
     """Text to video: one clip from a prompt.
 
@@ -31,7 +31,7 @@ def t2v(
     """
     with user_errors("t2v", quiet):
         run_from_flags(JobFlags("t2v", {"prompt": prompt, **fields}, load, model, output, overwrite, False,
-                                _enhance(enhance, enhancer), from_, quiet, dry_run),
+                                _enhance(enhance, enhancer), from_, quiet, dry_run, server=server),
                        missing=("PROMPT", '"a red fox running through snow"') if prompt is None else None)
 
 
@@ -44,7 +44,7 @@ def i2v(
     prompt: Annotated[str | None, typer.Argument(help="What happens next.", show_default=False)] = None,
     model: Model = None, output: Output = None, overwrite: Overwrite = False, quiet: Quiet = False,
     dry_run: DryRun = False, enhance: Enhance = False, enhancer: Enhancer = None, from_: From = None,
-    gpus: Gpus = None, *, fields: dict, load: dict,
+    gpus: Gpus = None, server: Server = None, *, fields: dict, load: dict,
 ) -> None:
     """Image to video: animate a still image. A portrait image gives a portrait video.
 
@@ -55,7 +55,7 @@ def i2v(
     """
     with user_errors("i2v", quiet):
         run_from_flags(JobFlags("i2v", {"prompt": prompt, "image": image, **fields}, load, model, output, overwrite,
-                                False, _enhance(enhance, enhancer), from_, quiet, dry_run),
+                                False, _enhance(enhance, enhancer), from_, quiet, dry_run, server=server),
                        missing=("IMAGE", 'photo.png "the waves roll in"') if image is None else None)
 
 
@@ -68,7 +68,7 @@ def extend(
     quiet: Quiet = False, dry_run: DryRun = False, enhance: Enhance = False, enhancer: Enhancer = None,
     script: Annotated[Optional[str], typer.Option("--script", help="A shot list (TOML): settings, then [[shot]] tables with a prompt and frames or seconds each; one continuous video, cut between shots. Flags given win over the file.")] = None,
     prompt_file: Annotated[Optional[str], typer.Option("--prompt-file", help="One prompt per line, one line per window (blank lines and # comments skipped).")] = None,
-    from_: From = None, gpus: Gpus = None, *, fields: dict, load: dict,
+    from_: From = None, gpus: Gpus = None, server: Server = None, *, fields: dict, load: dict,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
 
@@ -92,7 +92,7 @@ def extend(
     """
     with user_errors("extend", quiet):
         flags = JobFlags("extend", {"prompt": prompt, **fields}, load, model, output, overwrite, resume,
-                         _enhance(enhance, enhancer), from_, quiet, dry_run, script, prompt_file)
+                         _enhance(enhance, enhancer), from_, quiet, dry_run, script, prompt_file, server)
         run_from_flags(flags)
 
 

@@ -32,6 +32,7 @@ class JobFlags:
     dry_run: bool
     script: str | None = None   # extend --script
     prompt_file: str | None = None  # extend --prompt-file
+    server: str | None = None   # --server: submit to a running service instead (cli/remote.py)
 
 
 def run_from_flags(flags: JobFlags, missing: tuple[str, str] | None = None) -> None:
@@ -46,7 +47,11 @@ def run_from_flags(flags: JobFlags, missing: tuple[str, str] | None = None) -> N
         raise UsageError(f"Missing argument '{argument}': e.g. skyreels {flags.command} {example}, or --from "
                          f"VIDEO.mp4 to run a recorded one again; see skyreels {flags.command} --help")
     job = build_job(flags, recorded)
-    if flags.dry_run:
+    if flags.server is not None:
+        from .remote import run_remote
+
+        run_remote(job, flags.server, quiet=flags.quiet, dry_run=flags.dry_run)
+    elif flags.dry_run:
         _dry_run(job)
     else:
         run_job(job, quiet=flags.quiet)

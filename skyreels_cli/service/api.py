@@ -1,0 +1,374 @@
+"""The HTTP API: the shape of OpenAI's Videos API over the queue, the page at `/`, the schema at `/docs`.
+
+    POST   /v1/videos                  submit (JSON, or multipart with the uploads); the job object
+    GET    /v1/videos                  newest first: ?limit=20&after=ID
+    GET    /v1/videos/{id}             the job object
+    GET    /v1/videos/{id}/content     the MP4; ?variant=preview (what is finished so far), ?variant=settings
+    GET    /v1/videos/{id}/events      server-sent events: the library's progress events and the job's status
+    POST   /v1/videos/{id}/cancel
+    DELETE /v1/videos/{id}             cancels if needed, then removes its files
+    GET    /v1/models, /v1/options, /health
+
+A refused request is a 4xx whose body is `{"error": {"message": ONE LINE, "type": ..., "param": FIELD}}`;
+nothing is queued then. The guard in front of it all (`guard.py`): the token, the request size, the Host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import DeviceError, SkyreelsError, http_spelling
+from .fields import UPLOADS, HttpError, Offer, Submission, as_http, submission
+from .guard import Guard
+from .store import FINISHED, ID_PATTERN, NewJob, QueueFull, Store, new_id
+
+PAGE = Path(__file__).parent / "page"
+MAX_IDEMPOTENCY_KEY = 255
+CHUNK = 1 << 20
+
+
+@dataclass
+class Service:
+    store: Store
+    scheduler: object            # a Scheduler: notify() and health()
+    offer: Offer
+    state_dir: Path
+    config: object               # the ServiceConfig it was started with
+
+
+def create_app(service: Service) -> FastAPI:
+    config, store = service.config, service.store
+    app = FastAPI(title="skyreels", version=__version__, docs_url="/docs", redoc_url=None,
+                  description="A local video service over the SkyReels-V2 checkpoints, in the shape of OpenAI's "
+                              "Videos API. POST /v1/videos takes JSON or multipart (the start image as "
+                              "input_reference); see /v1/options for every field.")
+    app.state.service = service
+    if config.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors), allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(Guard, token=config.token, max_body=int(config.max_upload_mb * 1e6),
+                       loopback_only=not config.token)
+
+    @app.exception_handler(HttpError)
+    async def refused(_: Request, err: HttpError) -> JSONResponse:
+        return error(err.status, err.message, err.param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        return error(err.status_code, str(err.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = first.get("loc", ["", ""])[-1]
+        return error(400, f"{where}: {first.get('msg', 'invalid')}", str(where))
+
+    # ------------------------------------------------------------ the page
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(PAGE / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/page", StaticFiles(directory=PAGE), name="page")
+
+    # ------------------------------------------------------------ submitting
+
+    @app.post("/v1/videos", summary="Submit a video", openapi_extra=_submit_schema())
+    async def create_video(request: Request) -> JSONResponse:
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise HttpError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", "Idempotency-Key")
+        if key is not None:
+            row = await run_in_threadpool(store.by_key, key)
+            if row is not None:
+                return JSONResponse(video_object(store, row))
+        job_id = new_id()
+        uploads_dir = service.state_dir / "uploads" / job_id
+        try:
+            given, uploads, form = await _read_body(request, uploads_dir)
+            sub = submission(given, uploads, service.offer, form=form)
+            new = await run_in_threadpool(_checked, service, sub, job_id, uploads)
+            row, created = await run_in_threadpool(
+                lambda: store.add(new, job_id, idempotency_key=key, max_queued=config.max_queued))
+        except QueueFull:
+            shutil.rmtree(uploads_dir, ignore_errors=True)
+            raise HttpError(429, f"the queue is full ({config.max_queued} jobs waiting); try again when some have "
+                                 "run") from None
+        except BaseException:
+            shutil.rmtree(uploads_dir, ignore_errors=True)
+            raise
+        if not created:  # the same key, submitted twice at once: the other one won
+            shutil.rmtree(uploads_dir, ignore_errors=True)
+        service.scheduler.notify()
+        return JSONResponse(video_object(store, row))
+
+    # ------------------------------------------------------------ reading
+
+    @app.get("/v1/videos", summary="List videos, newest first")
+    def list_videos(limit: int = 20, after: str | None = None) -> dict:
+        if not 1 <= limit <= 100:
+            raise HttpError(400, f"limit {limit} must be from 1 to 100", "limit")
+        rows, more = store.page(limit, after)
+        data = [video_object(store, row) for row in rows]
+        return {"object": "list", "data": data, "has_more": more,
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+    @app.get("/v1/videos/{video_id}", summary="A video job")
+    def get_video(video_id: str) -> dict:
+        return video_object(store, _row(store, video_id))
+
+    @app.get("/v1/videos/{video_id}/content", summary="The MP4, the preview so far, or the settings")
+    def content(video_id: str, variant: str = "video") -> Response:
+        row = _row(store, video_id)
+        folder = service.state_dir / "videos" / video_id
+        video = folder / "video.mp4"
+        if variant == "settings":
+            sidecar = folder / "video.mp4.json"
+            if row["status"] != "completed" or not sidecar.is_file():
+                raise HttpError(404, f"video {video_id} is {row['status']}: its settings are written when it is "
+                                     "completed; GET /v1/videos/{id} has the request meanwhile", "variant")
+            return JSONResponse(_public_settings(sidecar, service.state_dir, video_id, service.offer))
+        if variant not in ("video", "preview"):
+            raise HttpError(400, f"variant {variant!r} is not one of video, preview, settings", "variant")
+        if row["status"] == "completed" and video.is_file():
+            return FileResponse(video, media_type="video/mp4", filename=f"{video_id}.mp4")
+        preview = folder / "video.partial.mp4"
+        if variant == "preview" and row["status"] == "in_progress" and preview.is_file():
+            # Read whole now: the worker replaces it as windows finish.
+            return Response(preview.read_bytes(), media_type="video/mp4", headers={"Cache-Control": "no-store"})
+        what = "no window is finished yet" if variant == "preview" and row["status"] in ("queued", "in_progress") \
+            else f"it is {row['status']}"
+        hint = "; ?variant=preview plays what is finished so far" if row["status"] == "in_progress" else ""
+        raise HttpError(404, f"video {video_id} has no {variant} to send: {what}{hint}", "variant")
+
+    @app.get("/v1/videos/{video_id}/events", summary="Progress as server-sent events")
+    async def events(video_id: str, request: Request, after: int = 0) -> StreamingResponse:
+        await run_in_threadpool(_row, store, video_id)
+        last = int(request.headers.get("last-event-id") or after)
+        return StreamingResponse(_event_stream(store, video_id, last, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # ------------------------------------------------------------ changing
+
+    @app.post("/v1/videos/{video_id}/cancel", summary="Cancel a queued or running video")
+    def cancel(video_id: str) -> dict:
+        _row(store, video_id)
+        row = store.cancel(video_id)
+        service.scheduler.notify()
+        return video_object(store, row)
+
+    @app.delete("/v1/videos/{video_id}", summary="Cancel if needed, then remove a video and its files")
+    def delete(video_id: str) -> dict:
+        _row(store, video_id)
+        store.mark_deleted(video_id)
+        service.scheduler.notify()
+        return {"id": video_id, "object": "video.deleted", "deleted": True}
+
+    # ------------------------------------------------------------ the service
+
+    @app.get("/v1/models", summary="The models offered, what is cached, what each worker holds")
+    def models() -> dict:
+        return {"object": "list", "data": _models(service)}
+
+    @app.get("/v1/options", summary="Every field of a submission, by command: what the page's form is made of")
+    def options() -> dict:
+        from .options import form_schema
+
+        return form_schema(service.offer)
+
+    @app.get("/health", summary="Workers and queue")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "workers": service.scheduler.health(),
+                "queue": store.counts(), "max_queued": config.max_queued}
+
+    return app
+
+
+# ------------------------------------------------------------------ helpers
+
+def error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large",
+            429: "rate_limit_error"}.get(status, "invalid_request_error")
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                        status_code=status, headers=headers)
+
+
+def video_object(store: Store, row: dict) -> dict:
+    """A job as the API shows it: OpenAI's video object, and ours."""
+    fps = row["fps"] or 24
+    job = json.loads(row["job"])
+    error_ = {"message": row["error"], "param": row["error_param"]} if row["error"] else None
+    return {
+        "id": row["id"], "object": "video", "created_at": row["created_at"], "status": row["status"],
+        "progress": row["progress"], "model": row["model"], "prompt": job["request"]["prompt"],
+        "seconds": f"{round(row['frames'] / fps, 2):g}",
+        "size": f"{row['width']}x{row['height']}", "error": error_, "completed_at": row["completed_at"],
+        "command": row["command"], "frames": row["frames"], "fps": fps, "seed": row["seed"],
+        "windows": row["windows"], "windows_done": row["windows_done"],
+        "eta_s": row["eta_s"] if row["status"] in ("queued", "in_progress") else None,
+        "queue_position": store.position(row), "priority": row["priority"], "worker": row["worker"],
+        "attempts": row["attempts"],
+    }
+
+
+def _row(store: Store, video_id: str) -> dict:
+    row = store.get(video_id) if ID_PATTERN.fullmatch(video_id) else None
+    if row is None:
+        raise HttpError(404, f"no video {video_id!r} here; GET /v1/videos lists them", "id")
+    return row
+
+
+async def _read_body(request: Request, uploads_dir: Path) -> tuple[dict, dict[str, Path], bool]:
+    """The submission's fields and its uploads (saved under `uploads_dir`), and whether it was a form."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("", "application/json"):
+        try:
+            given = json.loads(await request.body() or b"{}")
+        except ValueError:
+            raise HttpError(400, "the body is not valid JSON") from None
+        if not isinstance(given, dict):
+            raise HttpError(400, "the body must be a JSON object of fields, e.g. {\"prompt\": \"a cat\"}")
+        return given, {}, False
+    if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise HttpError(415, f"content type {kind} is not taken: send application/json or multipart/form-data")
+    form = await request.form(max_files=len(UPLOADS), max_fields=200)
+    given: dict = {}
+    uploads: dict[str, Path] = {}
+    for name in form:
+        values = form.getlist(name)
+        files = [v for v in values if hasattr(v, "read")]
+        if files:
+            if name not in UPLOADS:
+                raise HttpError(400, f"{name!r} is not an upload this service takes; the uploads are "
+                                     f"{', '.join(UPLOADS)}", name)
+            if len(values) > 1:
+                raise HttpError(400, f"{name} is given {len(values)} times; send one file", name)
+            uploads[name] = await _save(files[0], uploads_dir, name)
+        else:
+            given[name] = values if len(values) > 1 else values[0]
+    return given, uploads, True
+
+
+async def _save(upload, folder: Path, name: str) -> Path:
+    """An upload saved as `folder/NAME.EXT` (the client's file name goes no further than its extension)."""
+    suffix = Path(upload.filename or "").suffix.lower()
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}{suffix}"
+    with open(path, "wb") as out:
+        while chunk := await upload.read(CHUNK):
+            out.write(chunk)
+    if path.stat().st_size == 0:
+        raise HttpError(400, f"{name} is an empty file", name)
+    return path
+
+
+def _checked(service: Service, sub: Submission, job_id: str, uploads: dict[str, Path]) -> NewJob:
+    """The job checked by the library as a whole (`sk.check`: model, sizes, lengths, inputs, memory plan), its
+    output put in its own folder and its seed drawn: what the queue records."""
+    from .. import check
+    from ..core.resolve import window_plan
+    from ..models.naming import resolve_model
+
+    job = replace(sub.job, output=str(service.state_dir / "videos" / job_id / "video.mp4"))
+    with http_spelling():
+        try:
+            checked = check(job)
+        except DeviceError as err:
+            if service.offer.gpus:
+                raise as_http(err, uploads) from None
+            name = resolve_model(job.model, job.command).alias
+            raise HttpError(400, f"this service runs on the CPU, where {name} would take "
+                                 "days; use a tiny model (e.g. \"model\": \"tiny\"), or a service on a machine with "
+                                 "a GPU", "model") from None
+        except SkyreelsError as err:
+            raise as_http(err, uploads) from None
+    r = checked.job.request
+    stored = replace(job, request=replace(job.request, seed=r.seed))
+    windows = len(window_plan(r).windows) if checked.spec.forcing else 1
+    return NewJob(stored.to_dict(), job.command, checked.spec.alias, r.frames, r.width, r.height, r.fps, r.seed,
+                  windows, sub.priority)
+
+
+async def _event_stream(store: Store, video_id: str, last: int, request: Request):
+    """Each event after `last` as it is recorded, until the job has finished (or is gone)."""
+    quiet = 0.0
+    while True:
+        row = await run_in_threadpool(store.get, video_id)  # first: a finished job's events are all recorded
+        rows = await run_in_threadpool(store.events, video_id, last)
+        for event in rows:
+            last = event["n"]
+            yield f"id: {event['n']}\nevent: {event['type']}\ndata: {json.dumps(event['data'])}\n\n"
+        if row is None or row["status"] in FINISHED:
+            return
+        if await request.is_disconnected():
+            return
+        quiet = 0.0 if rows else quiet + 0.2
+        if quiet >= 15:
+            quiet = 0.0
+            yield ": still working\n\n"
+        await asyncio.sleep(0.2)
+
+
+def _public_settings(sidecar: Path, state_dir: Path, video_id: str, offer: Offer) -> dict:
+    """The sidecar as clients see it: no paths of the server (the output is its URL, the uploads their fields,
+    the LoRAs their names)."""
+    text = sidecar.read_text()
+    text = text.replace(json.dumps(str(state_dir / "videos" / video_id / "video.mp4"))[1:-1],
+                        f"/v1/videos/{video_id}/content")
+    for http in UPLOADS:
+        text = re.sub(rf'"[^"]*/uploads/{video_id}/{http}[^"]*"', f'"{http}"', text)
+    settings = json.loads(text.replace(json.dumps(str(state_dir))[1:-1] + "/", ""))
+    names = {str(Path(path.rsplit(":", 1)[0] if ":" in Path(path).name else path).expanduser().resolve()): name
+             for name, path in offer.loras.items()}
+    for lora in settings.get("model", {}).get("loras", []):
+        lora["path"] = names.get(lora.get("path"), "(a LoRA of the service)")
+    return settings
+
+
+def _models(service: Service) -> list[dict]:
+    from ..models.hub import cached_snapshot
+    from ..models.naming import resolve_model
+    from ..models.registry import load_registry
+
+    registry = load_registry()
+    workers = service.scheduler.health()
+    out = []
+    for name in service.offer.model_names():
+        if name in registry.families:
+            out.append({"id": name, "object": "model", "created": 0, "owned_by": "skyreels", "kind": "family",
+                        "members": registry.families[name]})
+            continue
+        spec = resolve_model(name, None)
+        out.append({"id": name, "object": "model", "created": 0, "owned_by": "skyreels", "kind": spec.kind,
+                    "size": spec.size, "native": f"{spec.width}x{spec.height}x{spec.frames}",
+                    "cached": cached_snapshot(spec) is not None or spec.is_tiny,
+                    "held_by": [w["name"] for w in workers if spec.alias in w["models"]]})
+    return out
+
+
+def _submit_schema() -> dict:
+    """The request body in the OpenAPI schema, from the same table the fields are checked against."""
+    from .options import submit_properties
+
+    properties = submit_properties()
+    form = {**properties, **{name: {"type": "string", "format": "binary"} for name in UPLOADS}}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"type": "object", "properties": properties}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": form}}}}}

@@ -1,0 +1,103 @@
+"""What stands in front of every request: the token, the size of the body, and (without a token) the Host.
+
+- With a token, every request but the page's own files (`/`, `/page/...`: code, no data) needs
+  `Authorization: Bearer TOKEN`, else 401. The page keeps the token in a same-site cookie, which is taken for
+  reads only (GET and HEAD: a `<video>` cannot send a header); anything that changes the queue needs the header,
+  which another site's page cannot send.
+- A body larger than the limit is refused with 413, by its Content-Length before it is read, or as soon as a body
+  sent without one outgrows it.
+- Without a token the service is for this machine: a request whose Host is not a loopback name is refused (400),
+  so that another site cannot reach it through DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+PUBLIC = ("/", "/favicon.ico")
+PUBLIC_PREFIX = "/page/"
+COOKIE = "skyreels_token"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    def __init__(self, app, *, token: str | None, max_body: int, loopback_only: bool) -> None:
+        self.app, self.token, self.max_body, self.loopback_only = app, token, max_body, loopback_only
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refused = self._refused(scope, headers)
+        if refused is not None:
+            return await _answer(send, *refused)
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await _answer(send, 413, self._too_large(), None)
+        seen = 0
+        started = False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge
+            return message
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:
+            if not started:
+                await _answer(send, 413, self._too_large(), None)
+
+    def _too_large(self) -> str:
+        return f"the request is larger than this service takes ({self.max_body / 1e6:g} MB; --max-upload-mb)"
+
+    def _refused(self, scope, headers: dict) -> tuple[int, str, str | None] | None:
+        if self.loopback_only:
+            host = headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in LOOPBACK_HOSTS:
+                return 400, f"Host {host!r} is not this machine: the service without a token answers only " \
+                            "127.0.0.1 and localhost", "Host"
+        if self.token is None:
+            return None
+        path = scope["path"]
+        if path in PUBLIC or path.startswith(PUBLIC_PREFIX):
+            return None
+        given = headers.get("authorization", "")
+        if given.lower().startswith("bearer ") and hmac.compare_digest(given[7:].strip().encode(), self.token.encode()):
+            return None
+        if scope["method"] in ("GET", "HEAD") and hmac.compare_digest(_cookie(headers).encode(), self.token.encode()):
+            return None
+        return 401, "this service needs its token: send 'Authorization: Bearer TOKEN'", "Authorization"
+
+
+def _cookie(headers: dict) -> str:
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value
+    return ""
+
+
+async def _answer(send, status: int, message: str, param: str | None) -> None:
+    kind = {401: "authentication_error", 413: "request_too_large"}.get(status, "invalid_request_error")
+    body = json.dumps({"error": {"message": message, "type": kind, "param": param, "code": None}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,151 @@
+"""`skyreels serve` as a whole: its settings, checked; the workers it starts; the HTTP server on its socket.
+
+    config = ServiceConfig(state_dir=Path("state"), port=0)
+    serve(config)      # until Ctrl-C or SIGTERM; prints "listening on http://127.0.0.1:PORT/" first
+
+Safe by default: it binds 127.0.0.1, and another address only with a token (`check_config`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DeviceError, UsageError
+from .workers import WorkerConfig
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def default_state_dir() -> Path:
+    """$SKYREELS_STATE_DIR, else $XDG_STATE_HOME/skyreels, else ~/.local/state/skyreels."""
+    if os.environ.get("SKYREELS_STATE_DIR"):
+        return Path(os.environ["SKYREELS_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "skyreels"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    state_dir: Path = field(default_factory=default_state_dir)
+    token: str | None = None
+    gpus: str = "all"                      # all, N (the first N), or a list: 0,2
+    cpu_workers: int = 1                   # on a machine without a GPU
+    models: tuple[str, ...] = ()           # offered to clients (empty: the registry's); the first is the default
+    loras: dict[str, str] = field(default_factory=dict)  # name -> FILE[:SCALE]
+    max_queued: int = 100                  # waiting jobs; one more is answered 429
+    max_upload_mb: float = 100.0           # a request's body; more is answered 413
+    max_prompt_chars: int = 10_000         # a prompt (and each text field); more is answered 413
+    cors: tuple[str, ...] = ()             # origins allowed to call the API from a browser (none by default)
+
+
+def check_config(config: ServiceConfig) -> None:
+    """Refuse settings that are unsafe or cannot work, before anything starts."""
+    from ..models.lora import resolve_lora
+    from ..models.naming import resolve_model
+
+    if config.host not in LOOPBACK and not config.token:
+        raise UsageError(f"--host {config.host} lets other machines in: give --token TOKEN (clients then send "
+                         "'Authorization: Bearer TOKEN'), or keep the default --host 127.0.0.1")
+    if config.token is not None and len(config.token) < 8:
+        raise UsageError("--token is too short to guess slowly: give at least 8 characters")
+    if not 0 <= config.port <= 65535:
+        raise UsageError(f"--port {config.port} is not a port; give 1 to 65535 (0: any free port)")
+    for name, value in (("--max-queued", config.max_queued), ("--max-upload-mb", config.max_upload_mb),
+                        ("--max-prompt-chars", config.max_prompt_chars)):
+        if not value > 0:
+            raise UsageError(f"{name} {value} must be positive")
+    if config.cpu_workers < 0:
+        raise UsageError(f"--workers {config.cpu_workers} must be 0 or more (0: keep jobs queued, run none)")
+    for name in config.models:
+        resolve_model(name, None)
+    for name, path in config.loras.items():
+        if not name or "/" in name or ":" in name:
+            raise UsageError(f"--lora {name}={path}: the name must be a plain word (clients give it)")
+        resolve_lora(path)
+
+
+def worker_configs(config: ServiceConfig) -> list[WorkerConfig]:
+    """One worker per GPU chosen by --gpus; on a machine without a GPU, --workers CPU workers sharing the cores."""
+    gpus = _chosen_gpus(config.gpus)
+    if gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [v.strip() for v in visible.split(",")] if visible else None
+        return [WorkerConfig(f"gpu{i}", "cuda", {"CUDA_VISIBLE_DEVICES": ids[i] if ids else str(i)}) for i in gpus]
+    count = config.cpu_workers
+    threads = max(1, (os.cpu_count() or 1) // max(count, 1))
+    return [WorkerConfig("cpu" if count == 1 else f"cpu{i}", "cpu", {"OMP_NUM_THREADS": str(threads)}, threads)
+            for i in range(count)]
+
+
+def _chosen_gpus(gpus: str) -> list[int]:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    text = str(gpus).strip().lower()
+    if text == "all":
+        return list(range(count))
+    try:
+        chosen = list(range(int(text))) if text.isdigit() else [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--gpus {gpus!r}: give all, a number, or a list such as 0,2") from None
+    if chosen and count == 0:
+        raise DeviceError(f"--gpus {gpus}: no GPU is visible here; leave --gpus out to run on the CPU")
+    missing = [i for i in chosen if not 0 <= i < count]
+    if missing:
+        raise DeviceError(f"--gpus {gpus}: GPU {missing[0]} is not there; this machine shows {count} GPU(s)")
+    return chosen
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that --port 0 can say which port it got."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: ServiceConfig) -> None:
+    """Run the service until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    from .api import Service, create_app
+    from .fields import Offer
+    from .scheduler import Scheduler
+    from .store import Store
+    from .workers import ProcessWorker
+
+    check_config(config)
+    state = Path(config.state_dir).expanduser().resolve()
+    configs = worker_configs(config)
+    sock = bind(config.host, config.port)
+    state.mkdir(parents=True, exist_ok=True)
+    store = Store(state / "queue.db")
+    scheduler = Scheduler(store, state, configs, ProcessWorker)
+    offer = Offer(tuple(config.models), dict(config.loras), gpus=sum(c.device == "cuda" for c in configs),
+                  max_prompt_chars=config.max_prompt_chars)
+    service = Service(store, scheduler, offer, state, config)
+    app = create_app(service)
+    scheduler.start()
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    workers = ", ".join(f"{c.name} ({c.device})" for c in configs) or "none (jobs stay queued)"
+    print(f"skyreels serve: listening on http://{shown}:{port}/ ; workers: {workers}; state: {state}",
+          file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        scheduler.stop()

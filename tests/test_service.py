@@ -1,0 +1,196 @@
+"""`skyreels serve` through real sockets: a job through the queue and a worker process to the same video the library
+makes, its events, uploads, the queue's order and priorities, cancel and delete, and bad requests refused on one line
+naming the field with nothing queued."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import skyreels_cli as sk
+
+from .conftest import read_video
+from .service_helpers import TINY_EXTEND, Server
+
+TINY = {"model": "tiny", "prompt": "a red fox", "seed": 3, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def server(hub_models, tmp_path_factory):
+    with Server(tmp_path_factory.mktemp("service") / "state", "--model", "tiny", "--model", "df-1.3b-540p") as server:
+        yield server
+
+
+def png(width=80, height=48) -> bytes:
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 3, y * 5, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG")
+    return out.getvalue()
+
+
+def library_video(tmp_path, command: str, request: sk.Request, name: str) -> bytes:
+    """What the library makes of the same job, called directly in this process."""
+    job = sk.Job(command, request, model="tiny", load=sk.LoadOptions(device="cpu"), output=str(tmp_path / name))
+    return sk.run(job, progress=False).path.read_bytes()
+
+
+# ------------------------------------------------------------------ a job from end to end
+
+@pytest.mark.slow  # makes videos, or starts a service of its own
+def test_a_job_goes_through_the_queue_to_the_video_the_library_makes(server, tmp_path):
+    job = server.submit(TINY)
+    assert job["object"] == "video" and job["status"] in ("queued", "in_progress") and job["id"].startswith("video_")
+    assert (job["model"], job["size"], job["frames"], job["seed"], job["windows"]) == ("tiny-df", "80x48", 17, 3, 1)
+    done = server.wait(job["id"], "completed")
+    assert done["progress"] == 100 and done["windows_done"] == 1 and done["worker"] == "cpu" and done["error"] is None
+    video = server.content(job["id"])
+    assert video == library_video(tmp_path, "t2v", sk.Request(prompt="a red fox", seed=3, steps=2), "lib.mp4")
+    settings = server.content(job["id"], "settings")
+    assert settings["request"]["seed"] == 3 and settings["run"]["output"] == f"/v1/videos/{job['id']}/content"
+    assert str(server.state_dir) not in json.dumps(settings), "no server path in what clients read"
+
+
+@pytest.mark.slow  # makes videos, or starts a service of its own
+def test_the_events_replay_the_librarys_progress_in_order(server):
+    job = server.wait(server.submit({**TINY_EXTEND, "frames": 25})["id"], "completed")
+    events = server.events(job["id"])
+    kinds = [kind for kind, _ in events]
+    assert kinds[:3] == ["job", "job", "run_started"] and kinds[-2:] == ["run_finished", "job"]
+    assert [data["status"] for kind, data in events if kind == "job"] == ["queued", "in_progress", "completed"]
+    windows = [data["window"] for kind, data in events if kind == "window_done"]
+    assert windows == list(range(job["windows"])) and job["windows"] > 1
+    steps = [data for kind, data in events if kind == "step_done"]
+    assert len(steps) >= job["windows"] * 2 and all(s["eta_s"] is not None for s in steps[1:])
+    started = events[2][1]
+    assert started["preview"] == f"/v1/videos/{job['id']}/content?variant=preview"
+    assert "->" not in started["description"], "where the server writes is its business"
+    _, body, _ = server.call("GET", f"/v1/videos/{job['id']}/events", headers={"Last-Event-ID": "3"})
+    numbers = [int(line[4:]) for line in body.decode().splitlines() if line.startswith("id: ")]
+    assert numbers == list(range(4, len(events) + 1)), "a client that lost the stream takes it up where it was"
+
+
+@pytest.mark.slow  # makes videos, or starts a service of its own
+def test_an_uploaded_start_image_makes_the_same_i2v_video_as_the_library(server, tmp_path):
+    data = png()
+    job = server.submit({"prompt": "a red fox", "seed": 4, "steps": 2}, files={"input_reference": ("fox.png", data)})
+    assert job["command"] == "i2v" and job["model"] == "tiny-i2v"
+    server.wait(job["id"], "completed")
+    (tmp_path / "start.png").write_bytes(data)
+    request = sk.Request(prompt="a red fox", seed=4, steps=2, image=str(tmp_path / "start.png"))
+    (tmp_path / "served.mp4").write_bytes(server.content(job["id"]))
+    library_video(tmp_path, "i2v", request, "lib.mp4")
+    assert np.array_equal(read_video(tmp_path / "served.mp4")[0], read_video(tmp_path / "lib.mp4")[0]), \
+        "the upload is the start image, as given"
+
+
+@pytest.mark.slow  # makes videos, or starts a service of its own
+def test_form_fields_take_their_types_and_openai_names(server):
+    job = server.submit({"model": "tiny", "prompt": "a cat", "seconds": "1", "size": "64x48", "seed": "8",
+                         "steps": "2", "command": "extend", "base_frames": "17", "overlap": "5",
+                         "causal_attention": "false"}, files={"input_reference": ("cat.png", png())})
+    assert (job["command"], job["size"], job["frames"], job["seconds"], job["seed"]) == ("extend", "64x48", 24, "1", 8)
+    server.wait(job["id"], "completed")
+
+
+# ------------------------------------------------------------------ the queue
+
+@pytest.mark.slow  # makes videos, or starts a service of its own
+def test_priority_first_then_first_in_first_out(hub_models, tmp_path):
+    with Server(tmp_path / "state", "--model", "tiny", "--workers", "0") as server:
+        a, b, c = (server.submit({**TINY, "seed": s}) for s in (1, 2, 3))
+        urgent = server.submit({**TINY, "seed": 4, "priority": 5})
+        positions = {j["seed"]: server.job(j["id"])["queue_position"] for j in (a, b, c, urgent)}
+        assert positions == {4: 0, 1: 1, 2: 2, 3: 3}
+        cancelled = server.call("POST", f"/v1/videos/{b['id']}/cancel")[1]
+        assert cancelled["status"] == "cancelled" and cancelled["queue_position"] is None
+        assert server.job(c["id"])["queue_position"] == 2
+        listed = server.call("GET", "/v1/videos?limit=2")[1]
+        assert [j["seed"] for j in listed["data"]] == [4, 3] and listed["has_more"]
+        rest = server.call("GET", f"/v1/videos?limit=10&after={listed['last_id']}")[1]
+        assert [j["seed"] for j in rest["data"]] == [2, 1] and not rest["has_more"]
+
+
+@pytest.mark.slow  # makes videos, or starts a service of its own
+def test_cancel_stops_a_running_job_and_delete_removes_its_files(server):
+    job = server.submit({**TINY_EXTEND, "steps": 8, "frames": 121})
+    server.wait(job["id"], "in_progress", until=lambda j: j["progress"] > 0)
+    assert server.call("POST", f"/v1/videos/{job['id']}/cancel")[0] == 200
+    cancelled = server.wait(job["id"], "cancelled")
+    assert cancelled["error"] is None and cancelled["windows_done"] < cancelled["windows"]
+    assert [d["status"] for k, d in server.events(job["id"]) if k == "job"] == ["queued", "in_progress", "cancelled"]
+    assert (server.state_dir / "videos" / job["id"]).is_dir()
+    status, body, _ = server.call("DELETE", f"/v1/videos/{job['id']}")
+    assert status == 200 and body == {"id": job["id"], "object": "video.deleted", "deleted": True}
+    assert server.call("GET", f"/v1/videos/{job['id']}")[0] == 404
+    server.wait(server.submit(TINY)["id"], "completed")  # the scheduler has looked at the queue since
+    assert not (server.state_dir / "videos" / job["id"]).exists()
+
+
+def test_models_health_and_the_schema(server):
+    models = server.call("GET", "/v1/models")[1]
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny", "df-1.3b-540p"]
+    assert models["data"][1]["kind"] == "df" and models["data"][1]["held_by"] == []
+    health = server.call("GET", "/health")[1]
+    assert health["status"] == "ok" and [w["device"] for w in health["workers"]] == ["cpu"]
+    schema = server.call("GET", "/openapi.json")[1]
+    body = schema["paths"]["/v1/videos"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"prompt", "frames", "seed", "base_frames", "offload", "loras", "size", "seconds"} <= set(body["properties"])
+    assert "device" not in body["properties"] and "output" not in body["properties"]
+    assert server.call("GET", "/docs")[0] == 200
+
+
+# ------------------------------------------------------------------ bad requests
+
+BAD = [
+    ({"frames": -4}, 400, "frames", '"frames": -4'),
+    ({"frames": "ten"}, 400, "frames", "frames must be a whole number"),
+    ({"framez": 9}, 400, "framez", "unknown field 'framez'"),
+    ({"size": "big"}, 400, "size", "WIDTHxHEIGHT"),
+    ({"height": 50}, 400, "height", "16"),
+    ({"model": "sora-2"}, 400, "model", "not offered here"),
+    ({"model": "df-1.3b-540p"}, 400, "model", "this service runs on the CPU, where df-1.3b-540p would take days"),
+    ({"command": "edit"}, 400, "command", "t2v, i2v, extend"),
+    ({"base_frames": 17}, 400, "base_frames", "extend"),
+    ({"steps": 0}, 400, "steps", "steps"),
+    ({"offload": "most"}, 400, "offload", "none, model, group"),
+    ({"seed": "abc"}, 400, "seed", "seed must be a whole number"),
+    ({"priority": 1000}, 400, "priority", "-100 to 100"),
+    ({"gpus": 2}, 400, "gpus", "CPU"),
+    ({"loras": ["style"]}, 400, "loras", "not a LoRA of this service"),
+    ({"enhance": "/tmp/llm"}, 400, "enhance", "give true"),
+    ({"command": "i2v"}, 400, "input_reference", "start image"),
+    ({"prompt": "x" * 10_001}, 413, "prompt", "at most 10000"),
+]
+
+
+@pytest.mark.parametrize("fields, status, param, words", BAD, ids=[json.dumps(b[0])[:30] for b in BAD])
+def test_a_bad_request_is_one_line_naming_the_field_and_nothing_is_queued(server, fields, status, param, words):
+    before = server.call("GET", "/health")[1]["queue"], uploads(server)
+    code, body, _ = server.call("POST", "/v1/videos", {**TINY, **fields})
+    assert code == status, body
+    message = body["error"]["message"]
+    assert body["error"]["param"] == param and words in message and "\n" not in message, body
+    assert "Traceback" not in message and str(server.state_dir) not in message
+    assert (server.call("GET", "/health")[1]["queue"], uploads(server)) == before, "nothing queued, no upload kept"
+
+
+def uploads(server) -> set:
+    return set((server.state_dir / "uploads").glob("*/*"))
+
+
+def test_a_bad_upload_is_refused_by_its_field_and_its_file_removed(server):
+    before = uploads(server)
+    status, body, _ = server.call("POST", "/v1/videos", raw=b"not json", headers={"Content-Type": "application/json"})
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    from .service_helpers import multipart
+
+    raw, kind = multipart({**TINY, "command": "i2v"}, {"input_reference": ("x.png", b"this is no image")})
+    status, body, _ = server.call("POST", "/v1/videos", raw=raw, headers={"Content-Type": kind})
+    assert status == 400 and body["error"]["param"] == "input_reference", body
+    assert "input_reference" in body["error"]["message"] and "uploads" not in body["error"]["message"], body
+    assert uploads(server) == before
+    status, body, _ = server.call("GET", "/v1/videos/video_0123/content")
+    assert status == 404 and body["error"]["param"] == "id"
