@@ -342,3 +342,17 @@ def test_the_help_shows_tables_as_written_and_the_example_file_is_valid_toml():
     assert "[[job]]" in lines
     assert tomllib.loads("\n".join(lines))["job"][0]["command"] == "t2v"
     assert "[[shot]]" in invoke("extend", "--help").output
+
+
+def test_every_commands_examples_print_one_to_a_line():
+    # Typer's reflow used to join the examples of a help whose only later paragraph was its examples (info)
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert "info" in commands and "t2v" in commands
+    for command in commands:
+        text = invoke(command, "--help").output
+        if "Examples:" not in text:
+            continue
+        examples = [line.strip() for line in text[text.index("Examples:"):].splitlines() if "skyreels " in line]
+        assert examples, f"{command} --help shows no example"
+        for line in examples:
+            assert line.count("skyreels ") == 1 and not line.startswith("`"), f"{command} --help: {line!r}"

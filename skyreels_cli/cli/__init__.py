@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from . import batch, generate, info, manage, plan, remote, serve  # noqa: F401  (registers the commands, in the order --help lists them)
-from .app import app
+from .app import app, fence_all_examples
 from .parse_errors import bad_number_message, plain_number_errors
 
 plain_number_errors()
+fence_all_examples(app)
 
 
 def main() -> None:

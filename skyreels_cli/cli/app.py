@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Iterator
@@ -21,6 +22,38 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # paragraphs reflow, and [[job]] in an example stays as written
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+def fence_examples(help_text: str | None) -> str | None:
+    """A command's help with each indented block (its examples, an example file) fenced as code.
+
+    Typer reflows what follows the first paragraph through `inspect.cleandoc`, which strips the indent common
+    to all but its first line: when every later line is an example, the examples lose their indent and run
+    together into one line. A fenced block keeps its lines whatever the indent."""
+    if not help_text:
+        return help_text
+    out: list[str] = []
+    in_block = False
+    for line in inspect.cleandoc(help_text).splitlines():
+        indented = line.startswith("    ")
+        if indented and not in_block and (not out or not out[-1].strip()):
+            out.append("```")
+            in_block = True
+        elif in_block and line.strip() and not indented:
+            out[-1:] = ["```", ""] if not out[-1].strip() else [*out[-1:], "```"]
+            in_block = False
+        out.append(line[4:] if in_block else line)
+    if in_block:
+        while out and not out[-1].strip():
+            out.pop()
+        out.append("```")
+    return "\n".join(out)
+
+
+def fence_all_examples(typer_app: typer.Typer) -> None:
+    """`fence_examples` on the help of every command registered so far."""
+    for info in typer_app.registered_commands:
+        info.help = fence_examples(info.help or (info.callback and info.callback.__doc__))
+
 
 def interrupted(command: str) -> str:
     """The line after Ctrl-C: what the command leaves behind (only extend saves state to continue from)."""
