@@ -3,8 +3,13 @@
 `tiny` ones make noise, not film, but exercise every code path (Hub layout,
 loading, generation, writing) on a CPU in seconds. The `tiny` model aliases and
 the test suite build them with the same function, so what users try is what we
-test. `1.3b` ones have the real 1.3B transformer and the real VAE (text and
-image encoders cut to two layers): a GPU check of speed and memory with no download.
+test. `1.3b` ones are the released 1.3B architectures, every number read from
+models/architectures.py: the kind's transformer (DF with its fps embedding, I2V
+with its image projections), the real Wan VAE, CLIP ViT-H/14's whole vision tower
+(I2V), and UMT5-XXL's encoder at its full width (4096) but `FULL_SIZE_TEXT_LAYERS`
+layers deep and with the tiny vocabulary (the released 256k-token embedding alone
+would be 4 GB). A GPU check of speed and memory with no download, and the
+full-size oracle of the tests (tests/test_full_size_oracle.py).
 
     python -m skyreels_cli.models.tiny 1.3b df /tmp/df-1.3b-random
 """
@@ -17,24 +22,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .architectures import CLIP_H14, ROPE_POSITIONS, T_1_3B, TEXT_TOKENS, TextEncoderArch, VaeArch
+from .architectures import ARCHITECTURES, ROPE_POSITIONS, TEXT_TOKENS
 from .kinds import KINDS
 
-
-def _released_1_3b() -> dict:
-    """The released 1.3B sizes, read from the one table of them (models/architectures.py)."""
-    t, text, clip = T_1_3B, TextEncoderArch(), CLIP_H14
-    return dict(heads=t.heads, head_dim=t.head_dim, layers=t.layers, ffn=t.ffn, freq=t.freq_dim, text_dim=text.d_model,
-                text_ff=text.d_ff, text_heads=text.heads, text_kv=text.d_kv, clip_dim=clip.hidden,
-                clip_image=clip.image, clip_patch=clip.patch, vae=VaeArch().config())
-
-
-# Architecture sizes: tiny, and the released 1.3B (text and image encoders cut to two layers below).
-ARCHS = {
-    "tiny": dict(heads=2, head_dim=12, layers=2, ffn=32, freq=32, text_dim=32, text_ff=64, text_heads=4, text_kv=8,
-                 clip_dim=8, clip_image=16, clip_patch=4, vae=dict(base_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1)),
-    "1.3b": _released_1_3b(),
-}
+# The sizes of the tiny architecture; "1.3b" takes the released table's (models/architectures.py, `_full_size`).
+TINY = dict(heads=2, head_dim=12, layers=2, ffn=32, freq=32, text_dim=32, text_ff=64, text_heads=4, text_kv=8,
+            clip_dim=8, clip_image=16, clip_patch=4, vae=dict(base_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1))
+ARCHS = ("tiny", "1.3b")
+# UMT5-XXL has 24 encoder layers; one keeps its width (what the transformer reads) at 1/24 of the cost.
+FULL_SIZE_TEXT_LAYERS = 1
 VOCAB = ["<pad>", "</s>", "<unk>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
     "a", "the", "cat", "dog", "fox", "red", "running", "through", "snow", "blurry", "noise",
 ]
@@ -124,8 +120,12 @@ def build_components(kind: str, seed: int = 0, arch: str = "tiny") -> dict:
 
     if kind not in TINY_KINDS:
         raise ValueError(f"unknown tiny kind {kind!r}; expected one of {TINY_KINDS}")
-    a = ARCHS[arch]
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
     torch.manual_seed(seed)
+    if arch != "tiny":
+        return _full_size(kind)
+    a = TINY
     tokenizer = _tokenizer()
     components = {
         "tokenizer": tokenizer,
@@ -143,8 +143,32 @@ def build_components(kind: str, seed: int = 0, arch: str = "tiny") -> dict:
         )).eval()
         size = a["clip_image"]
         components["image_processor"] = CLIPImageProcessor(crop_size=size, size=size)
-    if arch == "tiny":
-        _make_responsive(components)
+    _make_responsive(components)
+    return components
+
+
+def _full_size(kind: str) -> dict:
+    """The released 1.3B architecture of `kind`, random, every size from the one table of them; the text
+    encoder keeps UMT5-XXL's widths but only `FULL_SIZE_TEXT_LAYERS` layers and the tiny vocabulary."""
+    from diffusers import AutoencoderKLWan, SkyReelsV2Transformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    arch = ARCHITECTURES[(kind, "1.3B")]
+    tokenizer = _tokenizer()
+    text = {**arch.text_encoder.config(), "vocab_size": len(tokenizer), "num_layers": FULL_SIZE_TEXT_LAYERS}
+    components = {
+        "tokenizer": tokenizer,
+        "text_encoder": UMT5EncoderModel(UMT5Config(**text)).eval(),
+        "vae": AutoencoderKLWan(**arch.vae.config()).eval(),
+        "transformer": SkyReelsV2Transformer3DModel(**arch.transformer.config()).eval(),
+        "scheduler": _scheduler(),
+    }
+    if arch.image_encoder is not None:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        clip = arch.image_encoder
+        components["image_encoder"] = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip.config())).eval()
+        components["image_processor"] = CLIPImageProcessor(crop_size=clip.image, size={"shortest_edge": clip.image})
     return components
 
 
