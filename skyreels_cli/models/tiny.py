@@ -178,7 +178,14 @@ def save_checkpoint(kind: str, dest: Path, seed: int = 0, arch: str = "tiny") ->
 
     dest = Path(dest)
     pipe_cls = getattr(diffusers, KINDS[kind].pipeline)
-    pipe = pipe_cls(**build_components(kind, seed, arch))
+    components = build_components(kind, seed, arch)
+    if arch != "tiny":  # stored as released: bf16 but for the VAE (half the disk; loads upcast them exactly)
+        import torch
+
+        for name in ("transformer", "text_encoder", "image_encoder"):
+            if name in components:
+                components[name].to(torch.bfloat16)
+    pipe = pipe_cls(**components)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
