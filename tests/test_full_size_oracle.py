@@ -28,6 +28,9 @@ value in fp32, and the frames to a level:
   per-call block-causal attention (on both calls of each row) against diffusers' dense block-causal mask.
 - bf16: our per-frame modulation against diffusers' per-token forward, on the same loaded DF-1.3B transformer:
   bit for bit.
+- 14B widths: one DF call of a transformer with the DF-14B's config (40 heads, dim 5120) in 2 of its 40 layers,
+  built in memory: our per-frame modulation and mask-free block-causal attention against diffusers' forward and
+  its dense mask.
 - fp8 weight storage: `sk.load(..., dtype="bf16", quantize="fp8")` against the pipeline in bf16 whose
   transformer stores the same weights the same way (`enable_layerwise_casting(float8_e4m3fn, bf16)`, the call
   our quantize="fp8" makes) and runs diffusers' own eager loop: fp8 is held to its own arithmetic, not to bf16
@@ -463,3 +466,57 @@ def test_fp8_storage_matches_diffusers_with_the_same_storage(df_bf16):
     assert case.theirs.std() > 0.5
     assert case.latent_error() <= TOLERANCE, f"latents differ by {case.latent_error():.2e} of their largest value"
     assert case.levels().max() <= 1
+
+
+# ------------------------------------------------------------------ 14B widths: 40 heads of 128, dim 5120
+
+
+@pytest.fixture(scope="module")
+def wide_outputs() -> dict:
+    """One DF call at the DF-14B transformer's widths (40 heads of 128, dim 5120, ffn 13824), in two of its 40
+    layers (the whole 14B is 57 GB in fp32): diffusers' own forward, with and without its block-causal mask,
+    against ours (per-frame modulation, and our mask-free block-causal attention). Built in memory, fp32."""
+    from dataclasses import replace
+
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    from skyreels_cli.forcing.causal_attention import causal_attention
+    from skyreels_cli.runtime.modulation import install_per_frame_modulation
+
+    arch = replace(ARCHITECTURES[("df", "14B")].transformer, layers=2)
+    out = {}
+    with phase("df-14b widths fp32: four forwards"), torch.no_grad():
+        torch.manual_seed(SEED)
+        transformer = SkyReelsV2Transformer3DModel(**arch.config()).eval()
+        g = torch.Generator().manual_seed(SEED)
+        frames, blocks = 4, (2, 2)
+        kwargs = {"hidden_states": torch.randn(1, 16, frames, HEIGHT // 8, WIDTH // 8, generator=g),
+                  "timestep": torch.tensor([[999, 999, 640, 640]]),
+                  "encoder_hidden_states": torch.randn(1, 512, arch.text_dim, generator=g),
+                  "enable_diffusion_forcing": True, "return_dict": False}
+        tokens = (HEIGHT // 16) * (WIDTH // 16)
+        out["diffusers"] = transformer(**kwargs)[0]
+        transformer._set_ar_attention(blocks[0])  # diffusers' dense block-causal mask, built in its forward
+        out["diffusers causal"] = transformer(**kwargs)[0]
+        transformer.register_to_config(num_frame_per_block=1)
+        install_per_frame_modulation(transformer)
+        out["ours"] = transformer(**kwargs)[0]
+        with causal_attention(transformer, blocks, tokens):
+            out["ours causal"] = transformer(**kwargs)[0]
+        out["heads"] = transformer.config.num_attention_heads
+        out["dim"] = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+        del transformer
+        released()
+    return out
+
+
+def test_14b_widths_per_frame_modulation_and_causal_attention_equal_diffusers(wide_outputs):
+    """A fault that showed only at 40 heads or dim 5120 (a head split, the modulation's layout) would fail here."""
+    out = wide_outputs
+    assert (out["heads"], out["dim"]) == (40, 5120)
+    plain, causal = relative(out["ours"], out["diffusers"]), relative(out["ours causal"], out["diffusers causal"])
+    moved = relative(out["diffusers causal"], out["diffusers"])
+    FIGURES["14b widths: per-frame vs per-token, causal vs dense mask, mask moves (rel)"] = [plain, causal,
+                                                                                            round(moved, 4)]
+    assert out["diffusers"].std() > 0.1 and moved > DETECTABLE, "the mask changes nothing: the test proves nothing"
+    assert plain <= TOLERANCE and causal <= TOLERANCE, (plain, causal)
