@@ -111,3 +111,18 @@ def test_a_rank_that_dies_fails_only_its_job_and_both_workers_work_again(hub_mod
         assert after["cpu0"] == before["cpu0"], "rank 0 heard of it in its next collective, left the group, went on"
         assert "worker cpu1 died" in server.log()
 
+
+def test_the_command_line_submits_gpus_with_server(server, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "fox.mp4"
+    args = ["extend", "a red fox", "-m", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--frames", "45",
+            "--base-frames", "17", "--overlap", "5", "--seed", "5", "--gpus", "2", "--server", server.url, "-o",
+            str(out), "-q"]
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == str(out), done.stderr
+    [job] = server.call("GET", "/v1/videos?limit=1")[1]["data"]
+    assert job["gpus"] == 2 and job["worker"] == "cpu0+cpu1", "one submission, run on both workers"
+    alone = server.wait(server.submit(EXTEND)["id"], "completed")
+    assert out.read_bytes() == server.content(alone["id"])
