@@ -2,7 +2,8 @@
 
 `SKYREELS_FAULT=NAME:N` ends the process with exit code 137 (as SIGKILL would) the N-th time
 the point NAME is reached; `NAME:N:hang` blocks there in native code instead, as one very long
-operation would. Unset, every point is a no-op.
+operation would. With `SKYREELS_FAULT_RANK=R` it fires only in rank R of a process group (the process whose
+`RANK` is R), so a test can make one process of a context-parallel run die. Unset, every point is a no-op.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ _hits: Counter[str] = Counter()
 def point(name: str) -> None:
     wanted = os.environ.get("SKYREELS_FAULT")
     if not wanted:
+        return
+    rank = os.environ.get("SKYREELS_FAULT_RANK")
+    if rank is not None and os.environ.get("RANK") != rank:
         return
     _hits[name] += 1
     target, _, count = wanted.partition(":")

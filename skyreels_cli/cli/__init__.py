@@ -20,8 +20,10 @@ def main() -> None:
     from .app import interrupted
     from .interrupt import responsive_ctrl_c
 
-    try:  # `serve --gpus` chooses its workers' GPUs itself
-        gpus, argv = strip_gpus(sys.argv[1:]) if _command(sys.argv[1:]) != "serve" else (None, sys.argv[1:])
+    # `serve --gpus` chooses its workers' GPUs itself; with --server, --gpus is the service's job's to use
+    keep = _command(sys.argv[1:]) == "serve" or any(a == "--server" or a.startswith("--server=") for a in sys.argv)
+    try:
+        gpus, argv = strip_gpus(sys.argv[1:]) if not keep else (None, sys.argv[1:])
     except SkyreelsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -31,7 +31,7 @@ def t2v(
     """
     with user_errors("t2v", quiet):
         run_from_flags(JobFlags("t2v", {"prompt": prompt, **fields}, load, model, output, overwrite, False,
-                                _enhance(enhance, enhancer), from_, quiet, dry_run, server=server),
+                                _enhance(enhance, enhancer), from_, quiet, dry_run, server=server, gpus=gpus),
                        missing=("PROMPT", '"a red fox running through snow"') if prompt is None else None)
 
 
@@ -55,7 +55,7 @@ def i2v(
     """
     with user_errors("i2v", quiet):
         run_from_flags(JobFlags("i2v", {"prompt": prompt, "image": image, **fields}, load, model, output, overwrite,
-                                False, _enhance(enhance, enhancer), from_, quiet, dry_run, server=server),
+                                False, _enhance(enhance, enhancer), from_, quiet, dry_run, server=server, gpus=gpus),
                        missing=("IMAGE", 'photo.png "the waves roll in"') if image is None else None)
 
 
@@ -92,7 +92,7 @@ def extend(
     """
     with user_errors("extend", quiet):
         flags = JobFlags("extend", {"prompt": prompt, **fields}, load, model, output, overwrite, resume,
-                         _enhance(enhance, enhancer), from_, quiet, dry_run, script, prompt_file, server)
+                         _enhance(enhance, enhancer), from_, quiet, dry_run, script, prompt_file, server, gpus)
         run_from_flags(flags)
 
 

@@ -33,6 +33,7 @@ class JobFlags:
     script: str | None = None   # extend --script
     prompt_file: str | None = None  # extend --prompt-file
     server: str | None = None   # --server: submit to a running service instead (cli/remote.py)
+    gpus: int | None = None     # --gpus with --server: the job's GPUs at the service
 
 
 def run_from_flags(flags: JobFlags, missing: tuple[str, str] | None = None) -> None:
@@ -50,7 +51,7 @@ def run_from_flags(flags: JobFlags, missing: tuple[str, str] | None = None) -> N
     if flags.server is not None:
         from .remote import run_remote
 
-        run_remote(job, flags.server, quiet=flags.quiet, dry_run=flags.dry_run)
+        run_remote(job, flags.server, quiet=flags.quiet, dry_run=flags.dry_run, gpus=flags.gpus)
     elif flags.dry_run:
         _dry_run(job)
     else:

@@ -22,8 +22,9 @@ class StoppedFollowing(SkyreelsError):
     exit_code = 130
 
 
-def run_remote(job, server: str, *, quiet: bool, dry_run: bool = False) -> None:
-    """Submit `job` to the service at `server`, follow it on stderr, download the video; print its path."""
+def run_remote(job, server: str, *, quiet: bool, dry_run: bool = False, gpus: int | None = None) -> None:
+    """Submit `job` to the service at `server` (on `gpus` of its workers), follow it on stderr, download the
+    video; print its path."""
     from dataclasses import replace
 
     from ..service.client import Client, Warned
@@ -34,7 +35,7 @@ def run_remote(job, server: str, *, quiet: bool, dry_run: bool = False) -> None:
                          "one is refused, nothing queued): leave out --server or --dry-run")
     target = _target(job, None) if job.output is not None else None  # refused now, before anything is sent
     client = Client(server, token=os.environ.get("SKYREELS_TOKEN"))
-    video = client.submit(replace(job, output=None, output_dir=None, overwrite=False))
+    video = client.submit(replace(job, output=None, output_dir=None, overwrite=False), gpus=gpus)
     if not quiet:
         where = f", {video['queue_position']} ahead of it" if video.get("queue_position") else ""
         typer.echo(f"submitted to {client.url}: {video['id']}{where}", err=True)

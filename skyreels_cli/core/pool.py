@@ -52,6 +52,12 @@ class ModelPool:
         """The models held, least recently used first."""
         return list(self._held.values())
 
+    def make_room(self, spec: ModelSpec, options: LoadOptions) -> None:
+        """Free the models held longest unused while `spec` would not fit beside them (before loading it
+        elsewhere: a context-parallel run loads its own)."""
+        with self._lock:
+            self._make_room(spec, options)
+
     def clear(self) -> None:
         """Free every model held."""
         with self._lock:

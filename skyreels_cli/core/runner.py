@@ -81,12 +81,15 @@ def check(job: Job, *, parallel: Parallel | None = None) -> Checked:
 
 
 def run(job: Job, *, pool=None, cancel: Cancel | None = None, on_event: OnEvent | None = None,
-        on_window: Callable[[WindowFrames], None] | None = None, progress: bool = True) -> Result | None:
+        on_window: Callable[[WindowFrames], None] | None = None, progress: bool = True,
+        parallel: Parallel | None = None) -> Result | None:
     """Check `job`, load its model (or take it from `pool`, a `ModelPool`), make the video.
 
     `cancel`, `on_event`, `on_window`, `progress`: as for `Model.generate`. A run estimated to take more than
-    an hour warns first (`sk.SkyreelsWarning`)."""
-    parallel = init_parallel(job.load.device) if launched_by_torchrun() else None
+    an hour warns first (`sk.SkyreelsWarning`). `parallel`: a process group already joined (the service's
+    workers join one per job); without it, the group torchrun describes when started by torchrun."""
+    if parallel is None and launched_by_torchrun():
+        parallel = init_parallel(job.load.device)
     if parallel is not None and not parallel.is_main:
         return _follow(parallel, pool, progress)
     told = False

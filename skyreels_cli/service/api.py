@@ -222,8 +222,8 @@ def video_object(store: Store, row: dict) -> dict:
         "command": row["command"], "frames": row["frames"], "fps": fps, "seed": row["seed"],
         "windows": row["windows"], "windows_done": row["windows_done"],
         "eta_s": row["eta_s"] if row["status"] in ("queued", "in_progress") else None,
-        "queue_position": store.position(row), "priority": row["priority"], "worker": row["worker"],
-        "attempts": row["attempts"],
+        "queue_position": store.position(row), "priority": row["priority"], "gpus": row["gpus"],
+        "worker": row["worker"], "attempts": row["attempts"],
     }
 
 
@@ -280,16 +280,22 @@ async def _save(upload, folder: Path, name: str) -> Path:
 
 
 def _checked(service: Service, sub: Submission, job_id: str, uploads: dict[str, Path]) -> NewJob:
-    """The job checked by the library as a whole (`sk.check`: model, sizes, lengths, inputs, memory plan), its
-    output put in its own folder and its seed drawn: what the queue records."""
+    """The job checked by the library as a whole (`sk.check`: model, sizes, lengths, inputs, memory plan; over
+    `gpus` processes, the split of its tokens and the layout), its output put in its own folder and its seed drawn:
+    what the queue records."""
     from .. import check
     from ..core.resolve import window_plan
     from ..models.naming import resolve_model
 
+    _check_gpus(service, sub.gpus)
     job = replace(sub.job, output=str(service.state_dir / "videos" / job_id / "video.mp4"))
+    # --ulysses and --ring mean something only over several processes: checked with them below
+    alone = replace(job, load=replace(job.load, ulysses=None, ring=None))
     with http_spelling():
         try:
-            checked = check(job)
+            checked = check(alone)
+            if sub.gpus > 1:
+                _check_layout(checked, job.load, sub.gpus)
         except DeviceError as err:
             if service.offer.gpus:
                 raise as_http(err, uploads) from None
@@ -303,7 +309,35 @@ def _checked(service: Service, sub: Submission, job_id: str, uploads: dict[str, 
     stored = replace(job, request=replace(job.request, seed=r.seed))
     windows = len(window_plan(r).windows) if checked.spec.forcing else 1
     return NewJob(stored.to_dict(), job.command, checked.spec.alias, r.frames, r.width, r.height, r.fps, r.seed,
-                  windows, sub.priority)
+                  windows, sub.priority, sub.gpus)
+
+
+def _check_gpus(service: Service, gpus: int) -> None:
+    """A job's GPUs are workers of one machine: no more than the service has there."""
+    most = max(service.scheduler.fleet.capacity().values(), default=0)
+    if gpus > max(most, 1):
+        raise HttpError(400, f'"gpus": {gpus} is more than this service has on one machine ({most} worker'
+                             f'{"s" if most != 1 else ""}, one GPU each); ask for {most} or fewer', "gpus")
+
+
+def _check_layout(checked, load, gpus: int) -> None:
+    """Over `gpus` processes: every call's tokens must split evenly, and the layout asked for (or the default one)
+    must suit the model's attention heads (read from its config when it is on this machine)."""
+    from ..core.resolve import check_split
+    from ..models.hub import cached_snapshot
+    from ..runtime.parallel import choose_layout
+
+    try:
+        check_split(checked.job.request, checked.spec, gpus)
+    except SkyreelsError as err:
+        raise HttpError(400, f'"gpus": {gpus}: {err}', "gpus") from None
+    folder = cached_snapshot(checked.spec)
+    config = folder / "transformer" / "config.json" if folder is not None else None
+    if config is not None and config.is_file():
+        try:
+            choose_layout(json.loads(config.read_text())["num_attention_heads"], gpus, load.ulysses, load.ring)
+        except SkyreelsError as err:
+            raise HttpError(400, str(err), "ulysses" if load.ulysses is not None else "ring") from None
 
 
 async def _event_stream(store: Store, video_id: str, last: int, request: Request):

@@ -100,9 +100,10 @@ class Client:
 
     # ------------------------------------------------------------ jobs
 
-    def submit(self, job, *, idempotency_key: str | None = None) -> dict:
-        """Submit a library `Job`: its settings as fields, its input files as uploads. The job object."""
-        settings, files = job_fields(job)
+    def submit(self, job, *, idempotency_key: str | None = None, gpus: int | None = None) -> dict:
+        """Submit a library `Job` (to run on `gpus` workers at once): its settings as fields, its input files as
+        uploads. The job object."""
+        settings, files = job_fields(job, gpus)
         body, kind = multipart(settings, files)
         headers = {"Content-Type": kind, "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         conn, response = self._open("POST", "/v1/videos", body, headers)
@@ -219,13 +220,15 @@ def library_event(kind: str, data: dict, base: str):
     return cls(**values)
 
 
-def job_fields(job) -> tuple[dict, dict[str, Path]]:
+def job_fields(job, gpus: int | None = None) -> tuple[dict, dict[str, Path]]:
     """A library `Job` as a submission: (fields, uploads by field). What the service owns is left out or refused:
-    the output (downloaded here), the device (its workers'), resuming (it resumes its jobs itself)."""
+    the output (downloaded here), the device (its workers'), resuming (it resumes its jobs itself), the layout of
+    a job on one GPU."""
     if job.resume:
         raise UsageError("--resume is not needed with --server: the service continues its interrupted jobs itself")
     given = job.load.given()
-    for name in ("device", "vram_gb", "ulysses", "ring"):
+    owned = ("device", "vram_gb") if gpus is not None and gpus > 1 else ("device", "vram_gb", "ulysses", "ring")
+    for name in owned:
         if name in given and not (name == "device" and given[name] == "auto"):
             from ..errors import setting
 
@@ -245,6 +248,8 @@ def job_fields(job) -> tuple[dict, dict[str, Path]]:
         out["model"] = job.model
     if job.enhance is not None:
         out["enhance"] = True if job.enhance == "default" else job.enhance
+    if gpus is not None:
+        out["gpus"] = gpus
     return out, files
 
 

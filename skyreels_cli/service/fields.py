@@ -35,12 +35,14 @@ OWNED = {  # fields the service decides: why a client cannot give them
     "overwrite": "each job writes its own new video",
     "resume": "the service resumes interrupted jobs itself",
     "prompt_original": "it is recorded when a prompt is enhanced",
-    "ulysses": "a job runs on one GPU of this service",
-    "ring": "a job runs on one GPU of this service",
+    "ulysses": 'it lays out a job over several GPUs, so it comes with "gpus": N',
+    "ring": 'it lays out a job over several GPUs, so it comes with "gpus": N',
 }
+LAYOUT = ("ulysses", "ring")  # the service's to choose unless a job asks for several GPUs
 CLIENT_LOAD_OPTIONS = tuple(name for name in BY_NAME if name not in OWNED)
 REQUEST_NAMES = tuple(dict.fromkeys(n for c in COMMANDS for n in COMMAND_FIELDS[c] if n not in PATH_FIELDS))
 PRIORITY_RANGE = (-100, 100)
+MAX_GPUS = 1 << 10
 
 
 class HttpError(Exception):
@@ -96,7 +98,11 @@ def submission(given: dict, uploads: dict[str, Path], offer: Offer, *, form: boo
     `given`: the fields (JSON values, or text from a form when `form`); `uploads`: the files received, by field
     (input_reference, end_reference, input_video), already saved where the service keeps them."""
     given = dict(given)
-    _refuse_unknown(given)
+    gpus = given.pop("gpus", 1)
+    if form:
+        gpus = _from_text("gpus", gpus)
+    gpus = _whole(gpus, "gpus", 1, MAX_GPUS)
+    _refuse_unknown(given, layout=gpus > 1)
     if form:
         given = {name: _from_text(name, value) for name, value in given.items()}
     for name in ("prompt", "negative_prompt"):
@@ -105,8 +111,6 @@ def submission(given: dict, uploads: dict[str, Path], offer: Offer, *, form: boo
     if command not in COMMANDS:
         raise HttpError(400, f'"command": {json.dumps(command)} is not one of {", ".join(COMMANDS)}', "command")
     priority = _whole(given.pop("priority", 0), "priority", *PRIORITY_RANGE)
-    gpus = _whole(given.pop("gpus", 1), "gpus", 1, 1 << 10)
-    _check_gpus(gpus, offer)
     settings = _openai(given)
     script = settings.pop("script", None)
     if script is not None:
@@ -149,8 +153,11 @@ def as_http(err: SkyreelsError, uploads: dict[str, Path] | None = None) -> HttpE
 
 # ------------------------------------------------------------------ each kind of field
 
-def _refuse_unknown(given: dict) -> None:
+def _refuse_unknown(given: dict, layout: bool = False) -> None:
+    """Refuse a field no client may give; `layout`: the job asks for several GPUs, so it may lay them out."""
     for name in given:
+        if layout and name in LAYOUT:
+            continue
         if name in UPLOADS:
             raise HttpError(400, f"{name} is a file: send it as a multipart upload", name)
         if name in PATH_FIELDS:
@@ -216,15 +223,6 @@ def _whole(value, name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise HttpError(400, f'"{name}": {json.dumps(value)} must be a whole number from {low} to {high}', name)
     return value
-
-
-def _check_gpus(gpus: int, offer: Offer) -> None:
-    if gpus == 1:
-        return
-    if offer.gpus == 0:
-        raise HttpError(400, f'"gpus": {gpus}: this service runs on the CPU, one worker per job', "gpus")
-    raise HttpError(400, f'"gpus": {gpus}: a job runs on one GPU of this service; for context parallelism over '
-                         "several, run it with `skyreels ... --gpus N` for now", "gpus")
 
 
 def _openai(given: dict) -> dict:

@@ -24,7 +24,9 @@ SERVICE = {
     "size": {"type": "string", "help": "WIDTHxHEIGHT, e.g. 960x544 (or width and height)."},
     "priority": {"type": "integer", "help": f"Higher runs first ({PRIORITY_RANGE[0]} to {PRIORITY_RANGE[1]}; "
                  "default 0); equal priorities run first in, first out."},
-    "gpus": {"type": "integer", "help": "GPUs for this job (1)."},
+    "gpus": {"type": "integer", "help": "GPUs for this job (default 1): more split each step over that many "
+             "workers of one machine (context parallelism, as skyreels --gpus N); it waits until they are free. "
+             "With it, ulysses and ring choose the layout."},
     "script": {"type": "string", "help": "A shot list's TOML text ([[shot]] tables with a prompt and frames or "
                "seconds): one continuous extend video."},
     "enhance": {"type": "boolean", "help": "Rewrite the prompt with the registry's local LLM first."},

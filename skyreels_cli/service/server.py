@@ -125,7 +125,7 @@ def serve(config: ServiceConfig) -> None:
     from .fields import Offer
     from .scheduler import Scheduler
     from .store import Store
-    from .workers import ProcessWorker
+    from .workers import ProcessFleet
 
     check_config(config)
     state = Path(config.state_dir).expanduser().resolve()
@@ -133,7 +133,7 @@ def serve(config: ServiceConfig) -> None:
     sock = bind(config.host, config.port)
     state.mkdir(parents=True, exist_ok=True)
     store = Store(state / "queue.db")
-    scheduler = Scheduler(store, state, configs, ProcessWorker)
+    scheduler = Scheduler(store, state, ProcessFleet(configs))
     offer = Offer(tuple(config.models), dict(config.loras), gpus=sum(c.device == "cuda" for c in configs),
                   max_prompt_chars=config.max_prompt_chars)
     service = Service(store, scheduler, offer, state, config)

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at INTEGER NOT NULL,
     idempotency_key TEXT UNIQUE,
     priority INTEGER NOT NULL DEFAULT 0,
+    gpus INTEGER NOT NULL DEFAULT 1,            -- workers (one GPU each) the job runs on at once
     status TEXT NOT NULL,
     job TEXT NOT NULL,                          -- Job.to_dict() as JSON: what a worker runs
     command TEXT NOT NULL,
@@ -77,6 +78,7 @@ class NewJob:
     seed: int
     windows: int
     priority: int = 0
+    gpus: int = 1
 
 
 def new_id() -> str:
@@ -93,7 +95,11 @@ class Store:
         self._local = threading.local()
         self._write = threading.Lock()
         with self._write:
-            self._db().executescript(_SCHEMA)
+            db = self._db()
+            db.executescript(_SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "gpus" not in columns:  # a queue made before jobs could ask for several GPUs
+                db.execute("ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 1")
 
     # ------------------------------------------------------------ connections
 
@@ -144,10 +150,10 @@ class Store:
                     raise QueueFull(waiting)
             now = int(time.time())
             db.execute(
-                "INSERT INTO jobs (id, created_at, idempotency_key, priority, status, job, command, model, frames, "
-                "width, height, fps, seed, windows) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, idempotency_key, new.priority, json.dumps(new.job), new.command, new.model, new.frames,
-                 new.width, new.height, new.fps, new.seed, new.windows))
+                "INSERT INTO jobs (id, created_at, idempotency_key, priority, gpus, status, job, command, model, frames, "
+                "width, height, fps, seed, windows) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, now, idempotency_key, new.priority, new.gpus, json.dumps(new.job), new.command, new.model,
+                 new.frames, new.width, new.height, new.fps, new.seed, new.windows))
             _event(db, job_id, "job", {"status": "queued"})
             return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
 
@@ -223,6 +229,13 @@ class Store:
             db.execute(f"UPDATE jobs SET status = ?, error = ?, error_param = ?, completed_at = ?{extra} "
                        "WHERE id = ?", (status, error, param, int(time.time()), job_id))
             _event(db, job_id, "job", {"status": status, **({"error": error} if error else {})})
+
+    def requeue(self, job_id: str, reason: str) -> None:
+        """A running job back in the queue in its place (its worker was lost with its machine)."""
+        with self._lock() as db:
+            db.execute("UPDATE jobs SET status = 'queued', worker = NULL WHERE id = ? AND status = 'in_progress'",
+                       (job_id,))
+            _event(db, job_id, "job", {"status": "queued", "reason": reason})
 
     def cancel(self, job_id: str) -> dict | None:
         """Cancel: a queued job at once; a running one is marked, and its worker told by the scheduler."""

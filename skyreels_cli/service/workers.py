@@ -1,13 +1,16 @@
-"""Workers: what runs the jobs. The scheduler knows a worker only through `Worker`: hand it a job, cancel it,
-read what it reports; `ProcessWorker` is one process on this machine (one per GPU, or one on the CPU), and a
-Ray actor could be another (issue 17).
+"""Workers: what runs the jobs. The scheduler knows a worker only through `Worker`: hand it a job (alone, or as
+one rank of a group), cancel it, read what it reports; and it gets its workers from a `Fleet`, which starts them,
+replaces the dead and (on a cluster) adds workers for machines that join. `ProcessWorker` is one process on this
+machine (one per GPU, or CPU workers), `ProcessFleet` the fixed set of them; `service/ray_workers.py` has the
+Ray actors (issue 17).
 
 A worker process loads each model once and keeps it (`sk.ModelPool`), runs one job at a time through the
 library's runner (`sk.run`), and reports plain data: the library's progress events, warnings, and how each
 job ended. It writes only inside the job's own folder of the state directory. It dies with the service (the
 kernel's parent-death signal, and the end of its pipe), so a killed service leaves no run writing behind it;
 its own death (out of memory, a crash) costs only the job it held: the scheduler fails that job and starts a
-new worker.
+new worker. A job with several GPUs runs on several workers at once, each joining one process group for it
+(`service/groups.py`): rank 0 reports and writes, the others follow.
 
 Reports (dicts, `type` first): `ready` (pid, device), `event` (job, event: a library event as data),
 `warning` (job, message), `done` (job, result), `failed` (job, message, field), `cancelled` (job),
@@ -19,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -31,14 +35,17 @@ class Worker(Protocol):
 
     name: str                 # "cpu", "gpu0", ...
     device: str               # what the worker's jobs run on, as `LoadOptions.device` says it
+    node: str                 # the machine it runs on: a group job's workers share one
     ready: bool               # started and waiting for work
     job: str | None           # the job it holds
     held: list[str]           # model aliases it has loaded
+    lost: bool                # it died with its machine (not of its job): the job goes back to the queue
 
     def start(self) -> None: ...
 
-    def run(self, job_id: str, job: dict) -> None:
-        """Hand it one job (`Job.to_dict()`); it must be idle."""
+    def run(self, job_id: str, job: dict, group: dict | None = None) -> None:
+        """Hand it one job (`Job.to_dict()`); it must be idle. `group`: its place in a group job
+        (`groups.Rendezvous.member`)."""
 
     def cancel(self, job_id: str) -> None: ...
 
@@ -55,6 +62,25 @@ class Worker(Protocol):
     def stop(self) -> None: ...
 
 
+class Fleet(Protocol):
+    """Where the scheduler's workers come from."""
+
+    def start(self) -> list[Worker]:
+        """The first workers, started."""
+
+    def replace(self, dead: Worker) -> Worker | None:
+        """A worker started in the place of one that died (None: its place is gone, e.g. its machine)."""
+
+    def grow(self, workers: list[Worker]) -> list[Worker]:
+        """Workers started for capacity that appeared since (a machine that joined a cluster); called often."""
+
+    def rendezvous(self, members: list[Worker]):
+        """Where a group job's members meet (`groups.Rendezvous`)."""
+
+    def capacity(self) -> dict[str, int]:
+        """Workers per machine that the fleet can have: how many GPUs a job may ask for."""
+
+
 @dataclass
 class WorkerConfig:
     name: str
@@ -69,9 +95,11 @@ class ProcessWorker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.name, self.device = config.name, config.device
+        self.node = socket.gethostname()
         self.ready = False
         self.job: str | None = None
         self.held: list[str] = []
+        self.lost = False  # a process of this machine dies of its job (or by hand), never of another machine
         self.pid: int | None = None
         self._process = None
         self._conn: Connection | None = None
@@ -86,9 +114,9 @@ class ProcessWorker:
         self._conn = ours
         self.pid = self._process.pid
 
-    def run(self, job_id: str, job: dict) -> None:
+    def run(self, job_id: str, job: dict, group: dict | None = None) -> None:
         self.job = job_id
-        self._send({"type": "run", "job": job_id, "spec": job})
+        self._send({"type": "run", "job": job_id, "spec": job, "group": group})
 
     def cancel(self, job_id: str) -> None:
         self._send({"type": "cancel", "job": job_id})
@@ -138,6 +166,37 @@ class ProcessWorker:
             self._conn.close()
 
 
+class ProcessFleet:
+    """The workers of `skyreels serve` on one machine: one process per configuration, replaced when it dies."""
+
+    def __init__(self, configs: list[WorkerConfig]) -> None:
+        self.configs = configs
+
+    def start(self) -> list[Worker]:
+        return [self._start(config) for config in self.configs]
+
+    def replace(self, dead: Worker) -> Worker:
+        config = dead.config
+        return self._start(WorkerConfig(config.name, config.device, {**config.env, FAULT: None}, config.threads))
+
+    def grow(self, workers: list[Worker]) -> list[Worker]:
+        return []
+
+    def rendezvous(self, members: list[Worker]):
+        from .groups import Rendezvous
+
+        return Rendezvous("127.0.0.1")
+
+    def capacity(self) -> dict[str, int]:
+        return {socket.gethostname(): len(self.configs)}
+
+    @staticmethod
+    def _start(config: WorkerConfig) -> ProcessWorker:
+        worker = ProcessWorker(config)
+        worker.start()
+        return worker
+
+
 # ------------------------------------------------------------------ inside the worker process
 
 def worker_main(conn: Connection, config: WorkerConfig, parent: int) -> None:
@@ -181,81 +240,110 @@ def worker_main(conn: Connection, config: WorkerConfig, parent: int) -> None:
     pool = ModelPool(progress=False)
     while (message := jobs.get()) is not None:
         job_id = message["job"]
-        conn.send(run_job(job_id, message["spec"], config.device, pool, cancels[job_id], conn.send))
+        conn.send(run_job(job_id, message["spec"], config.device, pool, cancels[job_id], conn.send,
+                          group=message.get("group")))
         cancels.pop(job_id, None)
         conn.send({"type": "held", "models": [m.spec.alias for m in pool.models]})
 
 
-def run_job(job_id: str, spec: dict, device: str, pool, cancel, send) -> dict:
-    """Run one job; what it ended with, as a report. Its progress goes to `send` as it comes."""
-    import traceback
+def run_job(job_id: str, spec: dict, device: str, pool, cancel, send, group: dict | None = None) -> dict:
+    """Run one job; what it ended with, as a report. Its progress goes to `send` as it comes.
+
+    `group`: this worker's place in a group job (`groups.Rendezvous.member`): it frees the models it holds if the
+    job's would not fit beside them, joins the group, runs its rank of the job and leaves. Only rank 0 reports
+    progress and writes; the others report `done` when they are free again."""
     import warnings
-    from dataclasses import replace
 
     from .. import run
-    from ..core.job import Job
-    from ..errors import Cancelled, SkyreelsError, SkyreelsWarning, http_spelling
+    from ..errors import SkyreelsWarning, http_spelling
+
+    main = group is None or group["rank"] == 0  # the others of a group say nothing: rank 0 speaks for the job
 
     def on_event(event) -> None:
         send({"type": "event", "job": job_id, "event": event_data(event)})
 
     def on_warning(message, category, *args, **kwargs) -> None:
-        if issubclass(category, SkyreelsWarning):
+        if issubclass(category, SkyreelsWarning) and main:
             send({"type": "warning", "job": job_id, "message": str(message)})
 
+    with http_spelling(), warnings.catch_warnings():
+        warnings.simplefilter("always", SkyreelsWarning)
+        warnings.showwarning = on_warning
+        if group is None:
+            return _report(job_id, lambda: run(_job(spec, device), pool=pool, cancel=cancel, on_event=on_event,
+                                               progress=False))
+        try:
+            return _run_in_group(job_id, _job(spec, device), group, pool, cancel if main else None,
+                                 on_event if main else None)
+        except Exception as err:  # noqa: BLE001  joining or leaving failed: the job fails, the worker goes on
+            return _failure(job_id, err)
+
+
+def _job(spec: dict, device: str):
+    """The job as this worker runs it: on its device."""
+    from dataclasses import replace
+
+    from ..core.job import Job
+
+    job = Job.from_dict(spec)
+    return replace(job, load=replace(job.load, device=device))
+
+
+def _run_in_group(job_id: str, job, group: dict, pool, cancel, on_event) -> dict:
+    """This worker's rank of a group job, as a report. The models it holds make room first where memory needs it;
+    the group's model is loaded for the job and freed with it (it is bound to the group)."""
+    import gc
+
+    from .. import run
+    from ..models.naming import resolve_model
+    from .groups import joined
+
+    pool.make_room(resolve_model(job.model, job.command), job.load)
     try:
-        with http_spelling(), warnings.catch_warnings():
-            warnings.simplefilter("always", SkyreelsWarning)
-            warnings.showwarning = on_warning
-            job = Job.from_dict(spec)
-            job = replace(job, load=replace(job.load, device=device))
-            finished = _finished(job)
-            if finished is not None:  # made by a run the service was killed before it heard the end of
-                return {"type": "done", "job": job_id, "result": finished}
-            job = replace(job, resume=_resumable(job))
-            result = run(job, pool=pool, cancel=cancel, on_event=on_event, progress=False)
-        return {"type": "done", "job": job_id,
-                "result": {"frames": result.frames, "resumed": result.resumed, "timings_s": result.timings_s}}
-    except Cancelled:  # the library's message says how to resume, which is the service's business here
+        with joined(group, job.load.device) as parallel:
+            report = _report(job_id, lambda: run(job, parallel=parallel, cancel=cancel, on_event=on_event,
+                                                 progress=False))
+            # The group's model (and the meshes its hooks hold) goes before the group is left: then a rank
+            # still waiting in a collective (rank 0 stopped: cancelled, failed) hears of it at once.
+            gc.collect()
+        return report
+    finally:
+        gc.collect()
+        _empty_cuda_cache()
+
+
+def _report(job_id: str, call) -> dict:
+    """`call()` (a run) as a report: `done` with the Result's figures (none for a rank but the first of a group,
+    whose run returns None), or how it stopped."""
+    try:
+        result = call()
+    except Exception as err:  # noqa: BLE001  every way a run stops is a report
+        return _failure(job_id, err)
+    figures = None
+    if result is not None:
+        figures = {"frames": result.frames, "resumed": result.resumed, "timings_s": result.timings_s}
+    return {"type": "done", "job": job_id, "result": figures}
+
+
+def _failure(job_id: str, err: Exception) -> dict:
+    import traceback
+
+    from ..errors import Cancelled, SkyreelsError
+
+    if isinstance(err, Cancelled):  # the library's message says how to resume, which is the service's business
         return {"type": "cancelled", "job": job_id}
-    except SkyreelsError as err:
+    if isinstance(err, SkyreelsError):
         return {"type": "failed", "job": job_id, "message": str(err), "field": err.field}
-    except Exception as err:  # noqa: BLE001  a bug: its job fails, the worker and the others go on
-        traceback.print_exc()
-        return {"type": "failed", "job": job_id, "message": f"internal error: {type(err).__name__}: {err}",
-                "field": None}
+    # a bug: its job fails, the worker and the others go on
+    traceback.print_exception(err)
+    return {"type": "failed", "job": job_id, "message": f"internal error: {type(err).__name__}: {err}", "field": None}
 
 
-def _target(job):
-    from ..media.targets import resolve_output
+def _empty_cuda_cache() -> None:
+    import torch
 
-    return resolve_output(job.output, prompt="", seed=0, overwrite=True, create=False)
-
-
-def _finished(job) -> dict | None:
-    """The result of a job whose video is already whole (its run ended as the service died)."""
-    from ..forcing.resume import state_path
-
-    target = _target(job)
-    if target.path.is_file() and target.sidecar.is_file() and not state_path(target.work_dir).is_file():
-        return {"frames": job.request.frames, "resumed": False, "timings_s": {}}
-    return None
-
-
-def _resumable(job) -> bool:
-    """Whether an interrupted run of this job left its resume state: then it continues from there. Otherwise the
-    job's folder is emptied of what an interrupted run left (a clip starts again)."""
-    import shutil
-
-    from ..forcing.resume import state_path
-
-    target = _target(job)
-    if state_path(target.work_dir).is_file():
-        return True
-    folder = target.path.parent
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    return False
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def event_data(event) -> dict:
