@@ -75,8 +75,9 @@ def test_a_group_job_keeps_its_place_until_both_workers_are_free(server):
     t = {job["id"]: event_times(server, job["id"]) for job in (long, group, behind)}
     assert t[long["id"]]["in_progress"] < t[group["id"]]["in_progress"], "the long job ran first"
     assert t[group["id"]]["in_progress"] >= t[long["id"]]["completed"], "the group waited for both workers"
-    # the free worker was held for the group job: the job behind it did not take it
-    assert t[behind["id"]]["in_progress"] >= t[group["id"]]["completed"] - 0.5
+    # the free worker was held for the group job: the job behind it did not take it (it may start as soon as the
+    # group's rank 1 is done, before rank 0 has written the video: only the order of starts is the queue's)
+    assert t[behind["id"]]["in_progress"] >= t[group["id"]]["in_progress"], "the job behind jumped the group"
 
 
 def test_a_cancelled_group_job_frees_both_workers(server):
