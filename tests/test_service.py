@@ -196,3 +196,14 @@ def test_a_bad_upload_is_refused_by_its_field_and_its_file_removed(server):
     assert uploads(server) == before
     status, body, _ = server.call("GET", "/v1/videos/video_0123/content")
     assert status == 404 and body["error"]["param"] == "id"
+
+
+def test_without_ray_installed_ray_is_one_line_saying_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from .conftest import invoke, one_line_error
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as where it is not installed
+    message = one_line_error(invoke("serve", "--ray", "auto", "--port", "0", "--state-dir", tmp_path / "state"))
+    assert "pip install" in message and "[ray]" in message, message
+    assert not (tmp_path / "state").exists(), "nothing made"
