@@ -207,3 +207,28 @@ def test_without_ray_installed_ray_is_one_line_saying_how_to_install(monkeypatch
     message = one_line_error(invoke("serve", "--ray", "auto", "--port", "0", "--state-dir", tmp_path / "state"))
     assert "pip install" in message and "[ray]" in message, message
     assert not (tmp_path / "state").exists(), "nothing made"
+
+
+def test_a_cluster_whose_gpus_are_elsewhere_admits_a_real_model_checked_as_far_as_this_machine_can(tmp_path):
+    # `serve --ray` on a head without a GPU: the released model cannot be checked on a GPU here, but everything else is
+    from skyreels_cli.service.admission import admit
+    from skyreels_cli.service.fields import HttpError, Offer
+
+    job = sk.Job("extend", sk.Request(prompt="a fox", frames=257, seed=1), model="df-1.3b-540p")
+    new = admit(job, "video_" + "0" * 24, tmp_path, Offer(gpus=2, gpus_elsewhere=True), {"node": 2})
+    assert (new.model, new.frames, new.windows, new.width, new.height) == ("df-1.3b-540p", 257, 3, 960, 544)
+    with pytest.raises(HttpError, match="frames") as bad:
+        admit(sk.Job("extend", sk.Request(prompt="a fox", frames=-4), model="df-1.3b-540p"), "video_" + "1" * 24,
+              tmp_path, Offer(gpus=2, gpus_elsewhere=True), {"node": 2})
+    assert bad.value.param == "frames"
+    if not torch_has_cuda():  # on one machine, its own lack of a GPU is the answer
+        with pytest.raises(HttpError) as here:
+            admit(job, "video_" + "2" * 24, tmp_path, Offer(gpus=2), {"node": 2})
+        assert here.value.status == 400
+    assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
