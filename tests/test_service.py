@@ -232,3 +232,23 @@ def torch_has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+CLUSTER_MISUSE = [
+    (["serve", "--shared-dir", "shared"], "goes with --ray"),
+    (["serve", "--ray", "auto", "--gpus", "0,1"], "with --ray every GPU of the cluster gets a worker"),
+    (["batch", "jobs.toml", "--ray", "local", "--dry-run"], "--dry-run checks the jobs on this machine"),
+    (["batch", "jobs.toml", "--ray", "local", "--device", "cpu"], "--device is the cluster's workers' to choose"),
+    (["batch", "jobs.toml", "--state-dir", "state"], "it goes with --ray"),
+]
+
+
+@pytest.mark.parametrize("args, words", CLUSTER_MISUSE, ids=[" ".join(a[:3]) for a, _ in CLUSTER_MISUSE])
+def test_cluster_options_used_wrongly_are_one_line_before_anything_starts(args, words, tmp_path, monkeypatch):
+    from .conftest import invoke, one_line_error
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs.toml").write_text('[[job]]\ncommand = "t2v"\nprompt = "a cat"\nmodel = "tiny"\n')
+    extra = ["--state-dir", "state", "--port", "0"] if args[0] == "serve" else ["--quiet"]
+    assert words in one_line_error(invoke(*args, *extra))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.toml"], "nothing made"
