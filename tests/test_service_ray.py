@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from .service_helpers import TINY_EXTEND, Server
+from .service_helpers import TINY_EXTEND, Server, need_ray
 
-ray = pytest.importorskip("ray", reason="the [ray] extra (pip install '.[ray]'): CI installs it")
+ray = need_ray()
 
 # Ray clusters and services of several actors: a few minutes.
 pytestmark = pytest.mark.slow
