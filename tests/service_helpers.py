@@ -22,6 +22,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 START_S = 120
 TINY_EXTEND = {"command": "extend", "model": "tiny", "prompt": "a red fox", "height": 48, "width": 48, "steps": 2,
                "frames": 57, "base_frames": 17, "overlap": 5, "seed": 5}  # four windows of a few steps
@@ -179,3 +181,15 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def need_ray():
+    """Ray (the [ray] extra), or a skip where it is not installed; where CI installed it (SKYREELS_REQUIRE_RAY=1,
+    set by .ci/run) its absence fails instead, so the cluster tests cannot be skipped into a green run."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("SKYREELS_REQUIRE_RAY"):
+            pytest.fail("Ray is not installed: CI installs the [ray] extra (pip install -e '.[test,ray]')")
+        pytest.skip("the [ray] extra is not installed (pip install '.[ray]')", allow_module_level=True)
+    return ray

@@ -196,3 +196,59 @@ def test_a_bad_upload_is_refused_by_its_field_and_its_file_removed(server):
     assert uploads(server) == before
     status, body, _ = server.call("GET", "/v1/videos/video_0123/content")
     assert status == 404 and body["error"]["param"] == "id"
+
+
+def test_without_ray_installed_ray_is_one_line_saying_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from .conftest import invoke, one_line_error
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as where it is not installed
+    message = one_line_error(invoke("serve", "--ray", "auto", "--port", "0", "--state-dir", tmp_path / "state"))
+    assert "pip install" in message and "[ray]" in message, message
+    assert not (tmp_path / "state").exists(), "nothing made"
+
+
+def test_a_cluster_whose_gpus_are_elsewhere_admits_a_real_model_checked_as_far_as_this_machine_can(tmp_path):
+    # `serve --ray` on a head without a GPU: the released model cannot be checked on a GPU here, but everything else is
+    from skyreels_cli.service.admission import admit
+    from skyreels_cli.service.fields import HttpError, Offer
+
+    job = sk.Job("extend", sk.Request(prompt="a fox", frames=257, seed=1), model="df-1.3b-540p")
+    new = admit(job, "video_" + "0" * 24, tmp_path, Offer(gpus=2, gpus_elsewhere=True), {"node": 2})
+    assert (new.model, new.frames, new.windows, new.width, new.height) == ("df-1.3b-540p", 257, 3, 960, 544)
+    with pytest.raises(HttpError, match="frames") as bad:
+        admit(sk.Job("extend", sk.Request(prompt="a fox", frames=-4), model="df-1.3b-540p"), "video_" + "1" * 24,
+              tmp_path, Offer(gpus=2, gpus_elsewhere=True), {"node": 2})
+    assert bad.value.param == "frames"
+    if not torch_has_cuda():  # on one machine, its own lack of a GPU is the answer
+        with pytest.raises(HttpError) as here:
+            admit(job, "video_" + "2" * 24, tmp_path, Offer(gpus=2), {"node": 2})
+        assert here.value.status == 400
+    assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+CLUSTER_MISUSE = [
+    (["serve", "--shared-dir", "shared"], "goes with --ray"),
+    (["serve", "--ray", "auto", "--gpus", "0,1"], "with --ray every GPU of the cluster gets a worker"),
+    (["batch", "jobs.toml", "--ray", "local", "--dry-run"], "--dry-run checks the jobs on this machine"),
+    (["batch", "jobs.toml", "--ray", "local", "--device", "cpu"], "--device is the cluster's workers' to choose"),
+    (["batch", "jobs.toml", "--state-dir", "state"], "it goes with --ray"),
+]
+
+
+@pytest.mark.parametrize("args, words", CLUSTER_MISUSE, ids=[" ".join(a[:3]) for a, _ in CLUSTER_MISUSE])
+def test_cluster_options_used_wrongly_are_one_line_before_anything_starts(args, words, tmp_path, monkeypatch):
+    from .conftest import invoke, one_line_error
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs.toml").write_text('[[job]]\ncommand = "t2v"\nprompt = "a cat"\nmodel = "tiny"\n')
+    extra = ["--state-dir", "state", "--port", "0"] if args[0] == "serve" else ["--quiet"]
+    assert words in one_line_error(invoke(*args, *extra))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.toml"], "nothing made"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .service_helpers import Server
+from .service_helpers import Server, need_ray
 
 pytestmark = pytest.mark.slow  # a browser and a service: about half a minute
 
@@ -45,8 +45,11 @@ def play(video) -> dict:
     }""")
 
 
-def test_a_job_from_the_page_shows_progress_and_plays(hub_models, browser, tmp_path):
-    with Server(tmp_path / "state", "--model", "tiny") as server:
+@pytest.mark.parametrize("workers", [[], ["--ray", "local"]], ids=["processes", "ray-local"])
+def test_a_job_from_the_page_shows_progress_and_plays(hub_models, browser, tmp_path, workers):
+    if workers:
+        need_ray()
+    with Server(tmp_path / "state", "--model", "tiny", *workers) as server:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         errors = []
         page.on("pageerror", lambda err: errors.append(str(err)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,6 +17,10 @@ def batch(
     file: Annotated[str, typer.Argument(help="The jobs file (TOML): defaults, then [[job]] tables.")],
     overwrite: Overwrite = False, quiet: Quiet = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every job and print what each would make; load and write nothing.")] = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Run the jobs side by side on a Ray cluster's workers, one per GPU, through the service's queue: auto (the cluster `ray start` made), local (start one here), or HOST:PORT.")] = None,
+    state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="With --ray: keep the queue here, so that the same command run again after a crash continues its jobs (default: a temporary folder).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="With --ray on a cluster without GPUs: workers per node.")] = 1,
+    shared_dir: Annotated[Optional[str], typer.Option("--shared-dir", help="With --ray: a folder every node mounts at the same path, where the workers write directly.")] = None,
     *, load: dict,
 ) -> None:
     """Many videos from one file, each model loaded once for all its jobs.
@@ -39,8 +43,17 @@ def batch(
 
         skyreels batch jobs.toml --dry-run
         skyreels batch jobs.toml --device cuda:1
+        skyreels batch jobs.toml --ray auto
     """
     with user_errors("batch", quiet):
+        if ray is not None:
+            _on_cluster(file, ray, overwrite, quiet, dry_run, state_dir, workers, shared_dir, load)
+            return
+        if state_dir is not None or shared_dir is not None:
+            from ..errors import UsageError
+
+            raise UsageError(f"{'--state-dir' if state_dir is not None else '--shared-dir'} is the queue's of a "
+                             "batch on a cluster: it goes with --ray")
         from ..core.batch import read_batch, run_batch
         from ..core.pool import ModelPool
 
@@ -56,6 +69,38 @@ def batch(
             typer.echo(summary(outcomes, dry_run), err=True)
         if any(o.failed for o in outcomes):
             raise typer.Exit(1)
+
+
+def _on_cluster(file: str, address: str, overwrite: bool, quiet: bool, dry_run: bool, state_dir, workers: int,
+                shared_dir, load: dict) -> None:
+    """The jobs through the service's queue on a Ray cluster (service/batch.py), side by side."""
+    from pathlib import Path
+
+    from ..core.batch import read_batch
+    from ..errors import UsageError
+    from ..service.batch import run_on_cluster
+
+    if dry_run:
+        raise UsageError("--dry-run checks the jobs on this machine: leave out --ray (the cluster checks each job "
+                         "when it is queued, and a bad one fails alone)")
+    if "device" in load:
+        raise UsageError("--device is the cluster's workers' to choose (each runs on its own GPU): leave it out "
+                         "with --ray")
+    jobs = read_batch(file, {**load, **({"overwrite": True} if overwrite else {})})
+
+    def started(number: int, job, worker: str) -> None:
+        if not quiet:
+            typer.echo(f"job {number} ({job.command}), {number} of {len(jobs)}, on {worker}: {_output(job)}",
+                       err=True)
+
+    outcomes = run_on_cluster(jobs, address, state_dir=Path(state_dir) if state_dir else None, cpu_workers=workers,
+                              shared_dir=Path(shared_dir) if shared_dir else None, on_job=started,
+                              on_outcome=_reporter(False, quiet),
+                              on_page=None if quiet else lambda url: typer.echo(f"queue and page: {url}", err=True))
+    if not quiet:
+        typer.echo(summary(outcomes), err=True)
+    if any(o.failed for o in outcomes):
+        raise typer.Exit(1)
 
 
 def _run_options(quiet: bool, dry_run: bool) -> dict:

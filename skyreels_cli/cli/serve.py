@@ -23,6 +23,8 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest request body (uploads) in MB; larger is answered 413.")] = 100.0,
     max_prompt_chars: Annotated[int, typer.Option("--max-prompt-chars", help="Longest prompt in characters; longer is answered 413.")] = 10_000,
     cors: Annotated[Optional[list[str]], typer.Option("--cors", help="An origin whose pages may call the API (repeatable; none by default).")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Run the workers on a Ray cluster, one per GPU: auto (the cluster `ray start` made), local (start one here), or HOST:PORT. Needs pip install \"skyreels-cli[ray]\".")] = None,
+    shared_dir: Annotated[Optional[str], typer.Option("--shared-dir", help="With --ray: keep uploads and videos in this folder, which every node mounts at the same path; the workers write there directly instead of sending each window back.")] = None,
 ) -> None:
     """A local video service: a job queue that survives restarts, one worker per GPU, an HTTP API in the shape of
     OpenAI's Videos API, and a web page at http://127.0.0.1:7860/.
@@ -37,6 +39,7 @@ def serve(
         skyreels serve
         skyreels serve --model tiny --port 8000
         skyreels serve --host 0.0.0.0 --token "$SKYREELS_TOKEN" --gpus 0,1
+        skyreels serve --ray auto --host 0.0.0.0 --token "$SKYREELS_TOKEN"
     """
     from pathlib import Path
 
@@ -47,7 +50,8 @@ def serve(
         config = ServiceConfig(host=host, port=port, state_dir=Path(state_dir) if state_dir else default_state_dir(),
                                token=token, gpus=gpus, cpu_workers=workers, models=tuple(model or ()),
                                loras=_loras(lora or []), max_queued=max_queued, max_upload_mb=max_upload_mb,
-                               max_prompt_chars=max_prompt_chars, cors=tuple(cors or ()))
+                               max_prompt_chars=max_prompt_chars, cors=tuple(cors or ()), ray=ray,
+                               shared_dir=Path(shared_dir) if shared_dir else None)
         try:
             run_service(config)
         except KeyboardInterrupt:

@@ -19,7 +19,7 @@ import asyncio
 import json
 import re
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -30,10 +30,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import DeviceError, SkyreelsError, http_spelling
-from .fields import UPLOADS, HttpError, Offer, Submission, as_http, submission
+from .admission import admit
+from .fields import UPLOADS, HttpError, Offer, submission
 from .guard import Guard
-from .store import FINISHED, ID_PATTERN, NewJob, QueueFull, Store, new_id
+from .store import FINISHED, ID_PATTERN, QueueFull, Store, new_id
 
 PAGE = Path(__file__).parent / "page"
 MAX_IDEMPOTENCY_KEY = 255
@@ -102,7 +102,9 @@ def create_app(service: Service) -> FastAPI:
         try:
             given, uploads, form = await _read_body(request, uploads_dir)
             sub = submission(given, uploads, service.offer, form=form)
-            new = await run_in_threadpool(_checked, service, sub, job_id, uploads)
+            new = await run_in_threadpool(admit, sub.job, job_id, service.state_dir, service.offer,
+                                          service.scheduler.fleet.capacity(), uploads, gpus=sub.gpus,
+                                          priority=sub.priority)
             row, created = await run_in_threadpool(
                 lambda: store.add(new, job_id, idempotency_key=key, max_queued=config.max_queued))
         except QueueFull:
@@ -277,67 +279,6 @@ async def _save(upload, folder: Path, name: str) -> Path:
     if path.stat().st_size == 0:
         raise HttpError(400, f"{name} is an empty file", name)
     return path
-
-
-def _checked(service: Service, sub: Submission, job_id: str, uploads: dict[str, Path]) -> NewJob:
-    """The job checked by the library as a whole (`sk.check`: model, sizes, lengths, inputs, memory plan; over
-    `gpus` processes, the split of its tokens and the layout), its output put in its own folder and its seed drawn:
-    what the queue records."""
-    from .. import check
-    from ..core.resolve import window_plan
-    from ..models.naming import resolve_model
-
-    _check_gpus(service, sub.gpus)
-    job = replace(sub.job, output=str(service.state_dir / "videos" / job_id / "video.mp4"))
-    # --ulysses and --ring mean something only over several processes: checked with them below
-    alone = replace(job, load=replace(job.load, ulysses=None, ring=None))
-    with http_spelling():
-        try:
-            checked = check(alone)
-            if sub.gpus > 1:
-                _check_layout(checked, job.load, sub.gpus)
-        except DeviceError as err:
-            if service.offer.gpus:
-                raise as_http(err, uploads) from None
-            name = resolve_model(job.model, job.command).alias
-            raise HttpError(400, f"this service runs on the CPU, where {name} would take "
-                                 "days; use a tiny model (e.g. \"model\": \"tiny\"), or a service on a machine with "
-                                 "a GPU", "model") from None
-        except SkyreelsError as err:
-            raise as_http(err, uploads) from None
-    r = checked.job.request
-    stored = replace(job, request=replace(job.request, seed=r.seed))
-    windows = len(window_plan(r).windows) if checked.spec.forcing else 1
-    return NewJob(stored.to_dict(), job.command, checked.spec.alias, r.frames, r.width, r.height, r.fps, r.seed,
-                  windows, sub.priority, sub.gpus)
-
-
-def _check_gpus(service: Service, gpus: int) -> None:
-    """A job's GPUs are workers of one machine: no more than the service has there."""
-    most = max(service.scheduler.fleet.capacity().values(), default=0)
-    if gpus > max(most, 1):
-        raise HttpError(400, f'"gpus": {gpus} is more than this service has on one machine ({most} worker'
-                             f'{"s" if most != 1 else ""}, one GPU each); ask for {most} or fewer', "gpus")
-
-
-def _check_layout(checked, load, gpus: int) -> None:
-    """Over `gpus` processes: every call's tokens must split evenly, and the layout asked for (or the default one)
-    must suit the model's attention heads (read from its config when it is on this machine)."""
-    from ..core.resolve import check_split
-    from ..models.hub import cached_snapshot
-    from ..runtime.parallel import choose_layout
-
-    try:
-        check_split(checked.job.request, checked.spec, gpus)
-    except SkyreelsError as err:
-        raise HttpError(400, f'"gpus": {gpus}: {err}', "gpus") from None
-    folder = cached_snapshot(checked.spec)
-    config = folder / "transformer" / "config.json" if folder is not None else None
-    if config is not None and config.is_file():
-        try:
-            choose_layout(json.loads(config.read_text())["num_attention_heads"], gpus, load.ulysses, load.ring)
-        except SkyreelsError as err:
-            raise HttpError(400, str(err), "ulysses" if load.ulysses is not None else "ring") from None
 
 
 async def _event_stream(store: Store, video_id: str, last: int, request: Request):

@@ -60,6 +60,7 @@ class Offer:
     models: tuple[str, ...] = ()          # the model names clients may give; empty: every registry name
     loras: dict[str, str] = field(default_factory=dict)  # name -> FILE[:SCALE], as the operator gave them
     gpus: int = 0                          # GPU workers (0: the service runs on the CPU)
+    gpus_elsewhere: bool = False           # the workers' GPUs are on other machines (a Ray cluster)
     max_prompt_chars: int = 10_000
 
     def model_names(self) -> list[str]:

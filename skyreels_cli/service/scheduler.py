@@ -99,6 +99,7 @@ class Scheduler:
         finally:
             for worker in self.workers:
                 worker.stop()
+            self.fleet.stop()
 
     def _tick(self) -> None:
         for worker in self.workers:
@@ -250,6 +251,7 @@ class Scheduler:
             return
         if kind == "held":
             worker.held = list(report["models"])
+            worker.loads = report.get("loads", 0)
             return
         job_id = report["job"]
         if kind == "event":
@@ -282,7 +284,8 @@ class Scheduler:
 
     def health(self) -> list[dict]:
         return [{"name": w.name, "device": w.device, "node": w.node, "pid": getattr(w, "pid", None),
-                 "alive": w.alive(), "ready": w.ready, "job": w.job, "models": list(w.held)} for w in self.workers]
+                 "alive": w.alive(), "ready": w.ready, "job": w.job, "models": list(w.held),
+                 "loads": getattr(w, "loads", 0)} for w in self.workers]
 
 
 def public_event(job_id: str, event: dict) -> dict:

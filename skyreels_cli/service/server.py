@@ -42,6 +42,8 @@ class ServiceConfig:
     max_upload_mb: float = 100.0           # a request's body; more is answered 413
     max_prompt_chars: int = 10_000         # a prompt (and each text field); more is answered 413
     cors: tuple[str, ...] = ()             # origins allowed to call the API from a browser (none by default)
+    ray: str | None = None                 # a Ray cluster's address ("auto", "local", HOST:PORT): workers are actors
+    shared_dir: Path | None = None         # with ray: jobs' files here, a folder every node sees at this path
 
 
 def check_config(config: ServiceConfig) -> None:
@@ -62,6 +64,12 @@ def check_config(config: ServiceConfig) -> None:
             raise UsageError(f"{name} {value} must be positive")
     if config.cpu_workers < 0:
         raise UsageError(f"--workers {config.cpu_workers} must be 0 or more (0: keep jobs queued, run none)")
+    if config.shared_dir is not None and config.ray is None:
+        raise UsageError("--shared-dir is where the workers of a Ray cluster write directly: it goes with --ray "
+                         "(without it, the workers are on this machine and write into --state-dir)")
+    if config.ray is not None and str(config.gpus).strip().lower() != "all":
+        raise UsageError(f"--gpus {config.gpus} chooses GPUs of this machine; with --ray every GPU of the cluster "
+                         "gets a worker: leave --gpus out")
     for name in config.models:
         resolve_model(name, None)
     for name, path in config.loras.items():
@@ -129,19 +137,33 @@ def serve(config: ServiceConfig) -> None:
 
     check_config(config)
     state = Path(config.state_dir).expanduser().resolve()
-    configs = worker_configs(config)
+    # The jobs' files (uploads, videos): in the state folder, or where every node of a cluster sees them
+    files = Path(config.shared_dir).expanduser().resolve() if config.shared_dir is not None else state
+    if config.ray is not None:
+        from .ray_fleet import RayFleet
+
+        fleet = RayFleet(config.ray, files, config.cpu_workers, shared=config.shared_dir is not None)
+        gpus = int(fleet.gpus)
+    else:
+        configs = worker_configs(config)
+        fleet = ProcessFleet(configs)
+        gpus = sum(c.device == "cuda" for c in configs)
     sock = bind(config.host, config.port)
     state.mkdir(parents=True, exist_ok=True)
+    files.mkdir(parents=True, exist_ok=True)
     store = Store(state / "queue.db")
-    scheduler = Scheduler(store, state, ProcessFleet(configs))
-    offer = Offer(tuple(config.models), dict(config.loras), gpus=sum(c.device == "cuda" for c in configs),
+    scheduler = Scheduler(store, files, fleet)
+    offer = Offer(tuple(config.models), dict(config.loras), gpus=gpus, gpus_elsewhere=config.ray is not None,
                   max_prompt_chars=config.max_prompt_chars)
-    service = Service(store, scheduler, offer, state, config)
+    service = Service(store, scheduler, offer, files, config)
     app = create_app(service)
     scheduler.start()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    workers = ", ".join(f"{c.name} ({c.device})" for c in configs) or "none (jobs stay queued)"
+    workers = ", ".join(f"{w.name} ({w.device})" for w in scheduler.workers) or "none (jobs stay queued)"
+    if config.ray is not None:
+        workers += f"; Ray cluster at {config.ray}, {len(fleet.capacity())} node(s)"
+        workers += f"; files shared in {files}" if config.shared_dir is not None else "; files shipped back"
     print(f"skyreels serve: listening on http://{shown}:{port}/ ; workers: {workers}; state: {state}",
           file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))

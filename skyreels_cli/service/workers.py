@@ -14,7 +14,7 @@ new worker. A job with several GPUs runs on several workers at once, each joinin
 
 Reports (dicts, `type` first): `ready` (pid, device), `event` (job, event: a library event as data),
 `warning` (job, message), `done` (job, result), `failed` (job, message, field), `cancelled` (job),
-`held` (models: the aliases it has loaded).
+`held` (models: the aliases it has loaded; loads: how many times it has loaded one).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Worker(Protocol):
     ready: bool               # started and waiting for work
     job: str | None           # the job it holds
     held: list[str]           # model aliases it has loaded
+    loads: int                # times it has loaded a model (each one once, unless memory made it free one)
     lost: bool                # it died with its machine (not of its job): the job goes back to the queue
 
     def start(self) -> None: ...
@@ -80,6 +81,9 @@ class Fleet(Protocol):
     def capacity(self) -> dict[str, int]:
         """Workers per machine that the fleet can have: how many GPUs a job may ask for."""
 
+    def stop(self) -> None:
+        """After the workers are stopped: let go of what the fleet holds (a cluster connection)."""
+
 
 @dataclass
 class WorkerConfig:
@@ -99,6 +103,7 @@ class ProcessWorker:
         self.ready = False
         self.job: str | None = None
         self.held: list[str] = []
+        self.loads = 0
         self.lost = False  # a process of this machine dies of its job (or by hand), never of another machine
         self.pid: int | None = None
         self._process = None
@@ -190,6 +195,9 @@ class ProcessFleet:
     def capacity(self) -> dict[str, int]:
         return {socket.gethostname(): len(self.configs)}
 
+    def stop(self) -> None:
+        pass
+
     @staticmethod
     def _start(config: WorkerConfig) -> ProcessWorker:
         worker = ProcessWorker(config)
@@ -243,7 +251,12 @@ def worker_main(conn: Connection, config: WorkerConfig, parent: int) -> None:
         conn.send(run_job(job_id, message["spec"], config.device, pool, cancels[job_id], conn.send,
                           group=message.get("group")))
         cancels.pop(job_id, None)
-        conn.send({"type": "held", "models": [m.spec.alias for m in pool.models]})
+        conn.send(held(pool))
+
+
+def held(pool) -> dict:
+    """The `held` report: the models a worker keeps loaded, and how many loads it has made in all."""
+    return {"type": "held", "models": [m.spec.alias for m in pool.models], "loads": pool.loads}
 
 
 def run_job(job_id: str, spec: dict, device: str, pool, cancel, send, group: dict | None = None) -> dict:

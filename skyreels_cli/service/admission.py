@@ -1,0 +1,93 @@
+"""A job admitted to the queue: checked by the library as a whole, its output put in its own folder under its id,
+its seed drawn; what the queue records (`NewJob`). The HTTP API admits submissions, `skyreels batch --ray` the
+jobs of a file.
+
+Every check is the library's (`sk.check`: model, sizes, lengths, inputs, memory plan), spelled as JSON fields; over
+`gpus` workers also the split of the tokens and the layout. Where the service's GPUs are on other machines (a Ray
+cluster whose head has none), what needs a GPU here is left to the workers; the rest is checked here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from ..core.job import Job
+from ..errors import DeviceError, SkyreelsError, http_spelling
+from .fields import HttpError, Offer, as_http
+from .store import NewJob
+
+
+def admit(job: Job, job_id: str, files_dir: Path, offer: Offer, capacity: dict[str, int],
+          uploads: dict[str, Path] | None = None, *, gpus: int = 1, priority: int = 0) -> NewJob:
+    """`job` (its inputs already among the service's uploads) as the queue records it; a refusal is an
+    `HttpError` naming the field. `capacity`: workers per machine (`Fleet.capacity`)."""
+    from ..core.resolve import window_plan
+
+    uploads = uploads or {}
+    _check_gpus(gpus, capacity)
+    job = replace(job, output=str(Path(files_dir) / "videos" / job_id / "video.mp4"))
+    # ulysses and ring mean something only over several processes: checked with them below
+    alone = replace(job, load=replace(job.load, ulysses=None, ring=None))
+    with http_spelling():
+        try:
+            checked = _check(alone, offer)
+            if gpus > 1:
+                _check_layout(checked, job.load, gpus)
+        except SkyreelsError as err:
+            raise as_http(err, uploads) from None
+    r = checked.job.request
+    stored = replace(job, request=replace(job.request, seed=r.seed))
+    windows = len(window_plan(r).windows) if checked.spec.forcing else 1
+    return NewJob(stored.to_dict(), job.command, checked.spec.alias, r.frames, r.width, r.height, r.fps, r.seed,
+                  windows, priority, gpus)
+
+
+def _check(job: Job, offer: Offer):
+    """`sk.check(job)`, or where the workers' GPUs are elsewhere, everything it checks that needs none."""
+    from .. import check
+    from ..core.prepare import prepare
+    from ..core.runner import Checked
+    from ..models.naming import resolve_model
+
+    try:
+        return check(job)
+    except DeviceError:
+        spec = resolve_model(job.model, job.command)
+        if not offer.gpus:
+            raise HttpError(400, f"this service runs on the CPU, where {spec.alias} would take days; use a tiny "
+                                 "model (e.g. \"model\": \"tiny\"), or a service on a machine with a GPU",
+                            "model") from None
+        if not offer.gpus_elsewhere:
+            raise
+        prepared = prepare(spec, job.request, job.output, overwrite=job.overwrite, resume=job.resume, dry_run=True)
+        return Checked(replace(job, request=prepared.request), spec, prepared, None, "", "", None)
+
+
+def _check_gpus(gpus: int, capacity: dict[str, int]) -> None:
+    """A job's GPUs are workers of one machine: no more than the service has there."""
+    most = max(capacity.values(), default=0)
+    if gpus > max(most, 1):
+        raise HttpError(400, f'"gpus": {gpus} is more than this service has on one machine ({most} worker'
+                             f'{"s" if most != 1 else ""}, one GPU each); ask for {most} or fewer', "gpus")
+
+
+def _check_layout(checked, load, gpus: int) -> None:
+    """Over `gpus` processes: every call's tokens must split evenly, and the layout asked for (or the default one)
+    must suit the model's attention heads (read from its config when it is on this machine)."""
+    from ..core.resolve import check_split
+    from ..models.hub import cached_snapshot
+    from ..runtime.parallel import choose_layout
+
+    try:
+        check_split(checked.job.request, checked.spec, gpus)
+    except SkyreelsError as err:
+        raise HttpError(400, f'"gpus": {gpus}: {err}', "gpus") from None
+    folder = cached_snapshot(checked.spec)
+    config = folder / "transformer" / "config.json" if folder is not None else None
+    if config is not None and config.is_file():
+        try:
+            choose_layout(json.loads(config.read_text())["num_attention_heads"], gpus, load.ulysses, load.ring)
+        except SkyreelsError as err:
+            raise HttpError(400, str(err), "ulysses" if load.ulysses is not None else "ring") from None

@@ -1,0 +1,208 @@
+"""`skyreels batch jobs.toml --ray ADDRESS`: a batch file's jobs through the service's queue, on a Ray cluster.
+
+    outcomes = run_on_cluster(sk.read_batch("jobs.toml"), "auto", state_dir=Path("state"))
+
+The same machinery as `skyreels serve --ray`, in this process: the queue (SQLite in `state_dir`), the scheduler and
+the cluster's workers (one actor per GPU, each loading a model once), and the page and API on 127.0.0.1 to watch
+them. Each job's input files go into the queue's uploads, its video is made on whichever worker is free (jobs run
+side by side, as many at once as there are workers) and sent back, then put at the job's own output with its
+sidecar, atomically. A job that fails is its outcome; the others go on. Started again with the same `state_dir`
+after a crash, the same file finds its jobs in the queue (each keyed by its place in the file and its settings) and
+continues them: finished ones are delivered, an interrupted `extend` goes on from its last window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..core.batch import Outcome
+from ..core.job import Job
+from ..errors import HTTP_FIELDS, SkyreelsError, UsageError, setting
+from ..media.files import replace_atomically
+from .admission import admit
+from .fields import HttpError, Offer
+from .store import FINISHED, Store, new_id
+
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A job's video, made on the cluster and put at its output."""
+
+    path: Path
+    sidecar: Path
+    worker: str
+
+
+def run_on_cluster(jobs: list[Job], address: str, *, state_dir: Path | None = None, cpu_workers: int = 1,
+                   shared_dir: Path | None = None, on_job: Callable[[int, Job, str], None] | None = None,
+                   on_outcome: Callable[[Outcome], None] | None = None,
+                   on_page: Callable[[str], None] | None = None) -> list[Outcome]:
+    """Every job through the queue on the cluster at `address`; the outcomes in file order. `on_job(number, job,
+    worker)` is told when a job starts on a worker, `on_outcome` when it has ended, `on_page` the address of the
+    page that shows the queue."""
+    from .ray_fleet import RayFleet
+    from .scheduler import Scheduler
+
+    keep = state_dir is not None
+    state = Path(state_dir).expanduser().resolve() if keep else Path(tempfile.mkdtemp(prefix="skyreels-batch-"))
+    files = Path(shared_dir).expanduser().resolve() if shared_dir is not None else state
+    fleet = RayFleet(address, files, cpu_workers, shared=shared_dir is not None)
+    state.mkdir(parents=True, exist_ok=True)
+    files.mkdir(parents=True, exist_ok=True)
+    store = Store(state / "queue.db")
+    scheduler = Scheduler(store, files, fleet)
+    offer = Offer(gpus=int(fleet.gpus), gpus_elsewhere=True)
+    scheduler.start()
+    page = _page(store, scheduler, offer, files, address)
+    try:
+        if on_page is not None and page is not None:
+            on_page(page.url)
+        outcomes: dict[int, Outcome] = {}
+        waiting: dict[str, tuple[int, Job, float]] = {}
+        for number, job in enumerate(jobs, start=1):
+            try:
+                waiting[_submit(store, job, number, files, offer, fleet.capacity())] = (number, job, time.monotonic())
+            except (SkyreelsError, HttpError) as err:
+                outcomes[number] = Outcome(number, job, "failed", 0.0, str(err))
+                if on_outcome is not None:
+                    on_outcome(outcomes[number])
+        scheduler.notify()
+        announced: set[str] = set()
+        while waiting:
+            time.sleep(POLL_S)
+            for job_id, (number, job, since) in list(waiting.items()):
+                row = store.get(job_id)
+                if row["status"] == "in_progress" and job_id not in announced and on_job is not None:
+                    announced.add(job_id)
+                    on_job(number, job, row["worker"])
+                if row["status"] not in FINISHED:
+                    continue
+                del waiting[job_id]
+                outcomes[number] = _outcome(row, number, job, time.monotonic() - since, files)
+                if on_outcome is not None:
+                    on_outcome(outcomes[number])
+        return [outcomes[n] for n in sorted(outcomes)]
+    finally:
+        if page is not None:
+            page.stop()
+        scheduler.stop()
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _submit(store: Store, job: Job, number: int, files: Path, offer: Offer, capacity: dict[str, int]) -> str:
+    """Record `job` in the queue (once: a job already there from an earlier run of the same file is found again by
+    its key); its id. Its output is checked here first: an MP4 that is not there yet, or `overwrite`."""
+    if job.resume:
+        raise UsageError(f"{setting('resume', True)} is the queue's business with --ray: run the same batch with the "
+                         "same --state-dir and it continues its interrupted jobs")
+    key = "batch:" + hashlib.sha256(json.dumps([number, job.to_dict()], sort_keys=True).encode()).hexdigest()
+    found = store.by_key(key)
+    if found is not None:
+        return found["id"]
+    job_id = new_id()
+    uploads = files / "uploads" / job_id
+    try:
+        sent = _with_uploads(job, uploads)
+        new = admit(sent, job_id, files, offer, capacity, {HTTP_FIELDS[n]: Path(getattr(sent.request, n))
+                                                           for n in HTTP_FIELDS if getattr(sent.request, n)})
+        _target(job, new.seed)  # refused now if it could not be written at the end
+        store.add(new, job_id, idempotency_key=key)
+    except BaseException:
+        shutil.rmtree(uploads, ignore_errors=True)
+        raise
+    return job_id
+
+
+def _with_uploads(job: Job, folder: Path) -> Job:
+    """The job with its input files copied among the queue's uploads (the workers get them from there)."""
+    from ..errors import InputFileError
+
+    changes = {}
+    for name, http in HTTP_FIELDS.items():
+        path = getattr(job.request, name)
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise InputFileError(f"{setting(name, str(path))}: no such file", field=name)
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = folder / f"{http}{Path(path).suffix.lower()}"
+        shutil.copyfile(path, copy)
+        changes[name] = str(copy)
+    return replace(job, request=replace(job.request, **changes)) if changes else job
+
+
+def _target(job: Job, seed: int):
+    from ..media.targets import resolve_output
+
+    target = resolve_output(job.output, prompt=job.request.prompt or "", seed=seed, overwrite=job.overwrite,
+                            folder=job.output_dir, create=False)
+    if target.kind != "mp4":
+        raise UsageError(f"{setting('output', job.output)}: the cluster's workers make MP4 files; give NAME.mp4")
+    return target
+
+
+def _outcome(row: dict, number: int, job: Job, seconds: float, files: Path) -> Outcome:
+    """A finished job's outcome; a completed one's video and sidecar put at the job's output."""
+    if row["status"] != "completed":
+        why = row["error"] or row["status"]
+        return Outcome(number, job, "failed", seconds, why)
+    try:
+        folder = files / "videos" / row["id"]
+        made = str(folder / "video.mp4")
+        target = _target(replace(job, overwrite=True), row["seed"])
+        if target.path.is_file() and target.path.read_bytes() == (folder / "video.mp4").read_bytes():
+            # delivered by an earlier run of this batch (the same --state-dir) that stopped before it said so
+            return Outcome(number, job, "done", seconds, result=Delivered(target.path, target.sidecar, row["worker"]))
+        target = _target(job, row["seed"])
+        target.path.parent.mkdir(parents=True, exist_ok=True)
+        sidecar = (folder / "video.mp4.json").read_text().replace(json.dumps(made)[1:-1],
+                                                                   json.dumps(str(target.path))[1:-1])
+        replace_atomically(target.path, lambda tmp: shutil.copyfile(folder / "video.mp4", tmp))
+        replace_atomically(target.sidecar, lambda tmp: tmp.write_text(sidecar))
+    except (OSError, SkyreelsError) as err:
+        message = str(err) if isinstance(err, SkyreelsError) else f"cannot write {job.output}: {err}"
+        return Outcome(number, job, "failed", seconds, message)
+    return Outcome(number, job, "done", seconds, result=Delivered(target.path, target.sidecar, row["worker"]))
+
+
+class _Page:
+    """The service's page and API over this batch's queue, on a free port of 127.0.0.1, in a thread."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        from .server import bind
+
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def _page(store: Store, scheduler, offer: Offer, files: Path, address: str) -> _Page | None:
+    from .api import Service, create_app
+    from .server import ServiceConfig
+
+    try:
+        config = ServiceConfig(state_dir=files, port=0, ray=address)
+        return _Page(create_app(Service(store, scheduler, offer, files, config)))
+    except (OSError, UsageError):  # no socket here: the batch runs all the same
+        return None
+
