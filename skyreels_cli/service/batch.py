@@ -77,18 +77,20 @@ def run_on_cluster(jobs: list[Job], address: str, *, state_dir: Path | None = No
                 if on_outcome is not None:
                     on_outcome(outcomes[number])
         scheduler.notify()
-        announced: set[str] = set()
+        started: dict[str, float] = {}  # a job's time is its run's, as a batch on one machine reports it
         while waiting:
             time.sleep(POLL_S)
             for job_id, (number, job, since) in list(waiting.items()):
                 row = store.get(job_id)
-                if row["status"] == "in_progress" and job_id not in announced and on_job is not None:
-                    announced.add(job_id)
-                    on_job(number, job, row["worker"])
+                if row["status"] == "in_progress" and job_id not in started:
+                    started[job_id] = time.monotonic()
+                    if on_job is not None:
+                        on_job(number, job, row["worker"])
                 if row["status"] not in FINISHED:
                     continue
                 del waiting[job_id]
-                outcomes[number] = _outcome(row, number, job, time.monotonic() - since, files)
+                seconds = time.monotonic() - started.get(job_id, since)
+                outcomes[number] = _outcome(row, number, job, seconds, files)
                 if on_outcome is not None:
                     on_outcome(outcomes[number])
         return [outcomes[n] for n in sorted(outcomes)]
