@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from service_overhead import JOB, Service, load_average  # noqa: E402
+from service_overhead import Service, load_average, machine  # noqa: E402
 
 
 def wait_workers(service: Service, count: int, timeout: float = 180) -> None:
@@ -124,11 +122,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     import ray
-    import torch
 
-    results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.platform(),
-               "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-               "ray": ray.__version__, "load_before": load_average(), "job": JOB}
+    results = {**machine(), "ray": ray.__version__}
     print(f"{results['date']}, {results['machine']}, {results['cpus']} CPUs, torch {results['torch']}, "
           f"ray {results['ray']}", flush=True)
     print("jobs per minute as the cluster grows and shrinks:", flush=True)

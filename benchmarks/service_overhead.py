@@ -168,17 +168,22 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def machine() -> dict:
+    """Where and when the figures were taken (the results file records them beside the figures)."""
+    import torch
+
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.platform(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "load_before": load_average(), "job": JOB}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=12, help="jobs per overhead and throughput run")
     parser.add_argument("--repeats", type=int, default=3, help="turns of each measurement (medians are printed)")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
-    import torch
-
-    results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.platform(),
-               "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-               "load_before": load_average(), "job": JOB, "first_step": first_steps(args.repeats),
+    results = {**machine(), "first_step": first_steps(args.repeats),
                "overhead": overhead(args.jobs, args.repeats), "throughput": throughput(args.jobs, args.repeats),
                "load_after": load_average()}
     f = results["first_step"]
