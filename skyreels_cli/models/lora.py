@@ -1,16 +1,19 @@
 """LoRAs on a loaded transformer: all or nothing, through diffusers' SkyReels-V2 LoRA loader.
 
 A `--lora PATH_OR_REPO[:SCALE]` is parsed (`parse_lora`), found on disk or in the Hugging Face cache and
-hashed (`resolve_lora`), read and converted to diffusers' key names (`read_lora`: diffusers also reads the
-original Wan and musubi formats), checked against the transformer's weights (`check_fits`: every key names a
-layer that exists, with matching shapes), and only then loaded as PEFT adapters (`apply_loras`). A failure
-while loading unloads whatever was loaded, so a LoRA is never half-applied. `remove_loras` restores the
-transformer's own layers exactly.
+hashed (`resolve_lora`), read in whichever published layout it has (`read_lora_file`: ComfyUI/Kijai, musubi,
+diffusers or PEFT, told from the keys by `detect_format`) and converted to diffusers' names through diffusers'
+converters, with what they drop or get wrong handled here (alpha folded, `.diff`/`.diff_b` keys kept as
+whole-tensor deltas), checked against the transformer (`check_fits`: every tensor names a layer or parameter
+that exists, with matching shapes; one that fits nothing refuses the whole LoRA) and only then applied
+(`apply_loras`: low-rank layers as PEFT adapters, deltas added to the weights). A failure while loading
+unloads whatever was loaded, so a LoRA is never half-applied. `remove_loras` restores the transformer's own
+layers and weights exactly. docs/loras.md says what each format's keys mean.
 
 LoRAs go on before the memory plan is applied (`core/model.py`): PEFT then wraps plain Linear layers, fp8
 layerwise casting stores only the base weights in fp8 (diffusers skips PEFT's layers by default) and group
-offload hooks see the adapter weights from the start. Per-frame modulation binds `forward` on the transformer
-and its blocks, which PEFT never touches, so their order does not matter.
+offload hooks see the adapter weights and the changed weights from the start. Per-frame modulation binds
+`forward` on the transformer and its blocks, which PEFT never touches, so their order does not matter.
 """
 
 from __future__ import annotations
