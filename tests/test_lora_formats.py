@@ -233,3 +233,33 @@ def test_cli_generates_with_a_comfyui_lora_as_merged_by_hand(hub_models, tmp_pat
     refused = CliRunner().invoke(app, [*args, "--lora", str(image), "-o", str(tmp_path / "no.mp4")])
     assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
     assert "image-to-video LoRA" in refused.output and not (tmp_path / "no.mp4").exists()
+
+
+def test_two_loras_add_up_and_an_error_undoes_both(tmp_path, monkeypatch):
+    """Deltas of two LoRAs on the same weights add up (one LoRA of `.diff`/`.diff_b` keys alone); unloading, or an
+    error while loading, puts every weight back exactly."""
+    from diffusers.loaders.lora_pipeline import SkyReelsV2LoraLoaderMixin as Loader
+    from safetensors.torch import load_file
+
+    base = tiny()
+    first = save_tiny_lora(tmp_path / "a.safetensors", "comfyui", seed=1)
+    second = save_tiny_lora(tmp_path / "b.safetensors", "comfyui", seed=2)
+    save_file({k: v for k, v in load_file(tmp_path / "b.safetensors").items() if ".diff" in k},
+              tmp_path / "b.safetensors")
+    second.layers = {}
+    loras = [f"{tmp_path / 'a.safetensors'}:{STRENGTH}", f"{tmp_path / 'b.safetensors'}:0.5"]
+    model = copy.deepcopy(base)
+    L.apply_loras(model, loras, "tiny")
+    both = merged_by_hand(with_weights(base, merged_by_hand(base, first)), second, 0.5)
+    weights = effective(model)
+    assert gap(weights, both) < 1e-5 and gap(weights, merged_by_hand(base, first)) > 1e-3
+    L.remove_loras(model)
+    assert gap(dict(model.state_dict()), dict(base.state_dict())) == 0
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(Loader, "load_lora_into_transformer", fails)
+    with pytest.raises(RuntimeError, match="disk gone"):  # after the first LoRA's deltas went on
+        L.apply_loras(model, loras, "tiny")
+    assert L.ORIGINALS not in model.__dict__ and gap(dict(model.state_dict()), dict(base.state_dict())) == 0
