@@ -138,6 +138,16 @@ def test_a_file_of_no_known_format_is_one_line(tmp_path):
     assert not hasattr(model, "peft_config")
 
 
+def test_a_peft_lora_without_its_config_is_refused(tmp_path):
+    """Its alpha lives in adapter_config.json: without it, loading at alpha = rank would be a guess."""
+    path = tmp_path / "adapter_model.safetensors"
+    save_tiny_lora(path, "peft")
+    (tmp_path / "adapter_config.json").unlink()
+    with pytest.raises(ModelError) as refused:
+        L.apply_loras(tiny(), [str(path)], "tiny")
+    assert "\n" not in str(refused.value) and "needs its adapter_config.json" in str(refused.value)
+
+
 @pytest.mark.parametrize("fmt", ["comfyui", "musubi", "diffusers"])
 def test_an_i2v_lora_on_a_df_model_is_refused_whole(fmt, tmp_path):
     base = tiny("df")

@@ -116,8 +116,23 @@ def _from_hub(source: str) -> Path:
     with hub_errors(f"the LoRA {source}", repo, fetch=f"fetch it with `hf download {repo}`",
                     entry=f"has no {filename}"):
         if filename:
-            return Path(hf_hub_download(repo, filename))
-        return _pick_file(Path(snapshot_download(repo, allow_patterns=["*.safetensors"])), source)
+            path = Path(hf_hub_download(repo, filename))
+            _peft_config_beside(repo, filename)
+            return path
+        # PEFT's own layout keeps the alpha in adapter_config.json beside the weights
+        folder = snapshot_download(repo, allow_patterns=["*.safetensors", "adapter_config.json", "*/adapter_config.json"])
+        return _pick_file(Path(folder), source)
+
+
+def _peft_config_beside(repo: str, filename: str) -> None:
+    """adapter_config.json from the folder of `filename`, where the repo has one (a PEFT LoRA's alpha)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        hf_hub_download(repo, str(Path(filename).parent / "adapter_config.json").removeprefix("./"))
+    except EntryNotFoundError:
+        pass
 
 
 # ------------------------------------------------------------------ the published formats
@@ -201,8 +216,8 @@ def read_lora_file(lora: ResolvedLora) -> LoraFile:
             return _diffusers_file(raw, file_metadata, lora.path)
         return _wan_file(raw, fmt)
     except (ValueError, KeyError, IndexError) as exc:
-        raise ModelError(f"{where}: diffusers cannot convert this {FORMATS[fmt].split(' (')[0]} LoRA "
-                         f"({exc or type(exc).__name__})") from None
+        raise ModelError(f"{where}: this {FORMATS[fmt].split(' (')[0]} LoRA cannot be read: "
+                         f"{exc or type(exc).__name__}") from None
 
 
 def _fold_alpha(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -299,9 +314,14 @@ def _diffusers_file(raw: dict[str, torch.Tensor], file_metadata: dict, path: Pat
             key = PREFIX + key[len(PEFT_PREFIX):]
         elif not key.startswith(PREFIX):
             key = PREFIX + key
-        (state.__setitem__(key, value) if re.search(r"\.(lora_[AB]\.weight|lora_B\.bias|alpha)$", key)
-         else stray.append(key))
-    if metadata is None and config.is_file() and any(k.startswith(PEFT_PREFIX) for k in raw):
+        if re.search(r"\.(lora_[AB]\.weight|lora_B\.bias|alpha)$", key):
+            state[key] = value
+        else:
+            stray.append(key)
+    if metadata is None and any(k.startswith(PEFT_PREFIX) for k in raw):
+        if not config.is_file():  # loading it at alpha = rank would be a guess
+            raise ValueError(f"a PEFT LoRA needs its adapter_config.json (which holds its lora_alpha) beside it "
+                             f"in {path.parent}")
         from dataclasses import fields
 
         from peft import LoraConfig
