@@ -425,3 +425,32 @@ def test_causal_attention_on_cuda_with_the_auto_kernel(cuda_loaded):
         backend = kernels.ATTENTION_CHOICES[picked].backend
         ours = block_causal_attention(q, k, v, layout, lambda a, b, c: dispatch_attention_fn(a, b, c, backend=backend))
     torch.testing.assert_close(ours.float(), dense.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_doctor_says_what_each_kernel_needs(monkeypatch):
+    """PyPI's sageattention (1.0.6) is too old for diffusers; FA3 is reported; a GPU says what `auto` runs."""
+    import importlib.metadata
+
+    from .conftest import invoke
+
+    have = {"sageattention": "1.0.6", "flash_attn_3": "3.0.0b1", "kernels": "0.12.0"}
+    real = importlib.metadata.version
+
+    def version(dist):
+        if dist in have:
+            return have[dist]
+        if dist in ("flash-attn", "xformers"):
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    fake_gpu(monkeypatch, (9, 0), installed=("_flash_3",))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 * 2**30, 80 * 2**30))
+    lines = {line.split()[0]: line for line in invoke("doctor").output.splitlines() if line.strip()}
+    assert "1.0.6, too old for diffusers (needs 2.1.1+)" in lines["sage"] and "thu-ml/SageAttention" in lines["sage"]
+    assert lines["flash3"].split()[1] == "3.0.0b1"
+    assert "--no-build-isolation" in lines["flash"] and "pip install kernels" in lines["flash"]
+    assert "prebuilt flash, flash3, sage" in lines["kernels"]
+    assert lines["attention"].endswith("auto on GPU 0: flash3 (bf16)")

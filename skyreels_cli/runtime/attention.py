@@ -282,6 +282,41 @@ def _set_backend(transformer, backend: str) -> None:
         _registry().set_active_backend(active)
 
 
+# The package behind each kernel: (distribution, the version diffusers 0.42 needs or None).
+PACKAGES = {"flash": ("flash-attn", "2.6.3"), "flash3": ("flash_attn_3", None), "sage": ("sageattention", "2.1.1"),
+            "xformers": ("xformers", "0.0.29")}
+
+
+def kernel_status() -> list[tuple[str, str]]:
+    """(kernel, what this machine has of it) for `skyreels doctor`: version and whether diffusers can use it,
+    or how to get it; then `kernels`, which fetches prebuilt ones."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    rows = []
+    for name, (dist, needs) in PACKAGES.items():
+        choice = ATTENTION_CHOICES[name]
+        try:
+            have = version(dist)
+        except PackageNotFoundError:
+            rows.append((name, f"not installed: {choice.install}"))
+            continue
+        if needs and Version(have) < Version(needs):
+            rows.append((name, f"{have}, too old for diffusers (needs {needs}+): {choice.install}"))
+        elif not _installed(choice.backend):
+            rows.append((name, f"{have}, but it does not import (built for another torch?): {choice.install}"))
+        else:
+            rows.append((name, have))
+    try:
+        hub = [n for n, c in ATTENTION_CHOICES.items() if any(b.endswith("_hub") for b in c.backends)]
+        rows.append(("kernels", f"{version('kernels')}: prebuilt {', '.join(hub)} from the Hub "
+                                "(fetched on first use; cached after)"))
+    except PackageNotFoundError:
+        rows.append(("kernels", "not installed: pip install kernels (prebuilt FlashAttention 2/3 and Sage)"))
+    return rows
+
+
 def _processors(transformer) -> list:
     from diffusers.models.attention import AttentionModuleMixin
 
