@@ -172,6 +172,10 @@ def _rank(rank: int, port: int, folder: str, out: str) -> None:
             verdict["each"] = {b: each[b, layout] for b in (choice.backends if choice else ())
                                if b not in PACKAGED or b in INSTALLED[kit]}
         verdicts[_key(sm, kit, layout, name)] = verdict
+    with Simulated(90, INSTALLED["all"]):  # our guard in front of diffusers' (a bare ValueError)
+        model = copy.deepcopy(transformer)
+        kernels._set_backend(model, "xformers")
+        verdicts["guard"] = _validate(model, None, LAYOUTS["ulysses"], parallel, meshes)
     if rank == 0:
         Path(out).write_text(json.dumps(verdicts))
     dist.barrier()
@@ -279,6 +283,7 @@ def test_the_table_can_fail(verdicts):
     assert verdicts[_key(120, "sage", "one", "auto")]["picked"] == "sage"
     assert verdicts[_key(90, "xformers", "ulysses", "xformers")].get("refused")
     assert verdicts[_key(90, "bare", "ring", "sdpa")]["backend"] == "_native_flash"
+    assert verdicts["guard"].startswith("UsageError: the attention backend xformers cannot run ulysses 2")
     # diffusers' own validation is what refuses: the FA3 package split over processes fails there.
     assert "does not support context parallelism" in verdicts[_key(90, "fa3", "ulysses", "flash3")]["each"]["_flash_3"]
 
@@ -340,3 +345,24 @@ def test_ring_fallback_on_the_gpu_goes_through_the_padding(monkeypatch):
     q = torch.empty(1, 40, 2, 12, device="meta")
     out, lse = ad._native_flash_attention_forward_op(None, q, q, q, return_lse=True)
     assert seen == [16] and out.shape == q.shape and lse.shape == (1, 40, 2)
+
+
+# ------------------------------------------------------------------ before anything loads
+
+
+def test_a_kernel_that_cannot_run_split_is_refused_before_loading(hub_models):
+    """`--attention flash3 --gpus 2` with only FA3's package: refused by `check`, which loads nothing."""
+    import skyreels_cli as sk
+    from skyreels_cli.errors import UsageError
+    from skyreels_cli.runtime.parallel import Parallel
+
+    from .conftest import ALIASES
+
+    two = Parallel(0, 2, 0, torch.device("cuda"))
+    request = sk.Request(prompt="a cat", height=64, width=64, frames=17, steps=2)
+    with Simulated(90, ("_flash_3",)):
+        for load, says in ((sk.LoadOptions(attention="flash3"), "flash3.*cannot run Ulysses attention"),
+                           (sk.LoadOptions(attention="xformers"), "xformers.*not installed"),
+                           (sk.LoadOptions(attention="sdpa", ring=2, dtype="fp32"), "ring attention.*bf16/fp16")):
+            with pytest.raises(UsageError, match=says):
+                sk.check(sk.Job("t2v", request, model=ALIASES["t2v"], load=load), parallel=two)
