@@ -366,3 +366,23 @@ def test_a_kernel_that_cannot_run_split_is_refused_before_loading(hub_models):
                            (sk.LoadOptions(attention="sdpa", ring=2, dtype="fp32"), "ring attention.*bf16/fp16")):
             with pytest.raises(UsageError, match=says):
                 sk.check(sk.Job("t2v", request, model=ALIASES["t2v"], load=load), parallel=two)
+
+
+def test_the_service_refuses_a_kernel_that_cannot_run_split(hub_models):
+    """A job of `"gpus": 2` asking for FA3's package: a 400 naming `attention`, before it is queued."""
+    from dataclasses import replace
+
+    import skyreels_cli as sk
+    from skyreels_cli.service.admission import _check_layout
+    from skyreels_cli.service.fields import HttpError
+
+    from .conftest import ALIASES
+
+    request = sk.Request(prompt="a cat", height=64, width=64, frames=17, steps=2)
+    checked = sk.check(sk.Job("t2v", request, model=ALIASES["t2v"], load=sk.LoadOptions(device="cpu")))
+    on_gpu = replace(checked, device=torch.device("cuda"), dtype="bf16")
+    with Simulated(90, ("_flash_3", "flash")):
+        _check_layout(on_gpu, sk.LoadOptions(attention="flash"), 2)  # FA2 splits
+        with pytest.raises(HttpError) as err:
+            _check_layout(on_gpu, sk.LoadOptions(attention="flash3"), 2)
+    assert err.value.status == 400 and err.value.param == "attention" and "Ulysses" in err.value.message
