@@ -386,3 +386,38 @@ def test_the_service_refuses_a_kernel_that_cannot_run_split(hub_models):
         with pytest.raises(HttpError) as err:
             _check_layout(on_gpu, sk.LoadOptions(attention="flash3"), 2)
     assert err.value.status == 400 and err.value.param == "attention" and "Ulysses" in err.value.message
+
+
+def test_a_checkpoint_that_builds_a_mask_is_refused_a_maskless_kernel_before_its_weights(hub_models, tmp_path,
+                                                                                      monkeypatch):
+    """A local checkpoint whose config sets num_frame_per_block 2 (diffusers then builds a dense mask): `--attention
+    flash` on a GPU is refused once the config is read, before any weight is; the released layout loads on."""
+    import shutil
+
+    import skyreels_cli as sk
+    from skyreels_cli.core import model as core_model
+    from skyreels_cli.errors import UsageError
+
+    folder = tmp_path / "masked"
+    shutil.copytree(hub_models["df"], folder)  # files, not links into the shared cache
+    config_file = folder / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "num_frame_per_block": 2}))
+
+    class Loaded(Exception):
+        pass
+
+    def load_components(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(core_model, "load_components", load_components)
+    with Simulated(90, ("flash",)):
+        with pytest.raises(UsageError, match="attention='flash' takes no attention mask"):
+            sk.load(str(folder), attention="flash", device="cuda", progress=False)
+        with pytest.raises(Loaded):  # auto: SDPA, which takes the mask
+            sk.load(str(folder), attention="auto", device="cuda", progress=False)
+        with pytest.raises(Loaded):  # the released layout: FlashAttention as asked
+            sk.load(str(hub_models["df"]), attention="flash", device="cuda", progress=False)

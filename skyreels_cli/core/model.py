@@ -29,7 +29,7 @@ from ..models.naming import check_kind, resolve_model
 from ..models.registry import ModelSpec
 from ..quiet import third_party_quiet
 from ..run_options import BY_NAME, PLAN_FIELDS, RECORDED, LoadOptions
-from ..runtime.attention import apply_backend, pick_backend, planned_layout
+from ..runtime.attention import apply_backend, checkpoint_needs_mask, pick_backend, planned_layout
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.launch import launched_by_torchrun
 from ..runtime.memory import MemoryPlan
@@ -87,7 +87,8 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     shape = None if plan_for is None else run_shape(spec, plan_for)
     memory, reason = resolve_plan(spec, dev, shape, vram_gb=options.vram_gb, **options.plan_fields())
     # a kernel that cannot run (here, or split over these processes) is refused before a long load
-    pick_backend(options.attention, dev, torch_dtype, layout=planned_layout(parallel.world if parallel else 1, options.ring))
+    layout = planned_layout(parallel.world if parallel else 1, options.ring)
+    pick_backend(options.attention, dev, torch_dtype, layout=layout)
     if options.compile:
         check_compile(dev)
     loras = [resolve_lora(text) for text in options.loras]  # found before loading
@@ -98,6 +99,8 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
             folder = ensure_model(spec, progress=progress)
         else:  # one download (or tiny build) on rank 0; the others then find it in the cache
             folder = parallel.main_first("get the model", lambda: ensure_model(spec, progress=progress))
+        # a config that makes diffusers build a dense mask takes a kernel that honours it: known before the weights
+        pick_backend(options.attention, dev, torch_dtype, layout=layout, masked=checkpoint_needs_mask(folder))
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
         components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None)
         # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.

@@ -233,6 +233,15 @@ def model_dtype(transformer) -> torch.dtype:
     return transformer.dtype
 
 
+def checkpoint_needs_mask(folder) -> bool:
+    """`needs_mask` for a checkpoint folder, read from its transformer's config before any weight is."""
+    import json
+    from pathlib import Path
+
+    config = Path(folder) / "transformer" / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("num_frame_per_block", 1) > 1
+
+
 def _model_dtype_device(transformer) -> tuple[torch.dtype, torch.device]:
     return model_dtype(transformer), next(transformer.parameters()).device
 
