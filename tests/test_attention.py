@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,11 +230,26 @@ def test_layout_rejects_a_mismatched_sequence():
 # ---- choosing the kernel -------------------------------------------------------------------------
 
 
+PACKAGED = {"flash", "flash_hub", "_flash_3", "_flash_3_hub", "sage", "sage_hub", "xformers"}
+
+
 def fake_gpu(monkeypatch, capability=(9, 0), installed=()):
-    """Pretend to be on a CUDA GPU of `capability` with only the kernels in `installed` present."""
+    """Pretend to be on a CUDA GPU of `capability` with only the diffusers backends in `installed` present
+    (diffusers' own requirement check simulated, so `set_attention_backend` agrees; Hub kernels taken as fetched)."""
+    from diffusers.models import attention_dispatch as ad
+
+    real = ad._check_attention_backend_requirements
+
+    def requirements(backend):
+        if backend.value in PACKAGED and backend.value not in installed:
+            raise RuntimeError(f"{backend.value} is not installed (simulated)")
+        if backend.value not in PACKAGED:
+            real(backend)
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
-    monkeypatch.setattr(kernels, "_installed", lambda choice: choice.install is None or choice.backend in installed)
+    monkeypatch.setattr(ad, "_check_attention_backend_requirements", requirements)
+    monkeypatch.setattr(ad, "_maybe_download_kernel_for_backend", lambda backend: None)
     return torch.device("cuda")
 
 
@@ -250,16 +266,30 @@ def test_auto_picks_the_fastest_usable_kernel(monkeypatch):
     assert kernels.pick_backend("auto", ampere, torch.bfloat16) == "sage"
     bare = fake_gpu(monkeypatch, (9, 0), installed=())
     assert kernels.pick_backend("auto", bare, torch.bfloat16) == "sdpa"
+    hub = fake_gpu(monkeypatch, (9, 0), installed=("_flash_3_hub", "flash_hub"))
+    assert kernels.resolve_kernel("auto", hub, torch.bfloat16) == kernels.Picked("flash3", "_flash_3_hub")
 
 
-@pytest.mark.parametrize("name,hint", [("flash", "flash-attn"), ("flash3", "FlashAttention-3"),
-                                       ("sage", "sageattention"), ("xformers", "xformers")])
-def test_a_missing_kernel_says_what_to_install(monkeypatch, name, hint):
+@pytest.mark.parametrize("name,hint", [("flash", "--no-build-isolation"), ("flash3", "hopper/"),
+                                       ("sage", "thu-ml/SageAttention"), ("xformers", "xformers")])
+def test_a_missing_kernel_says_how_to_get_it(monkeypatch, name, hint):
     gpu = fake_gpu(monkeypatch, (9, 0), installed=())
     with pytest.raises(UsageError) as err:
         kernels.pick_backend(name, gpu, torch.bfloat16)
     message = str(err.value)
     assert "\n" not in message and hint in message and "attention='auto'" in message
+    if name != "xformers":  # each of the others also comes prebuilt through `kernels`
+        assert "pip install kernels" in message
+
+
+def test_sage_is_bounded_to_the_generations_it_runs_on(monkeypatch):
+    """sageattn raises "Unsupported CUDA architecture" outside sm80/86/89/90/120: a B200 (sm100) is refused."""
+    for sm, runs in ((80, True), (86, True), (87, False), (89, True), (90, True), (100, False), (120, True)):
+        gpu = fake_gpu(monkeypatch, divmod(sm, 10), installed=("sage",))
+        assert (kernels.pick_backend("auto", gpu, torch.bfloat16) == "sage") is runs, sm
+        if not runs:
+            with pytest.raises(DeviceError, match=f"sm{sm}"):
+                kernels.pick_backend("sage", gpu, torch.bfloat16)
 
 
 def test_a_kernel_on_the_wrong_device_says_which_to_use(monkeypatch):
@@ -275,13 +305,86 @@ def test_a_kernel_on_the_wrong_device_says_which_to_use(monkeypatch):
         kernels.pick_backend("fast", hopper)
 
 
+def test_split_runs_get_a_kernel_diffusers_splits(monkeypatch):
+    """FA3's package and xformers have no context parallelism in diffusers; SDPA's own paths no log-sum-exp."""
+    hopper = fake_gpu(monkeypatch, (9, 0), installed=("_flash_3", "flash", "xformers"))
+    assert kernels.resolve_kernel("auto", hopper, torch.bfloat16, layout="one").backend == "_flash_3"
+    assert kernels.resolve_kernel("auto", hopper, torch.bfloat16, layout="ulysses").backend == "flash"
+    assert kernels.resolve_kernel("sdpa", hopper, torch.bfloat16, layout="ring").backend == "_native_flash"
+    for name in ("flash3", "xformers"):
+        with pytest.raises(UsageError, match="cannot run Ulysses attention.*use attention sdpa or flash") as err:
+            kernels.pick_backend(name, hopper, torch.bfloat16, layout="ulysses")
+        assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="ring attention on a GPU in bf16/fp16 only.*dtype='bf16'"):
+        kernels.pick_backend("sdpa", hopper, torch.float32, layout="ring")
+    # known before the model is read: asked-for ring, else Ulysses
+    assert [kernels.planned_layout(w, r) for w, r in ((1, None), (8, None), (8, 2), (8, 1))] == \
+        ["one", "ulysses", "ring", "ulysses"]
+
+
 def test_the_table_says_which_kernels_take_a_mask():
+    """Only SDPA honours a boolean mask: FA2/FA3/Sage raise on one, xformers adds it as a 0/1 bias."""
     takes = {name for name, c in kernels.ATTENTION_CHOICES.items() if c.takes_mask}
-    assert takes == {"sdpa", "xformers"}
+    assert takes == {"sdpa"}
     from diffusers.models.attention_dispatch import AttentionBackendName
 
     for choice in kernels.ATTENTION_CHOICES.values():
-        AttentionBackendName(choice.backend)  # every name maps onto a real diffusers backend
+        for backend in choice.backends:
+            AttentionBackendName(backend)  # every name maps onto a real diffusers backend
+
+
+@pytest.fixture(scope="module")
+def cuda_loaded(hub_models):
+    """The tiny DF transformer loaded as a CUDA run loads it: bf16, diffusers' kept-fp32 layers (no cast)."""
+    from skyreels_cli.models.loading import load_components
+
+    return load_components(hub_models["df"], "df", torch.bfloat16, read=("transformer", "scheduler"))["transformer"]
+
+
+def test_a_bf16_checkpoint_gets_the_fast_kernels(cuda_loaded, monkeypatch):
+    """Its first parameter is the kept-fp32 `scale_shift_table`: the dtype must come from the model, not from it."""
+    assert next(cuda_loaded.parameters()).dtype == torch.float32, "loading no longer keeps fp32 layers"
+    assert kernels.model_dtype(cuda_loaded) == torch.bfloat16
+    hopper = fake_gpu(monkeypatch, (9, 0), installed=("_flash_3", "flash", "sage"))
+    model = copy.deepcopy(cuda_loaded)
+    assert kernels.apply_backend(model, "auto", hopper) == "flash3"
+    for name in ("flash", "sage"):
+        assert kernels.apply_backend(model, name, hopper) == name
+    assert {p._attention_backend.value for p in kernels._processors(model)} == {"sage"}
+    # the same checkpoint in fp32 takes SDPA: the dtype read does decide
+    fp32 = copy.deepcopy(cuda_loaded).float()
+    assert kernels.apply_backend(fp32, "auto", hopper) == "sdpa"
+
+
+def test_a_checkpoint_that_builds_a_mask_runs_a_kernel_that_takes_it(cuda_loaded, monkeypatch):
+    """num_frame_per_block > 1 makes diffusers feed self-attention a dense boolean mask: decided when the kernel
+    is set, not found by the kernel (an error) or by xformers (the mask silently a 0/1 bias)."""
+    hopper = fake_gpu(monkeypatch, (9, 0), installed=("_flash_3", "flash", "sage", "xformers"))
+    model = copy.deepcopy(cuda_loaded)
+    assert kernels.apply_backend(model, "auto", hopper) == "flash3"
+    model.register_to_config(num_frame_per_block=2)
+    assert kernels.apply_backend(model, "auto", hopper) == "sdpa"
+    for name in ("flash", "flash3", "sage", "xformers"):
+        with pytest.raises(UsageError, match=f"attention='{name}' takes no attention mask.*num_frame_per_block"):
+            kernels.apply_backend(model, name, hopper)
+
+
+def test_a_hub_kernel_that_cannot_be_fetched(cuda_loaded, monkeypatch):
+    """`auto` goes on to the next kernel; asked for by name, one line saying how to get it."""
+    from diffusers.models import attention_dispatch as ad
+
+    hopper = fake_gpu(monkeypatch, (9, 0), installed=("_flash_3_hub", "flash"))
+
+    def offline(backend):
+        if backend.value.endswith("_hub"):
+            raise ValueError("Cannot reach the Hub (offline)\nmore")
+
+    monkeypatch.setattr(ad, "_maybe_download_kernel_for_backend", offline)
+    model = copy.deepcopy(cuda_loaded)
+    assert kernels.apply_backend(model, "auto", hopper) == "flash"
+    with pytest.raises(UsageError, match="could not fetch its Hub kernel.*offline") as err:
+        kernels.apply_backend(model, "flash3", hopper)
+    assert "\n" not in str(err.value)
 
 
 def test_setting_and_resetting_a_backend_keeps_the_output(transformer):
@@ -311,10 +414,8 @@ def test_setting_and_resetting_a_backend_keeps_the_output(transformer):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_causal_attention_on_cuda_with_the_auto_kernel():
-    from skyreels_cli.models.tiny import build_components
-
-    model = build_components("df", seed=0)["transformer"].to("cuda", torch.bfloat16)
+def test_causal_attention_on_cuda_with_the_auto_kernel(cuda_loaded):
+    model = copy.deepcopy(cuda_loaded).to("cuda")  # bf16 as loaded, kept-fp32 layers and all
     q, k, v = torch.randn(3, 1, 7 * 64, 2, 64, device="cuda", dtype=torch.bfloat16).unbind(0)
     layout = BlockCausalLayout((1, 2, 2, 2), 64)
     dense = sdpa(q, k, v, block_causal_mask(layout.blocks, 64, "cuda"))
@@ -324,3 +425,32 @@ def test_causal_attention_on_cuda_with_the_auto_kernel():
         backend = kernels.ATTENTION_CHOICES[picked].backend
         ours = block_causal_attention(q, k, v, layout, lambda a, b, c: dispatch_attention_fn(a, b, c, backend=backend))
     torch.testing.assert_close(ours.float(), dense.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_doctor_says_what_each_kernel_needs(monkeypatch):
+    """PyPI's sageattention (1.0.6) is too old for diffusers; FA3 is reported; a GPU says what `auto` runs."""
+    import importlib.metadata
+
+    from .conftest import invoke
+
+    have = {"sageattention": "1.0.6", "flash_attn_3": "3.0.0b1", "kernels": "0.12.0"}
+    real = importlib.metadata.version
+
+    def version(dist):
+        if dist in have:
+            return have[dist]
+        if dist in ("flash-attn", "xformers"):
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    fake_gpu(monkeypatch, (9, 0), installed=("_flash_3",))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 * 2**30, 80 * 2**30))
+    lines = {line.split()[0]: line for line in invoke("doctor").output.splitlines() if line.strip()}
+    assert "1.0.6, too old for diffusers (needs 2.1.1+)" in lines["sage"] and "thu-ml/SageAttention" in lines["sage"]
+    assert lines["flash3"].split()[1] == "3.0.0b1"
+    assert "--no-build-isolation" in lines["flash"] and "pip install kernels" in lines["flash"]
+    assert "prebuilt flash, flash3, sage" in lines["kernels"]
+    assert lines["attention"].endswith("auto on GPU 0: flash3 (bf16)")

@@ -194,8 +194,12 @@ def test_return_dict_and_attention_kwargs(df):
     exact(ours, reference)
 
 
-def test_bfloat16_close_to_diffusers(df):
-    model = copy.deepcopy(df).to(torch.bfloat16)
+def test_bfloat16_close_to_diffusers(hub_models):
+    """Loaded as a CUDA run loads it (bf16, diffusers' kept-fp32 layers), never cast: the dtype mix of a real run."""
+    from skyreels_cli.models.loading import load_components
+
+    model = load_components(hub_models["df"], "df", torch.bfloat16, read=("transformer", "scheduler"))["transformer"]
+    assert model.scale_shift_table.dtype == torch.float32 and model.dtype == torch.bfloat16
     kwargs = inputs(model, batch=2, frames=5)
     kwargs.update(hidden_states=kwargs["hidden_states"].bfloat16(),
                   encoder_hidden_states=kwargs["encoder_hidden_states"].bfloat16())

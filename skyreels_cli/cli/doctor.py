@@ -56,8 +56,12 @@ def report() -> tuple[list[str], bool]:
     cache = hf_home()
     lines.append(f"model cache  {cache / 'hub'} ({_free_gb(cache):.0f} GB free){' [offline]' if is_offline() else ''}")
     lines.append(f"tiny models  {tiny_root()} (built there on first use, no download)")
-    for extra in ("xformers", "flash_attn", "sageattention"):
-        lines.append(_version_line(extra))
+    from ..runtime.attention import kernel_status, pick_backend
+
+    for kernel, status in kernel_status():  # optional: SDPA runs without any of them
+        lines.append(f"{kernel:<12} {status}")
+    if gpus:
+        lines.append(f"attention    auto on GPU 0: {_auto_kernel(pick_backend)} (bf16)")
     from ..models.check import problems
     from ..models.hub import cached_snapshot
     from ..models.registry import load_registry
@@ -92,11 +96,19 @@ def _free_gb(folder) -> float:
     return 0.0
 
 
+def _auto_kernel(pick_backend) -> str:
+    import torch
+
+    try:
+        return pick_backend("auto", torch.device("cuda", 0), torch.bfloat16)
+    except (RuntimeError, AssertionError) as exc:  # a GPU that cannot say its generation
+        return f"unknown ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
 def _version_line(module: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    dist = {"flash_attn": "flash-attn"}.get(module, module)
     try:
-        return f"{module:<12} {version(dist)}"
+        return f"{module:<12} {version(module)}"
     except PackageNotFoundError:
         return f"{module:<12} not installed"

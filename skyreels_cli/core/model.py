@@ -29,7 +29,7 @@ from ..models.naming import check_kind, resolve_model
 from ..models.registry import ModelSpec
 from ..quiet import third_party_quiet
 from ..run_options import BY_NAME, PLAN_FIELDS, RECORDED, LoadOptions
-from ..runtime.attention import apply_backend, pick_backend
+from ..runtime.attention import apply_backend, checkpoint_needs_mask, pick_backend, planned_layout
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.launch import launched_by_torchrun
 from ..runtime.memory import MemoryPlan
@@ -86,7 +86,9 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     torch_dtype = pick_dtype(options.dtype, dev)
     shape = None if plan_for is None else run_shape(spec, plan_for)
     memory, reason = resolve_plan(spec, dev, shape, vram_gb=options.vram_gb, **options.plan_fields())
-    pick_backend(options.attention, dev, torch_dtype)  # a kernel that cannot run is refused before a long load
+    # a kernel that cannot run (here, or split over these processes) is refused before a long load
+    layout = planned_layout(parallel.world if parallel else 1, options.ring)
+    pick_backend(options.attention, dev, torch_dtype, layout=layout)
     if options.compile:
         check_compile(dev)
     loras = [resolve_lora(text) for text in options.loras]  # found before loading
@@ -97,6 +99,8 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
             folder = ensure_model(spec, progress=progress)
         else:  # one download (or tiny build) on rank 0; the others then find it in the cache
             folder = parallel.main_first("get the model", lambda: ensure_model(spec, progress=progress))
+        # a config that makes diffusers build a dense mask takes a kernel that honours it: known before the weights
+        pick_backend(options.attention, dev, torch_dtype, layout=layout, masked=checkpoint_needs_mask(folder))
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
         components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None)
         # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.
@@ -149,11 +153,13 @@ class Model:
             # Before the plan's offload hooks, which wrap `forward`: those must wrap ours.
             install_per_frame_modulation(transformer)
         self.placement = Placement(components, device, self.memory)
-        self.attention = apply_backend(transformer, options.attention, device)
         self.parallel = parallel
-        if parallel is not None:  # after the kernel is set (ring may change it) and the modulation installed
+        if parallel is not None:  # the kernel is chosen for the layout: diffusers splits only some of them
             parallel.layout = choose_layout(transformer.config.num_attention_heads, parallel.world, options.ulysses,
                                             options.ring)
+        self.attention = apply_backend(transformer, options.attention, device,
+                                       layout=parallel.layout.kind if parallel is not None else "one")
+        if parallel is not None:  # after the kernel is set and the modulation installed
             enable_context_parallel(transformer, parallel.layout, device, per_frame=spec.forcing)
         self.compiled = options.compile
         if options.compile:

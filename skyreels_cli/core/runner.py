@@ -20,7 +20,7 @@ from ..models.loading import check_device, dtype_name, pick_dtype
 from ..models.lora import resolve_lora
 from ..models.naming import resolve_model
 from ..models.registry import ModelSpec
-from ..runtime.attention import pick_backend
+from ..runtime.attention import pick_backend, planned_layout
 from ..runtime.compile import check_compile
 from ..runtime.launch import launched_by_torchrun
 from ..runtime.parallel import Parallel, check_layout_options, init_parallel
@@ -63,7 +63,8 @@ def check(job: Job, *, parallel: Parallel | None = None) -> Checked:
     check_layout_options(options.ulysses, options.ring, parallel)
     device = parallel.device if parallel is not None else check_device(options.device, spec)
     dtype = pick_dtype(options.dtype, device)
-    pick_backend(options.attention, device, dtype)  # a kernel that cannot run here is refused now
+    # a kernel that cannot run here (or split over these processes) is refused now
+    pick_backend(options.attention, device, dtype, layout=planned_layout(parallel.world if parallel else 1, options.ring))
     if options.compile:
         check_compile(device)
     for text in options.loras:  # a missing LoRA is refused before anything loads

@@ -54,6 +54,7 @@ import torch.distributed as dist
 
 from ..errors import ModelError, PeerLost, UsageError, kept_after_stop, setting
 from ..models.loading import auto_device
+from .attention import RETURNS_LSE, runs_layout
 from .launch import check_gpus
 
 # How long a collective may wait for a slow rank (rank 0 decoding a window while the others wait at the
@@ -65,10 +66,11 @@ DEAD_AFTER_S = 10.0
 # and shares embeddings and latents, so the others never load the text encoder (UMT5-XXL, 11 GB in bf16),
 # the VAE or the image encoder (models/loading.py builds a weightless VAE for its config).
 FOLLOWER_READS = ("transformer", "scheduler")
-# Attention kernels that return the log-sum-exp ring attention merges partial results with. None of
-# diffusers' backends returns it on the CPU ("native" refuses, "_native_flash" calls a CUDA-only op), so on
-# the CPU `_native_flash`'s forward op is routed to torch's CPU flash kernel, which returns it (fp32 too).
-RING_BACKENDS = ("flash", "_flash_3", "sage", "_native_cudnn", "_native_flash")
+# Attention kernels that return the log-sum-exp ring attention merges partial results with (runtime/attention.py
+# reads which from diffusers). Self-attention on another one moves to torch's flash kernel for ring. None of diffusers'
+# backends returns it on the CPU ("native" refuses, "_native_flash" calls a CUDA-only op), so on the CPU
+# `_native_flash`'s forward op is routed to torch's CPU flash kernel, which returns it (fp32 too).
+RING_BACKENDS = RETURNS_LSE
 RING_FALLBACK = "_native_flash"
 
 
@@ -85,6 +87,11 @@ class Layout:
     @property
     def world(self) -> int:
         return self.ulysses * self.ring
+
+    @property
+    def kind(self) -> str:
+        """As runtime/attention.py's LAYOUTS name it: which attention kernels can run it depends on this."""
+        return "ring" if self.ring > 1 else "ulysses" if self.ulysses > 1 else "one"
 
     def describe(self) -> str:
         parts = [f"ulysses {self.ulysses}" if self.ulysses > 1 else "", f"ring {self.ring}" if self.ring > 1 else ""]
@@ -217,6 +224,7 @@ def enable_context_parallel(transformer, layout: Layout, device: torch.device, p
                          + ", ".join(c.flags() for c in valid_layouts(heads, layout.world)))
     if layout.ring > 1:
         _ring_backend(transformer)
+    _check_backend(transformer, layout)
     plan = context_parallel_plan(per_frame)
     ours = {name: entry for name, entry in plan.items() if isinstance(entry, dict)
             and any(isinstance(v, FrameRows) for v in entry.values())}
@@ -278,20 +286,37 @@ def _ring_backend(transformer) -> None:
     _route_native_flash_on_cpu()
 
 
+def _check_backend(transformer, layout: Layout) -> None:
+    """Self-attention's backend runs `layout`, or a one-line error naming those that do (diffusers would raise a
+    bare ValueError from `enable_parallelism`). `attention.apply_backend` with the layout chooses one that does."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    kind = "ring" if layout.ring > 1 else "ulysses"
+    backend = getattr(transformer.blocks[0].attn1.processor, "_attention_backend", None) \
+        or _AttentionBackendRegistry._active_backend
+    backend = getattr(backend, "value", backend)
+    if not runs_layout(backend, kind):
+        able = sorted(b for b in _AttentionBackendRegistry._supports_context_parallel if runs_layout(b, kind))
+        raise UsageError(f"the attention backend {backend} cannot run {layout.describe()} in diffusers; "
+                         f"backends that can: {', '.join(able)}")
+
+
 def _route_native_flash_on_cpu() -> None:
     """`_native_flash`'s context-parallel forward op, for CPU tensors, on torch's CPU flash kernel (which
-    returns the log-sum-exp); CUDA tensors go to diffusers' own. Process-wide, installed once."""
+    returns the log-sum-exp); CUDA tensors go to diffusers' own, with the head size padded to a multiple of 8
+    (the CUDA flash kernel refuses others; the tiny models have 12). Process-wide, installed once."""
     from diffusers.models import attention_dispatch as ad
 
     original = ad._native_flash_attention_forward_op
     if getattr(original, "_skyreels_cpu", False):
         return
+    cuda_op = padded_head_dim(original)
 
     def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                    enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
         if query.device.type != "cpu":
-            return original(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                            return_lse, _save_ctx, _parallel_config)
+            return cuda_op(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                           return_lse, _save_ctx, _parallel_config)
         q, k, v = (x.transpose(1, 2).contiguous() for x in (query, key, value))  # (B, H, S, D) for the kernel
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
                                                                               scale=scale)
@@ -300,6 +325,33 @@ def _route_native_flash_on_cpu() -> None:
 
     forward_op._skyreels_cpu = True
     ad._native_flash_attention_forward_op = forward_op
+
+
+HEAD_DIM_MULTIPLE = 8  # torch's CUDA flash kernel takes head sizes that are multiples of 8 only
+
+
+def padded_head_dim(op):
+    """`op` (a diffusers forward op on (B, S, H, D) tensors) run with D padded by zeros to a multiple of 8 and the
+    output cut back. Zeros add nothing to q.k (the scale stays that of D) nor to the softmax, so the output's
+    first D columns and the log-sum-exp are unchanged."""
+
+    def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+        dim = query.shape[-1]
+        pad = -dim % HEAD_DIM_MULTIPLE
+        if pad:
+            scale = dim ** -0.5 if scale is None else scale
+            query, key, value = (torch.nn.functional.pad(x, (0, pad)) for x in (query, key, value))
+        result = op(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
+                    _save_ctx, _parallel_config)
+        if not pad:
+            return result
+        if return_lse:
+            out, lse = result
+            return out[..., :dim], lse
+        return result[..., :dim]
+
+    return forward_op
 
 
 def _own_attn1(block):

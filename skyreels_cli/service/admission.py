@@ -78,6 +78,8 @@ def _check_layout(checked, load, gpus: int) -> None:
     must suit the model's attention heads (read from its config when it is on this machine)."""
     from ..core.resolve import check_split
     from ..models.hub import cached_snapshot
+    from ..models.loading import DTYPES
+    from ..runtime.attention import pick_backend, planned_layout
     from ..runtime.parallel import choose_layout
 
     try:
@@ -86,8 +88,15 @@ def _check_layout(checked, load, gpus: int) -> None:
         raise HttpError(400, f'"gpus": {gpus}: {err}', "gpus") from None
     folder = cached_snapshot(checked.spec)
     config = folder / "transformer" / "config.json" if folder is not None else None
+    kind = planned_layout(gpus, load.ring)
     if config is not None and config.is_file():
         try:
-            choose_layout(json.loads(config.read_text())["num_attention_heads"], gpus, load.ulysses, load.ring)
+            kind = choose_layout(json.loads(config.read_text())["num_attention_heads"], gpus, load.ulysses,
+                                 load.ring).kind
         except SkyreelsError as err:
             raise HttpError(400, str(err), "ulysses" if load.ulysses is not None else "ring") from None
+    if checked.device is not None:  # diffusers splits only some kernels over processes
+        try:
+            pick_backend(load.attention, checked.device, DTYPES[checked.dtype], layout=kind)
+        except SkyreelsError as err:
+            raise HttpError(400, str(err), "attention") from None
