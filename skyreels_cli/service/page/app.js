@@ -293,11 +293,24 @@ function settingsTable(settings) {
                                                                    !(Array.isArray(v) && !v.length));
     if (!values.length) continue;
     row(group, "", true);
-    for (const [name, value] of values) {
-      row(name.replaceAll("_", " "), typeof value === "object" ? JSON.stringify(value) : String(value));
-    }
+    for (const [name, value] of values) row(name.replaceAll("_", " "), readable(value));
   }
   return table;
+}
+
+// A value as a person reads it: an object as "name value, ...", a list of records as how many there are
+// (the per-window colour statistics are for tools, not for reading here), rounded numbers.
+function readable(value) {
+  if (typeof value === "number") return String(Math.round(value * 1000) / 1000);
+  if (Array.isArray(value)) {
+    return value.some((v) => v !== null && typeof v === "object") ? `${value.length} entries`
+      : value.map(readable).join(", ");
+  }
+  if (value !== null && typeof value === "object") {
+    return Object.entries(value).filter(([, v]) => v !== null)
+      .map(([k, v]) => `${k.replaceAll("_", " ")} ${readable(v)}`).join(", ");
+  }
+  return String(value);
 }
 
 function showError(element, error) {
