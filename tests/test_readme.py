@@ -20,7 +20,8 @@ def readme_commands() -> list[list[str]]:
     """The `skyreels ...` lines of the README's and the docs/ pages' bash blocks."""
     blocks = re.findall(r"```bash\n(.*?)```", DOCS, re.S)
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
-    return [shlex.split(line) for line in lines if line.startswith("skyreels ")]
+    unique = dict.fromkeys(line for line in lines if line.startswith("skyreels "))  # each example runs once
+    return [shlex.split(line) for line in unique]
 
 
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a[:2]))
