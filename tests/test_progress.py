@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import skyreels_cli as sk
 from skyreels_cli.cli import app
-from skyreels_cli.cli.progress import ProgressDisplay
+from skyreels_cli.cli.progress import ProgressDisplay, summary
 from skyreels_cli.core.events import (
     RunClock,
     RunFinished,
@@ -182,3 +182,60 @@ def test_quiet_extend_writes_nothing_on_stderr(tmp_path):
     result = CliRunner().invoke(app, ["extend", "a red fox", *TINY, "--frames", "41", "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert result.stderr == "" and result.stdout == f"{out}\n"
+
+
+def test_the_summary_says_new_frames_and_the_file_s_where_they_differ():
+    # `extend --video X --frames 60` on a 17-frame X: 60 new frames, 77 in the file (and a resumed run likewise)
+    assert (summary(RunFinished(60, 30.0, Path("out.mp4"), 77))
+            == "done: 60 new frames (77 in the file) in 30s, 0.50 s per frame")
+    assert summary(RunFinished(41, 30.0, Path("out.mp4"), 41)) == "done: 41 frames in 30s, 0.73 s per frame"
+
+
+@pytest.mark.slow
+def test_extend_of_a_video_says_how_many_frames_are_new(tmp_path):
+    start = tmp_path / "start.mp4"
+    clip = [a for a in TINY if a not in ("--base-frames", "17")]  # t2v has no windows
+    made = CliRunner().invoke(app, ["t2v", "a red fox", *clip, "--frames", "17", "-o", str(start), "-q"])
+    assert made.exit_code == 0, made.output
+    out = tmp_path / "longer.mp4"
+    result = CliRunner().invoke(app, ["extend", "the fox keeps running", *TINY, "--video", str(start),
+                                      "--frames", "24", "--overlap", "5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from .conftest import read_video
+
+    frames, _ = read_video(out)
+    new = len(frames) - 17
+    assert new == 24, "--frames counts the new frames"
+    assert re.fullmatch(rf"done: {new} new frames \({len(frames)} in the file\) in \d+s, \d+\.\d\d s per frame",
+                        result.stderr.splitlines()[-1]), result.stderr
+
+
+# What a user sees: the CLI run as a program (its own process, so no test harness has set any logger), with the
+# library's display only. Bars and warnings from diffusers, transformers and huggingface_hub would show here.
+THIRD_PARTY = ("Loading pipeline components", "Loading weights", "Loading checkpoint shards", "it/s]", "s/it]",
+               "[transformers]", "torchvision", "Warning", "warn(", "deprecated", "Some weights")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["t2v", "i2v"])
+def test_a_normal_run_shows_only_skyreels_own_display(command, hub_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (30, 120, 200)).save(picture)
+    clip = [a for a in TINY if a not in ("--base-frames", "17")]
+    args = [command, "a red fox", *clip, "--frames", "17", "-o", str(tmp_path / "out.mp4")]
+    if command == "i2v":
+        args.insert(1, str(picture))
+    env = {**os.environ, "PYTHONWARNINGS": "default"}  # as a user's shell: Python's default warning filters
+    env.pop("PYTEST_CURRENT_TEST", None)
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("done: 17 frames"), done.stderr
+    shown = [line for line in done.stderr.splitlines() if any(word in line for word in THIRD_PARTY)]
+    assert not shown, done.stderr

@@ -1,4 +1,5 @@
-"""The README's examples use commands and options that exist, and its test command is CI's."""
+"""The examples of the README and of the docs/ pages use commands and options that exist (and run, on the tiny
+model), their links lead to files that exist, and the README's test command is CI's."""
 
 import re
 import shlex
@@ -11,12 +12,16 @@ from skyreels_cli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PAGES = {path: path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+DOCS = "\n".join(PAGES.values())  # the README and every docs/ page: all their examples are run
 
 
 def readme_commands() -> list[list[str]]:
-    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    """The `skyreels ...` lines of the README's and the docs/ pages' bash blocks."""
+    blocks = re.findall(r"```bash\n(.*?)```", DOCS, re.S)
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
-    return [shlex.split(line) for line in lines if line.startswith("skyreels ")]
+    unique = dict.fromkeys(line for line in lines if line.startswith("skyreels "))  # each example runs once
+    return [shlex.split(line) for line in unique]
 
 
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a[:2]))
@@ -33,6 +38,33 @@ def test_readme_has_the_commands_it_promises():
     assert 'skyreels t2v "a cat" --model tiny' in README
 
 
+def test_the_readme_is_what_a_newcomer_needs_first():
+    """Short (the rest is in docs/), a CPU install beside the GPU one, and a link to every docs/ page."""
+    assert len(README) < 12_000, "topics go into docs/ pages"
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in README
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f"](docs/{page.name})" in README, f"the README's topics do not name docs/{page.name}"
+
+
+def links(text: str) -> list[str]:
+    """The relative links of a Markdown text (no web addresses, no anchors within the page)."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_link_leads_to_a_file(page):
+    missing = [t for t in links(PAGES[page]) if not (page.parent / t).exists()]
+    assert not missing, f"{page.name} links to files that are not there: {missing}"
+
+
+def test_the_link_check_can_fail(tmp_path):
+    (tmp_path / "here.md").write_text("x")
+    page = "[a](here.md) [b](gone.md#part) [c](https://example.com) [d](#anchor)"
+    assert links(page) == ["here.md", "gone.md"]
+    assert [t for t in links(page) if not (tmp_path / t).exists()] == ["gone.md"]
+
+
 def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README and "python -m pytest -q" in ci
@@ -40,14 +72,14 @@ def test_readme_test_command_is_what_ci_runs():
 
 @pytest.mark.slow
 def test_readme_python_example_runs(hub_models, tmp_path, monkeypatch):
-    """The README's Python example, on the tiny model and the CPU instead of the default model on CUDA."""
-    [block] = re.findall(r"```python\n(.*?)```", README, re.S)
+    """docs/library.md's Python example, on the tiny model and the CPU instead of the default model on CUDA."""
+    [block] = re.findall(r"```python\n(.*?)```", PAGES[ROOT / "docs" / "library.md"], re.S)
     assert 'sk.load("df-1.3b-540p", device="cuda")' in block
     code = block.replace('sk.load("df-1.3b-540p", device="cuda")', 'sk.load("tiny", device="cpu", progress=False)')
     code = code.replace('model="df-1.3b-540p"', 'model="tiny"').replace('device="cuda"', 'device="cpu"')
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/library.md", "exec"), scope)
     assert (tmp_path / "fox.mp4").is_file() and (tmp_path / "cat.mp4.json").is_file()
     assert (tmp_path / "dawn.mp4").is_file(), "the Job example ran too"
     assert scope["result"].frames == 257

@@ -139,9 +139,9 @@ def test_the_readmes_curl_example_runs_against_a_service(server, tmp_path, image
     import re
     import shutil
 
-    from .test_readme import README
+    from .test_readme import DOCS
 
-    [block] = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "curl" in b]
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", DOCS, re.S) if "curl" in b]
     shutil.copy(image_file, tmp_path / "photo.png")
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("http://127.0.0.1:7860", server.url)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -160,4 +160,4 @@ def test_the_readmes_curl_example_runs_against_a_service(server, tmp_path, image
     last = answers[-1]
     assert answers[-2]["object"] == "video" and answers[-2]["command"] == "i2v", "the multipart upload"
     assert last["error"]["param"] == "frames" and last["error"]["message"] == '"frames": -4 must be a positive number'
-    assert json.dumps(last["error"]["message"]) in README, "the README shows the answer as it is"
+    assert json.dumps(last["error"]["message"]) in DOCS, "the docs show the answer as it is"

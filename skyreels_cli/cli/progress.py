@@ -125,7 +125,11 @@ class ProgressDisplay:
 
 
 def summary(event: RunFinished) -> str:
-    """The run's last line: frames, time, seconds per frame."""
+    """The run's last line: frames, time, seconds per frame. Where the file holds more than this run made (a
+    continued video, a resumed run) both counts show: `extend --video X --frames N` makes N new frames."""
     rate = seconds_per_frame(event.seconds, event.frames)
     per = "" if rate is None else f", {rate:.2f} s per frame"
-    return f"done: {event.frames} frames in {format_duration(event.seconds)}{per}"
+    made = f"{event.frames} frames"
+    if event.in_file is not None and event.in_file != event.frames:
+        made = f"{event.frames} new frames ({event.in_file} in the file)"
+    return f"done: {made} in {format_duration(event.seconds)}{per}"

@@ -55,6 +55,7 @@ class RunFinished:
     frames: int                      # frames this run made
     seconds: float                   # wall time of this run
     path: Path | None                # the output (None: streamed, no file)
+    in_file: int | None = None       # frames in the output: a continued video's and earlier runs' too
 
     @property
     def elapsed_s(self) -> float:

@@ -94,13 +94,16 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     loras = [resolve_lora(text) for text in options.loras]  # found before loading
     started = time.perf_counter()
     follower = parallel is not None and not parallel.is_main
-    with third_party_quiet(not progress):
+    with third_party_quiet(not progress):  # a download shows its bars: the one long wait with no display of ours
         if parallel is None:
             folder = ensure_model(spec, progress=progress)
         else:  # one download (or tiny build) on rank 0; the others then find it in the cache
             folder = parallel.main_first("get the model", lambda: ensure_model(spec, progress=progress))
         # a config that makes diffusers build a dense mask takes a kernel that honours it: known before the weights
         pick_backend(options.attention, dev, torch_dtype, layout=layout, masked=checkpoint_needs_mask(folder))
+    # Loading takes seconds and shows nothing: diffusers' and transformers' bars and warnings ("Loading pipeline
+    # components", "Loading weights") would crowd out the run's own display, which says what is made.
+    with third_party_quiet():
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
         components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None)
         # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.

@@ -229,7 +229,7 @@ class Run:
                 run["step_cache"] = cache
             run["colour"] = self.colour
             path = sink.finish({**metadata, "run": run})
-        self.emit(RunFinished(self.made, round(time.perf_counter() - started, 3), path))
+        self.emit(RunFinished(self.made, round(time.perf_counter() - started, 3), path, sink.frames_written))
         return Result(path, target.sidecar, request, sink.frames_written, timer.marks, peak, bool(saved),
                       self.replayed, cache, m.runtime)
 

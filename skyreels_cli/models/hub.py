@@ -82,6 +82,7 @@ def verify(spec: ModelSpec, folder: Path) -> None:
 def _ensure_tiny(spec: ModelSpec, force: bool) -> Path:
     import shutil
 
+    from ..quiet import third_party_quiet
     from .tiny import save_checkpoint
 
     path = tiny_path(spec)
@@ -89,7 +90,8 @@ def _ensure_tiny(spec: ModelSpec, force: bool) -> Path:
         if force and path.exists():
             shutil.rmtree(path)
         if not (path / "model_index.json").is_file():
-            save_checkpoint(spec.kind, path)
+            with third_party_quiet():  # a second's build: transformers' "Writing model shards" bars are noise
+                save_checkpoint(spec.kind, path)
     except OSError as err:
         raise ModelError(f"cannot build the tiny model in {path} ({err.strerror or err}); set HF_HOME to a "
                          "writable folder") from None

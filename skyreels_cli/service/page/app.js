@@ -7,6 +7,7 @@ const MAIN_FIELDS = new Set(["command", "model", "prompt", "seconds", "frames", 
 const POLL_MS = 500;
 let options = null;       // GET /v1/options
 const shown = new Map();  // job id -> its element (queue item or gallery card)
+let noted = null;         // the job the "queued ..." note is about: the note goes when it ends
 
 // ------------------------------------------------------------------ the token (when the service has one)
 
@@ -85,10 +86,28 @@ function buildAdvanced() {
     if (kept[name] !== undefined) $("[name]", label).value = kept[name];
     box.append(label);
   }
-  for (const label of document.querySelectorAll("[data-upload]")) {
-    label.hidden = !options.uploads[command].includes(label.dataset.upload);
-  }
+  showUploads();
   fillModels();
+}
+
+// Only the files the command takes are offered. A file already chosen stays in sight, marked, when the command
+// changes to one that does not take it: it is sent, and the service refuses it, rather than the page dropping it.
+function showUploads() {
+  const command = $("#command").value;
+  for (const label of document.querySelectorAll("[data-upload]")) {
+    const taken = options.uploads[command].includes(label.dataset.upload);
+    const chosen = $("input", label).files.length > 0;
+    label.hidden = !taken && !chosen;
+    $(".hint", label).textContent = taken ? "" : `${command} takes none: clear it`;
+    $(".clear-file", label).hidden = !chosen;
+  }
+}
+
+function clearFile(event) {
+  const file = $("input", event.target.closest("[data-upload]"));
+  file.value = "";
+  file.classList.remove("invalid");
+  showUploads();
 }
 
 function fillModels() {
@@ -128,6 +147,7 @@ async function submit(event) {
   try {
     const job = await api("POST", "/v1/videos", formData());
     $("#note").textContent = `queued ${job.id}: ${job.frames} frames, ${job.size}, seed ${job.seed}`;
+    noted = job.id;
     await refresh();
   } catch (error) {
     $("#form-error").textContent = error.message;
@@ -162,6 +182,8 @@ async function again(job) {
   $("#advanced").open = true;
   const files = ["image", "end_image", "video"].filter((n) => request[n]);
   $("#note").textContent = `settings of ${job.id}` + (files.length ? "; choose its input files again" : "");
+  noted = null;
+  showUploads();
   $("#prompt").focus();
   scrollTo({ top: 0, behavior: "smooth" });
 }
@@ -191,7 +213,7 @@ function queueItem(job) {
     · <span class="eta"></span></div></div><div class="actions"></div>`;
   $(".prompt", li).textContent = job.prompt || "(no prompt)";
   $(".actions", li).append(button("Cancel", () => api("POST", `/v1/videos/${job.id}/cancel`).then(refresh)),
-                           button("Delete", () => remove(job.id)));
+                           button("Delete", () => remove(job, li)));
   return li;
 }
 
@@ -228,12 +250,11 @@ function card(job) {
     const video = document.createElement("video");
     Object.assign(video, { controls: true, preload: "metadata", src: `/v1/videos/${job.id}/content` });
     const details = document.createElement("details");
-    details.innerHTML = "<summary>Settings</summary><pre></pre>";
+    details.innerHTML = "<summary>Settings</summary>";
     details.addEventListener("toggle", async () => {
-      if (details.open && !$("pre", details).textContent) {
+      if (details.open && !$("table", details)) {
         const settings = await api("GET", `/v1/videos/${job.id}/content?variant=settings`);
-        $("pre", details).textContent = JSON.stringify({ request: settings.request, model: settings.model,
-                                                         run: settings.run }, null, 1);
+        details.append(settingsTable(settings));
       }
     });
     div.append(video, details);
@@ -246,15 +267,83 @@ function card(job) {
   const actions = document.createElement("div");
   actions.className = "actions";
   if (job.status === "completed") actions.append(button("Again with changes", () => again(job)));
-  actions.append(button("Delete", () => remove(job.id)));
+  // A stopped extend keeps its finished windows: the service continues it from the last one.
+  if (job.command === "extend" && (job.status === "cancelled" || job.status === "failed")) {
+    actions.append(button("Continue", () => resume(job, div)));
+  }
+  actions.append(button("Delete", () => remove(job, div)));
   div.append(actions);
   return div;
 }
 
-async function remove(id) {
-  await api("DELETE", `/v1/videos/${id}`);
-  if (shown.has(id)) shown.get(id).element.remove();
-  shown.delete(id);
+// The recorded settings as rows of name and value, by group (request, model, run); unset values left out.
+function settingsTable(settings) {
+  const table = document.createElement("table");
+  table.className = "settings";
+  const row = (name, value, group) => {
+    const tr = table.insertRow();
+    if (group) tr.className = "group";
+    const th = document.createElement("th");
+    th.textContent = name;
+    tr.append(th);
+    tr.insertCell().textContent = value;
+  };
+  for (const group of ["request", "model", "run"]) {
+    const values = Object.entries(settings[group] || {}).filter(([, v]) => v !== null && v !== "" &&
+                                                                   !(Array.isArray(v) && !v.length));
+    if (!values.length) continue;
+    row(group, "", true);
+    for (const [name, value] of values) row(name.replaceAll("_", " "), readable(value));
+  }
+  return table;
+}
+
+// A value as a person reads it: an object as "name value, ...", a list of records as how many there are
+// (the per-window colour statistics are for tools, not for reading here), rounded numbers.
+function readable(value) {
+  if (typeof value === "number") return String(Math.round(value * 1000) / 1000);
+  if (Array.isArray(value)) {
+    return value.some((v) => v !== null && typeof v === "object") ? `${value.length} entries`
+      : value.map(readable).join(", ");
+  }
+  if (value !== null && typeof value === "object") {
+    return Object.entries(value).filter(([, v]) => v !== null)
+      .map(([k, v]) => `${k.replaceAll("_", " ")} ${readable(v)}`).join(", ");
+  }
+  return String(value);
+}
+
+function showError(element, error) {
+  let line = $(".error", element);
+  if (!line) {
+    line = document.createElement("div");
+    line.className = "error";
+    $(".actions", element).before(line);
+  }
+  line.textContent = error.message;
+}
+
+async function resume(job, element) {
+  try {
+    await api("POST", `/v1/videos/${job.id}/resume`);
+  } catch (error) {
+    showError(element, error);
+    return;
+  }
+  await refresh();
+}
+
+async function remove(job, element) {
+  const what = job.prompt ? `"${job.prompt.length > 60 ? job.prompt.slice(0, 60) + "…" : job.prompt}"` : job.id;
+  if (!confirm(`Delete ${what}? Its video and settings are removed from the service.`)) return;
+  try {
+    await api("DELETE", `/v1/videos/${job.id}`);
+  } catch (error) {
+    showError(element, error);
+    return;
+  }
+  if (shown.has(job.id)) shown.get(job.id).element.remove();
+  shown.delete(job.id);
   await refresh();
 }
 
@@ -283,6 +372,10 @@ async function refresh() {
     if (running) updateItem(entry.element, job);
   }
   for (const [id, entry] of shown) if (!seen.has(id)) { entry.element.remove(); shown.delete(id); }
+  if (noted && !(shown.get(noted) || {}).running) {  // the job the note is about has ended (or is gone)
+    $("#note").textContent = "";
+    noted = null;
+  }
   $("#queue-empty").hidden = $("#jobs").children.length > 0;
   $("#gallery-empty").hidden = $("#videos").children.length > 0;
 }
@@ -301,9 +394,12 @@ async function start() {
   try {
     options = await api("GET", "/v1/options");
   } catch (error) {
-    $("#health").textContent = error.status === 401 ? "this service needs its token: open the page as /#token=TOKEN"
-      : `service unreachable: ${error.message}`;
-    $("#submit").disabled = true;
+    if (error.status === 401) {
+      locked();
+    } else {
+      $("#health").textContent = `service unreachable: ${error.message}`;
+      $("#submit").disabled = true;
+    }
     return;
   }
   for (const [id, name] of [["#aspect", "aspect"], ["#resolution", "resolution"]]) {
@@ -311,12 +407,28 @@ async function start() {
   }
   $("#prompt").maxLength = options.max_prompt_chars;
   $("#command").addEventListener("change", buildAdvanced);
+  for (const file of document.querySelectorAll("[data-upload] input")) file.addEventListener("change", showUploads);
+  for (const clear of document.querySelectorAll(".clear-file")) clear.addEventListener("click", clearFile);
   $("#form").addEventListener("submit", submit);
   buildAdvanced();
   await refresh();
   await health();
   setInterval(refresh, POLL_MS);
   setInterval(health, 3000);
+}
+
+// Without its token nothing works: instead of an empty form, a box for the token (kept for this tab only).
+function locked() {
+  $("main").hidden = true;
+  $("#locked").hidden = false;
+  $("#health").textContent = token ? "the token was refused" : "needs its token";
+  if (token) $("#locked-why").textContent = "The token this tab had was refused: paste the service's token.";
+  $("#token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem("skyreels-token", $("#token").value.trim());
+    location.reload();
+  });
+  $("#token").focus();
 }
 
 start();
