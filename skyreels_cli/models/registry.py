@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -29,6 +29,9 @@ class ModelSpec:
     vram_gb: float = 0.0
     window: int | None = None  # diffusion forcing window in frames, when not `frames`
     local_path: Path | None = None  # set for a folder given with --model
+    sampler: str = "unipc"  # the sampler and noise levels an accelerator brings (models/accelerators.py)
+    sigmas: tuple[float, ...] | None = None
+    accelerator: str | None = None  # the accelerator whose settings these are (None: the checkpoint's own)
 
     @property
     def base_frames(self) -> int:
@@ -49,6 +52,7 @@ class Registry:
     models: dict[str, ModelSpec]
     defaults: dict[str, str]
     families: dict[str, dict[str, str]]
+    accelerators: dict = field(default_factory=dict)  # name -> models.accelerators.Accelerator
 
     def names(self) -> list[str]:
         return list(self.models) + list(self.families)
@@ -70,7 +74,10 @@ def load_registry(path: Path | None = None) -> Registry:
     for alias, spec in models.items():
         if spec.kind not in KINDS:
             raise ValueError(f"weights.toml: model {alias} has unknown kind {spec.kind!r}")
-    return Registry(models=models, defaults=dict(data["defaults"]), families=dict(data.get("families", {})))
+    from .accelerators import parse_accelerators
+
+    return Registry(models=models, defaults=dict(data["defaults"]), families=dict(data.get("families", {})),
+                    accelerators=parse_accelerators(data.get("accelerators", {})))
 
 
 def unregistered(name: str, kind: str, local_path: Path | None = None) -> ModelSpec:
