@@ -8,55 +8,11 @@ still wins) and the LoRA to load. A model with no LoRA for the accelerator is re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UsageError, setting
-from .registry import ModelSpec
-
-
-@dataclass(frozen=True)
-class AcceleratorLora:
-    repo: str
-    file: str
-    revision: str = "main"  # "local": built here (the tiny accelerator), like the tiny models
-    strength: float | None = None  # None: the accelerator's
-    sigmas: tuple[float, ...] | None = None
-    shift: float | None = None
-
-    @property
-    def source(self) -> str:
-        """What `--lora` would take for it: `org/name/file.safetensors`."""
-        return f"{self.repo}/{self.file}"
-
-
-@dataclass(frozen=True)
-class Accelerator:
-    name: str
-    source: str  # where the recipe comes from
-    sampler: str
-    sigmas: tuple[float, ...]
-    guidance: float
-    shift: float
-    strength: float
-    loras: dict[str, AcceleratorLora]  # by `kind-size` of the models it fits
-    strength_by_steps: dict[int, float] = field(default_factory=dict)  # the authors' table, where they give one
-
-    @property
-    def fits(self) -> list[str]:
-        return list(self.loras)
-
-
-def parse_accelerators(data: dict) -> dict[str, Accelerator]:
-    out = {}
-    for name, entry in data.items():
-        entry = dict(entry)
-        loras = {fit: AcceleratorLora(**{**lora, **({"sigmas": tuple(lora["sigmas"])} if "sigmas" in lora else {})})
-                 for fit, lora in entry.pop("loras").items()}
-        table = {int(k): float(v) for k, v in entry.pop("strength_by_steps", {}).items()}
-        out[name] = Accelerator(name=name, sigmas=tuple(entry.pop("sigmas")), loras=loras,
-                                strength_by_steps=table, **entry)
-    return out
+from .registry import Accelerator, AcceleratorLora, ModelSpec
 
 
 def fit_key(spec: ModelSpec) -> str:
