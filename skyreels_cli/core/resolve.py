@@ -330,6 +330,7 @@ def run_shape(spec: ModelSpec, request: Request) -> Shape:
         windows = window_plan(r).windows
         length = max(w.length for w in windows)
         end_image = spec.kind == "flf2v" or any(w.end_image for w in windows)
-        return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True)
+        return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True, r.guidance > 1)
     made = generated_frames(r, spec)
-    return Shape(r.height, r.width, latent_frames(made), made, made if spec.kind == "i2v" else 0, False)
+    return Shape(r.height, r.width, latent_frames(made), made, made if spec.kind == "i2v" else 0, False,
+                 r.guidance > 1)
