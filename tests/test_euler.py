@@ -106,3 +106,28 @@ def test_vectorised_euler_equals_per_frame_copies(sigmas, ar_step):
     assert torch.equal(ours, ref)
     assert torch.equal(ours[:, :, :1], latents[:, :, :1])  # the clean prefix is never updated
     assert (ours[:, :, 1:] - latents[:, :, 1:]).abs().min() > 0  # every other frame moved
+
+
+# ------------------------------------------------------------ bad input: one line, exit 2, nothing written
+
+TINY_RUN = ["t2v", "a fox", "-m", "tiny", "--device", "cpu", "--frames", "17"]
+BAD = [
+    (["--sigmas", "1.0,0.5,0.75"], ["--sigmas must decrease step by step (0.5 then 0.75)", "e.g. --sigmas"]),
+    (["--sigmas", "1.5,0.5"], ["--sigmas: 1.5 is not in (0, 1]"]),
+    (["--sigmas", "0.5,0"], ["--sigmas: 0 is not in (0, 1]"]),
+    (["--sigmas", ""], ["--sigmas is empty"]),
+    (["--sigmas", "1.0,fast"], ["'fast' is not a number"]),
+    (["--sigmas", "1.0,0.5", "--steps", "4"], ["--steps 4 disagrees with the 2 noise levels of --sigmas",
+                                               "leave out --steps"]),
+    (["--sampler", "heun"], ["--sampler 'heun' is not one of unipc, euler"]),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_sampler_settings_are_one_line(tmp_path, args, words):
+    from .conftest import invoke, one_line_error
+
+    message = one_line_error(invoke(*TINY_RUN, *args, "-o", tmp_path / "x.mp4"))
+    for word in words:
+        assert word in message, message
+    assert not list(tmp_path.iterdir())

@@ -133,9 +133,13 @@ def _checked(name: str, value, kind: type):
 
 def _sigmas(value) -> tuple[float, ...]:
     """Noise levels as a tuple of floats, from a tuple, a list or comma-separated text; checked in resolve."""
-    items = (value.split(",") if value.strip() else []) if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
         raise UsageError(f"sigmas must be noise levels such as 1.0,0.9375,0.8333,0.625, got {value!r}", field="sigmas")
+    # text items may hold several levels ("1.0,0.75": a flag or a form field)
+    items = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+    items = [] if len(items) == 1 and isinstance(items[0], str) and not items[0].strip() else items
     out = []
     for item in items:
         try:

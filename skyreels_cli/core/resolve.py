@@ -91,6 +91,7 @@ def _default(value, fallback):
 def _steps(r: Request, spec: ModelSpec) -> int:
     """The step count: as many as the noise levels given; else `--steps`, else the model's (an accelerator's)."""
     if r.sigmas is not None:
+        check_sigmas(r.sigmas)
         if r.steps is not None and r.steps != len(r.sigmas):
             raise UsageError(f"{setting('steps', r.steps)} disagrees with the {len(r.sigmas)} noise levels of "
                              f"{setting('sigmas')} (one step each); leave out {setting('steps')}", field="steps")
@@ -229,8 +230,6 @@ def validate(r: Request, spec: ModelSpec) -> None:
     if r.sampler not in SAMPLERS:
         raise UsageError(f"{setting('sampler', r.sampler, quoted=True)} is not one of {', '.join(SAMPLERS)}",
                          field="sampler")
-    if r.sigmas is not None:
-        check_sigmas(r.sigmas)
     if r.image:
         load_image(r.image, _image_option(spec))
     if spec.forcing:
