@@ -54,7 +54,7 @@ def download(
         skyreels download df-1.3b-540p i2v-1.3b-540p
         skyreels download qwen2.5-1.5b     (the prompt enhancer of --enhance)
         skyreels download --force df-1.3b-540p
-        skyreels download lightx2v     (an accelerator's LoRAs, every one it lists)
+        skyreels download lightx2v     (the LoRAs of an accelerator)
     """
     from ..core.enhance import enhancer_folder, is_enhancer
     from ..models.hub import disk_size

@@ -12,8 +12,19 @@ from __future__ import annotations
 import copy
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
-from .solver import _put, _selector, _take
+from .solver import SOLVERS, _put, _selector, _take, make_solver
+
+
+def make_sampler(scheduler, steps: int, frames: int, device: torch.device, kind: str = "vectorised"):
+    """The solver for one window by the scheduler it is given: Euler here, UniPC (solver.py) otherwise.
+    `kind`: "vectorised" (all frames of a row at once) or "per-frame" (one scheduler copy per frame)."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return make_solver(scheduler, steps, frames, device, kind)
+    if kind not in SOLVERS:
+        raise ValueError(f"unknown solver {kind!r}; expected one of {SOLVERS}")
+    return (VectorisedEuler if kind == "vectorised" else PerFrameEuler)(scheduler, steps, frames, device)
 
 
 class PerFrameEuler:

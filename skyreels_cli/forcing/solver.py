@@ -72,12 +72,6 @@ def make_solver(scheduler, steps: int, frames: int, device: torch.device, kind: 
     """The solver for one window: vectorised where supported, else the per-frame scheduler copies."""
     if kind not in SOLVERS:
         raise ValueError(f"unknown solver {kind!r}; expected one of {SOLVERS}")
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        from .euler import PerFrameEuler, VectorisedEuler
-
-        return (VectorisedEuler if kind == "vectorised" else PerFrameEuler)(scheduler, steps, frames, device)
     if kind == "vectorised" and supports(scheduler):
         return VectorisedUniPC(scheduler, steps, frames, device)
     return PerFrameUniPC(scheduler, steps, frames, device)
