@@ -82,11 +82,13 @@ def test_df_asynchronous_euler_matches_diffusers(hub_models):
     assert_latents_match(latents, pipe, "a red fox", **call, **common())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sigmas", [None, (1.0, 0.9375, 0.8333, 0.625)])
 @pytest.mark.parametrize("ar_step", [0, 2])
-def test_vectorised_euler_equals_per_frame_copies(sigmas, ar_step):
+def test_vectorised_euler_equals_per_frame_copies(sigmas, ar_step, dtype):
     """Every row of an asynchronous step matrix (a clean prefix block, blocks at different steps): the
-    vectorised update equals one diffusers Euler scheduler per frame, on noise levels off whole timesteps too."""
+    vectorised update equals one diffusers Euler scheduler per frame, on noise levels off whole timesteps too,
+    with a bf16 model's velocities as well (the same rounding)."""
     config = FlowMatchEulerDiscreteScheduler().config
     scheduler = make_scheduler(config, 8.0, sampler="euler", sigmas=sigmas)
     steps = len(sigmas) if sigmas else 5
@@ -99,7 +101,7 @@ def test_vectorised_euler_equals_per_frame_copies(sigmas, ar_step):
     per_frame = PerFrameEuler(scheduler, steps, frames, torch.device("cpu"))
     template = torch.cat([torch.tensor([999.0]), vectorised.timesteps, torch.tensor([0.0])])
     for row in range(index.shape[0]):
-        v = torch.randn(1, 4, frames, 3, 3, generator=gen)
+        v = torch.randn(1, 4, frames, 3, 3, generator=gen).to(dtype)
         t = template[index[row]]
         vectorised.step(v, t.long(), ours, update[row])
         per_frame.step(v, t, ref, update[row])

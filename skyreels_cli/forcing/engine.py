@@ -32,8 +32,8 @@ from .. import faults
 from ..run_options import CFGS
 from .causal_attention import causal_attention
 from .decoding import StreamingDecoder, to_uint8
-from .schedule import step_matrix, timestep_rows
 from .euler import make_sampler
+from .schedule import step_matrix, timestep_rows
 from .solver import SOLVERS
 from .windows import Window, WindowPlan
 
