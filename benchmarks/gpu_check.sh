@@ -73,3 +73,15 @@ done
 
 echo "== benchmark"
 python3 benchmarks/extend_memory.py --quick || true
+
+# ---- few steps (issue 22), a separate addition: one 97-frame DF-1.3B window (real architecture, random
+# weights) at the default 30 UniPC steps with guidance against 4 Euler steps at guidance 1 (an accelerator's
+# settings; no real LoRA here: the time, not the quality), to hold the benchmarks/few_steps.py prediction
+# (under 10 s a window) against a GPU.
+echo "== few steps: default vs 4 Euler steps, guidance 1"
+sk t2v "a red fox" -m "$HF_HOME/df-1.3b" -o "$out/few-default/"
+sk t2v "a red fox" -m "$HF_HOME/df-1.3b" --sampler euler --sigmas 1.0,0.9375,0.8333,0.625 --guidance 1 \
+  -o "$out/few-euler/"
+for f in "$out"/few-*/settings.json; do
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['run']; print(sys.argv[1], r['timings_s'], 'peak VRAM', r['peak_vram_gb'], 'GB')" "$f"
+done

@@ -67,6 +67,9 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("loras", (), str, "A LoRA for the transformer: FILE.safetensors, a folder or a Hub repo id, with "
               ":SCALE to weight it (e.g. style.safetensors:0.8); repeatable. Refused whole if any layer does not "
               "fit the model.", repeatable=True),
+    RunOption("accelerator", None, str, "A few-step accelerator from the registry (lightx2v, causvid; tiny for "
+              "the tiny models): its LoRA for this model and its steps, noise levels, sampler, guidance and shift "
+              "as defaults (each flag given still wins); `skyreels models` lists them."),
     RunOption("ulysses", None, int, "Processes sharing attention heads (Ulysses); default: as many as the head "
               "count allows."),
     RunOption("ring", None, int, "Processes passing keys and values round (ring attention); --ulysses x --ring = "

@@ -103,6 +103,10 @@ def on_tiny(argv: list[str]) -> list[str]:
             skip = False
         elif word in ("-m", "--model", "--device"):
             skip = True
+        elif word == "--accelerator":  # the tiny models' own accelerator stands in for the one named
+            out.append(word)
+            out.append("tiny")
+            skip = True
         else:
             out.append(word)
     return [*out, "--model", "tiny", "--device", "cpu"]

@@ -165,6 +165,10 @@ BAD = [
     ({"enhance": "/tmp/llm"}, 400, "enhance", "give true"),
     ({"command": "i2v"}, 400, "input_reference", "start image"),
     ({"prompt": "x" * 10_001}, 413, "prompt", "at most 10000"),
+    ({"sigmas": [1.0, 0.5, 0.75]}, 400, "sigmas", '"sigmas" must decrease'),
+    ({"sigmas": [1.0, 0.5], "steps": 4}, 400, "steps", "2 noise levels"),
+    ({"sampler": "heun"}, 400, "sampler", "unipc, euler"),
+    ({"accelerator": "lightx2v"}, 400, "accelerator", "has no LoRA for tiny-df"),
 ]
 
 

@@ -80,7 +80,9 @@ def build_job(flags: JobFlags, recorded=None):
     spec = resolve_model(model, flags.command)
     device = check_device(settings.get("device", "auto"), spec)
     dtype, quantize = recorded.load_options(device.type, settings.get("dtype"), settings.get("quantize", "auto"))
-    own = {k: v for k, v in {**settings, "model": model, "dtype": dtype, "quantize": quantize}.items()
+    accelerator = settings.get("accelerator") or recorded.model.get("accelerator")  # its LoRA is part of the model
+    own = {k: v for k, v in {**settings, "model": model, "dtype": dtype, "quantize": quantize,
+                             "accelerator": accelerator}.items()
            if v is not None and k not in COMMAND_FIELDS[flags.command]}
     return replace(Job.from_settings(flags.command, own), request=replay_request(recorded, fields,
                                                                                  forcing=spec.forcing))

@@ -13,6 +13,7 @@ from .options import Quiet
 @app.command()
 def models() -> None:
     """List the known models, whether each is in the cache, and its size on disk."""
+    from ..models.accelerators import fit_key
     from ..models.hub import cached_snapshot, disk_size
     from ..models.registry import load_registry
 
@@ -28,6 +29,15 @@ def models() -> None:
                          for name, m in registry.families.items())
     typer.echo(f"\nfamilies: {families}")
     typer.echo("defaults: " + ", ".join(f"{c}: {a}" for c, a in registry.defaults.items()))
+    typer.echo("\naccelerators (--accelerator NAME; each setting can still be given by its own flag):")
+    for name, acc in registry.accelerators.items():
+        fits = [alias for alias, spec in registry.models.items() if fit_key(spec) in acc.loras]
+        table = (", strength by steps " + ", ".join(f"{n}: {v:g}" for n, v in acc.strength_by_steps.items())
+                 if acc.strength_by_steps else "")
+        typer.echo(f"  {name}: {len(acc.sigmas)} steps ({acc.sampler}, sigmas {', '.join(f'{s:g}' for s in acc.sigmas)}), "
+                   f"guidance {acc.guidance:g}, shift {acc.shift:g}, strength {acc.strength:g}{table}")
+        typer.echo(f"    fits: {', '.join(fits)}")
+        typer.echo(f"    source: {acc.source}")
 
 
 @app.command()
@@ -44,12 +54,19 @@ def download(
         skyreels download df-1.3b-540p i2v-1.3b-540p
         skyreels download qwen2.5-1.5b     (the prompt enhancer of --enhance)
         skyreels download --force df-1.3b-540p
+        skyreels download lightx2v     (the LoRAs of an accelerator)
     """
     from ..core.enhance import enhancer_folder, is_enhancer
     from ..models.hub import disk_size
+    from ..models.registry import load_registry
 
     with user_errors("download"):
         for name in names:
+            registry = load_registry()
+            if name in registry.accelerators:  # `tiny` is both a family of models and their accelerator
+                _download_accelerator(name)
+                if name not in registry.families:
+                    continue
             if is_enhancer(name):  # a prompt enhancer of weights.toml's [enhancers]: a transformers LLM
                 path = enhancer_folder(name)
                 typer.echo(f"{name}: {path} ({disk_size(path) / 1e9:.2f} GB, prompt enhancer)")
@@ -68,6 +85,19 @@ def _members(name: str) -> list:
     if family is None:
         return [resolve_model(name, None)]
     return [resolve_model(alias, None) for alias in dict.fromkeys(family.values())]
+
+
+def _download_accelerator(name: str) -> None:
+    """Fetch (or build) each LoRA file an accelerator lists, once, and print where it is."""
+    from ..models.accelerators import lora_path
+    from ..models.lora import resolve_lora
+    from ..models.registry import load_registry
+
+    acc = load_registry().accelerators[name]
+    for lora in {lora.source: lora for lora in acc.loras.values()}.values():
+        fits = ", ".join(key for key, other in acc.loras.items() if other.source == lora.source)
+        path = resolve_lora(lora_path(lora)).path
+        typer.echo(f"{name} ({fits}): {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def _download(spec, quiet: bool, force: bool) -> None:

@@ -18,7 +18,8 @@ from .results import WindowFrames
 def clip_pipeline(pipeline_cls, components: dict, request: Request):
     """A pipeline over the loaded components for one request: its own scheduler, and no text encoder
     (embeddings are given), so that the execution device is the transformer's."""
-    scheduler = make_scheduler(components["scheduler"].config, request.shift, request.sigma_grid)
+    scheduler = make_scheduler(components["scheduler"].config, request.shift, request.sigma_grid,
+                               request.sampler, request.sigmas)
     return pipeline_cls(**{**components, "text_encoder": None, "tokenizer": None, "scheduler": scheduler})
 
 

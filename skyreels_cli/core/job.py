@@ -23,7 +23,7 @@ JOB_VERSION = 1
 COMMANDS = ("t2v", "i2v", "extend")
 # The request fields each command takes (the CLI's flags of each command are these, tests/test_cli.py checks).
 _EVERY = ("prompt", "seed", "steps", "guidance", "shift", "height", "width", "frames", "seconds", "fps",
-          "negative_prompt", "sigma_grid", "cache", "resolution", "aspect")
+          "negative_prompt", "sigma_grid", "sampler", "sigmas", "cache", "resolution", "aspect")
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "t2v": _EVERY,
     "i2v": (*_EVERY, "image"),

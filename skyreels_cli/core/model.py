@@ -21,6 +21,7 @@ import torch
 
 from ..errors import ModelError, OutOfMemory, UsageError, kept_after_stop, setting
 from ..forcing.engine import Conditioning
+from ..models.accelerators import accelerate
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
 from ..models.loading import check_device, dtype_name, load_components, loaded_bytes, pick_dtype
@@ -78,6 +79,7 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     """
     options = _options(options, run_options)
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, command)
+    spec, accelerator_lora = accelerate(spec, options.accelerator)  # its settings become the model's defaults
     if parallel is None and launched_by_torchrun() or parallel is True:
         parallel = init_parallel(options.device)
     parallel = parallel or None
@@ -91,7 +93,8 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     pick_backend(options.attention, dev, torch_dtype, layout=layout)
     if options.compile:
         check_compile(dev)
-    loras = [resolve_lora(text) for text in options.loras]  # found before loading
+    # found before loading; an accelerator's LoRA goes after those given
+    loras = [resolve_lora(text) for text in (*options.loras, *filter(None, [accelerator_lora]))]
     started = time.perf_counter()
     follower = parallel is not None and not parallel.is_main
     with third_party_quiet(not progress):  # a download shows its bars: the one long wait with no display of ours

@@ -48,6 +48,8 @@ class Request:
     fps: float | None = None
     seed: int | None = None  # None: drawn when resolved, and recorded
     sigma_grid: str | None = None  # "official" (SkyReels-V2 sampler) or "diffusers"
+    sampler: str | None = None  # "unipc" (the reference's) or "euler" (flow-matching Euler, what few-step LoRAs use)
+    sigmas: tuple[float, ...] | None = None  # the noise level each step starts from, as given (no shift); sets steps
     image: str | None = None  # start frame (i2v, or diffusion forcing)
     end_image: str | None = None  # last frame (diffusion forcing)
     video: str | None = None  # a video to continue (diffusion forcing)
@@ -68,14 +70,18 @@ class Request:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
+        if self.sigmas is not None:  # "1.0,0.75" (a flag, a form), a list (JSON) or a tuple: a tuple of numbers
+            object.__setattr__(self, "sigmas", _sigmas(self.sigmas))
         for f in fields(self):
-            if f.name != "shots":
+            if f.name not in ("shots", "sigmas"):
                 object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name), FIELD_TYPES[f.name]))
         if self.shots is not None:  # from JSON or a saved state: dicts (or lists) back to Shots
             object.__setattr__(self, "shots", _shots(self.shots))
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        if self.sigmas is not None:
+            data["sigmas"] = list(self.sigmas)
         if self.shots is not None:  # plain dicts: readable in the sidecar, loadable with weights_only
             data["shots"] = [shot._asdict() for shot in self.shots]
         return {"version": REQUEST_VERSION, **data}
@@ -123,6 +129,27 @@ def _checked(name: str, value, kind: type):
     else:
         hint = ""
     raise UsageError(f"{name} must be {_WHAT[kind]}, got {value!r}{hint}", field=name)
+
+
+def _sigmas(value) -> tuple[float, ...]:
+    """Noise levels as a tuple of floats, from a tuple, a list or comma-separated text; checked in resolve."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise UsageError(f"sigmas must be noise levels such as 1.0,0.9375,0.8333,0.625, got {value!r}", field="sigmas")
+    # text items may hold several levels ("1.0,0.75": a flag or a form field)
+    items = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+    items = [] if len(items) == 1 and isinstance(items[0], str) and not items[0].strip() else items
+    out = []
+    for item in items:
+        try:
+            if isinstance(item, bool):
+                raise ValueError
+            out.append(float(item.strip() if isinstance(item, str) else item))
+        except (TypeError, ValueError):
+            raise UsageError(f"sigmas: {item!r} is not a number; give noise levels such as 1.0,0.9375,0.8333,0.625",
+                             field="sigmas") from None
+    return tuple(out)
 
 
 def _shots(shots) -> tuple[Shot, ...]:

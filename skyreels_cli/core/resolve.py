@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError, on_command_line, setting
 from ..forcing.frames import TEMPORAL, check_frames, check_positive, check_size, latent_frames, pixel_frames
-from ..forcing.schedule import GRIDS
+from ..forcing.schedule import GRIDS, SAMPLERS
 from ..forcing.windows import WindowPlan, plan_for_length
 from ..media.colour import check_mode
 from ..media.images import load_image, oriented_size
@@ -66,7 +66,9 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
         height=spec.height if height is None else height,
         width=spec.width if width is None else width,
         frames=_frames(r, spec, _default(fps, spec.fps)),
-        steps=_default(r.steps, spec.steps),
+        steps=_steps(r, spec),
+        sampler=_default(r.sampler, spec.sampler),
+        sigmas=_default(r.sigmas, None if r.steps is not None and r.steps != len(spec.sigmas or ()) else spec.sigmas),
         guidance=_default(r.guidance, spec.guidance),
         shift=_default(r.shift, spec.shift),
         fps=_default(fps, spec.fps),
@@ -84,6 +86,17 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
 
 def _default(value, fallback):
     return fallback if value is None else value
+
+
+def _steps(r: Request, spec: ModelSpec) -> int:
+    """The step count: as many as the noise levels given; else `--steps`, else the model's (an accelerator's)."""
+    if r.sigmas is not None:
+        check_sigmas(r.sigmas)
+        if r.steps is not None and r.steps != len(r.sigmas):
+            raise UsageError(f"{setting('steps', r.steps)} disagrees with the {len(r.sigmas)} noise levels of "
+                             f"{setting('sigmas')} (one step each); leave out {setting('steps')}", field="steps")
+        return len(r.sigmas)
+    return _default(r.steps, spec.steps)
 
 
 def _frames(r: Request, spec: ModelSpec, fps: float) -> int:
@@ -214,10 +227,29 @@ def validate(r: Request, spec: ModelSpec) -> None:
     if r.sigma_grid not in GRIDS:
         raise UsageError(f"{setting('sigma_grid', r.sigma_grid, quoted=True)} is not one of {', '.join(GRIDS)}",
                          field="sigma_grid")
+    if r.sampler not in SAMPLERS:
+        raise UsageError(f"{setting('sampler', r.sampler, quoted=True)} is not one of {', '.join(SAMPLERS)}",
+                         field="sampler")
     if r.image:
         load_image(r.image, _image_option(spec))
     if spec.forcing:
         _validate_forcing(r)
+
+
+def check_sigmas(sigmas: tuple[float, ...]) -> None:
+    """Noise levels a sampler can start its steps from: at least one, each in (0, 1], strictly decreasing."""
+    example = f"e.g. {setting('sigmas', '1.0,0.9375,0.8333,0.625')}"
+    if not sigmas:
+        raise UsageError(f"{setting('sigmas')} is empty; give the noise level each step starts from, {example}",
+                         field="sigmas")
+    wrong = [s for s in sigmas if not (math.isfinite(s) and 0 < s <= 1)]
+    if wrong:
+        raise UsageError(f"{setting('sigmas')}: {wrong[0]:g} is not in (0, 1]; noise levels run from 1 (pure noise) "
+                         f"down towards 0, {example}", field="sigmas")
+    for a, b in zip(sigmas, sigmas[1:]):
+        if b >= a:
+            raise UsageError(f"{setting('sigmas')} must decrease step by step ({a:g} then {b:g}); {example}",
+                             field="sigmas")
 
 
 def _validate_forcing(r: Request) -> None:
@@ -297,6 +329,7 @@ def run_shape(spec: ModelSpec, request: Request) -> Shape:
         windows = window_plan(r).windows
         length = max(w.length for w in windows)
         end_image = spec.kind == "flf2v" or any(w.end_image for w in windows)
-        return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True)
+        return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True, r.guidance > 1)
     made = generated_frames(r, spec)
-    return Shape(r.height, r.width, latent_frames(made), made, made if spec.kind == "i2v" else 0, False)
+    return Shape(r.height, r.width, latent_frames(made), made, made if spec.kind == "i2v" else 0, False,
+                 r.guidance > 1)

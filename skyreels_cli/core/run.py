@@ -156,7 +156,8 @@ class Run:
     def _forcing_frames(self, cond) -> Iterator[tuple[WindowFrames, EngineState]]:
         m, request, state, first = self.model, self.request, self.state, self.first
         c = m.components
-        scheduler = make_scheduler(c["scheduler"].config, request.shift, request.sigma_grid)
+        scheduler = make_scheduler(c["scheduler"].config, request.shift, request.sigma_grid,
+                               request.sampler, request.sigmas)
         self.step_cache = StepCache(request.cache) if request.cache else None
         latent_match = colour.match_latents if request.color_match == "latent" else None
         engine = DiffusionForcingEngine(c["transformer"], c["vae"], scheduler, m.device, self.bars,
@@ -211,7 +212,8 @@ class Run:
         _check_resumable(p, m)
         metadata = {"skyreels": __version__, "request": request.to_dict(),
                     "model": {**p.model_identity, "dtype": m.dtype_name, "quantize": m.memory.quantize,
-                              "device": str(m.device), **({"loras": m.loras} if m.loras else {})}}
+                              "device": str(m.device), **({"loras": m.loras} if m.loras else {}),
+                              **({"accelerator": m.spec.accelerator} if m.spec.accelerator else {})}}
         if request.shots:
             metadata["shots"] = shots_record(request)  # which frames and windows belong to which shot
         sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)

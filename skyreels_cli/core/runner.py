@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import warn
+from ..models.accelerators import accelerate
 from ..models.loading import check_device, dtype_name, pick_dtype
 from ..models.lora import resolve_lora
 from ..models.naming import resolve_model
@@ -57,8 +58,8 @@ class Checked:
 def check(job: Job, *, parallel: Parallel | None = None) -> Checked:
     """Everything about `job` that can be known before a model loads, checked; the first problem raised as a
     SkyreelsError. Loads nothing and writes nothing (an enhancer and LoRAs are only looked for)."""
-    spec = resolve_model(job.model, job.command)
     options = job.load
+    spec, accelerator_lora = accelerate(resolve_model(job.model, job.command), options.accelerator)
     resolve(job.request, spec)  # the request's own values first: wrong ones are wrong on any machine
     check_layout_options(options.ulysses, options.ring, parallel)
     device = parallel.device if parallel is not None else check_device(options.device, spec)
@@ -67,7 +68,7 @@ def check(job: Job, *, parallel: Parallel | None = None) -> Checked:
     pick_backend(options.attention, device, dtype, layout=planned_layout(parallel.world if parallel else 1, options.ring))
     if options.compile:
         check_compile(device)
-    for text in options.loras:  # a missing LoRA is refused before anything loads
+    for text in (*options.loras, *filter(None, [accelerator_lora])):  # a missing LoRA is refused before loading
         resolve_lora(text)
     note = enhancer_note(job.enhance) if job.enhance is not None else None
     prepared = prepare(spec, job.request, job.output, overwrite=job.overwrite, resume=job.resume,

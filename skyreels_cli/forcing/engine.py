@@ -7,7 +7,7 @@ and decodes only its new latents, continuing one causal VAE decode. Memory is
 that of one window whatever the length; after each window the engine hands out
 a small state from which the run can resume exactly. The solver advances all
 frames of a row at once (solver.py); guidance runs as two model calls or as one
-of batch 2 (`cfg`).
+of batch 2 (`cfg`), or as one call without guidance (guidance 1).
 
 Noise is drawn in the same order and shapes as the diffusers DF pipelines, so
 for the same seed the frames equal theirs where they are correct. Where the
@@ -32,8 +32,9 @@ from .. import faults
 from ..run_options import CFGS
 from .causal_attention import causal_attention
 from .decoding import StreamingDecoder, to_uint8
+from .euler import make_sampler
 from .schedule import step_matrix, timestep_rows
-from .solver import SOLVERS, make_solver
+from .solver import SOLVERS
 from .windows import Window, WindowPlan
 
 
@@ -160,7 +161,7 @@ class DiffusionForcingEngine:
     ) -> torch.Tensor:
         """Denoise one window's latents in place (fp32, prefix already set); returns them."""
         dtype = self.transformer.dtype
-        solver = make_solver(self.scheduler, sampling.steps, window.length, self.device, self.solver)
+        solver = make_sampler(self.scheduler, sampling.steps, window.length, self.device, self.solver)
         index, update = step_matrix(window.blocks, sampling.steps, sampling.ar_step, window.ready_blocks)
         if self.step_cache is not None:
             self.step_cache.start_window(index, update, sampling.steps)

@@ -3,6 +3,10 @@
 The official SkyReels-V2 code samples on
 `linspace(0.999, 0, N+1)[:-1]` (shifted), diffusers' UniPC on `linspace(1, 0.001, N+1)`.
 Handing UniPC the official raw sigmas reproduces the official sampler exactly.
+
+Two samplers (`SAMPLERS`): UniPC (the reference's) and the flow-matching Euler step the few-step distillation
+LoRAs were trained with (`x' = x + (sigma_next - sigma) * v`). Either takes explicit noise levels (`sigmas`,
+the level each step starts from, used as given: no shift, the last step goes to 0).
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffusers import UniPCMultistepScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 GRIDS = ("official", "diffusers")
+SAMPLERS = ("unipc", "euler")
 
 
 def official_sigmas(steps: int) -> np.ndarray:
@@ -28,18 +33,63 @@ class OfficialGridUniPCScheduler(UniPCMultistepScheduler):
     their code untouched while giving them the official sigmas.
     """
 
+    fixed_sigmas: tuple[float, ...] | None = None  # given noise levels: used whatever step count is asked
+
     def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
-        if sigmas is None and num_inference_steps is not None:
+        if self.fixed_sigmas is not None:
+            sigmas = np.array(self.fixed_sigmas)
+        elif sigmas is None and num_inference_steps is not None:
             sigmas = official_sigmas(num_inference_steps)
         super().set_timesteps(device=device, sigmas=sigmas, mu=mu)
 
 
-def make_scheduler(config, shift: float, grid: str = "official") -> UniPCMultistepScheduler:
-    """A flow-matching UniPC from a checkpoint's scheduler config, with the shift always set explicitly."""
+class GridEuler(FlowMatchEulerDiscreteScheduler):
+    """diffusers' flow-matching Euler on the official grid (shifted) or on given noise levels (as given).
+
+    It counts its steps from the first (`set_begin_index(0)`), so a step may be handed the integer timestep a
+    diffusion forcing row feeds the model (diffusers' Euler refuses integers and would look a float up).
+    """
+
+    fixed_sigmas: tuple[float, ...] | None = None
+    grid: str = "official"
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
+        if self.fixed_sigmas is not None:
+            sigmas = list(self.fixed_sigmas)
+        elif sigmas is None and num_inference_steps is not None:
+            raw = official_sigmas(num_inference_steps) if self.grid == "official" else \
+                np.linspace(1.0, 1 / self.config.num_train_timesteps, num_inference_steps + 1)[:-1]
+            sigmas = list(raw)
+        super().set_timesteps(device=device, sigmas=sigmas, mu=mu)
+        self.set_begin_index(0)
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        if isinstance(timestep, torch.Tensor) and not timestep.is_floating_point():
+            timestep = timestep.float()
+        elif isinstance(timestep, int):
+            timestep = float(timestep)
+        return super().step(model_output, timestep, sample, *args, **kwargs)
+
+
+def make_scheduler(config, shift: float, grid: str = "official", sampler: str = "unipc",
+                   sigmas: tuple[float, ...] | None = None):
+    """A flow-matching scheduler from a checkpoint's scheduler config, with the shift always set explicitly.
+
+    `sigmas`: the noise level each step starts from, used as given (no shift)."""
     if grid not in GRIDS:
         raise ValueError(f"unknown sigma grid {grid!r}; expected one of {GRIDS}")
-    cls = OfficialGridUniPCScheduler if grid == "official" else UniPCMultistepScheduler
-    return cls.from_config(config, flow_shift=shift, use_flow_sigmas=True, prediction_type="flow_prediction")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    shift = 1.0 if sigmas is not None else shift
+    if sampler == "euler":
+        scheduler = GridEuler.from_config(config, shift=shift, use_dynamic_shifting=False)
+        scheduler.grid = grid
+    else:
+        cls = OfficialGridUniPCScheduler if grid == "official" or sigmas is not None else UniPCMultistepScheduler
+        scheduler = cls.from_config(config, flow_shift=shift, use_flow_sigmas=True, prediction_type="flow_prediction")
+    if sigmas is not None:
+        scheduler.fixed_sigmas = tuple(float(s) for s in sigmas)
+    return scheduler
 
 
 def step_matrix(

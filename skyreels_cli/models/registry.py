@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -29,6 +29,9 @@ class ModelSpec:
     vram_gb: float = 0.0
     window: int | None = None  # diffusion forcing window in frames, when not `frames`
     local_path: Path | None = None  # set for a folder given with --model
+    sampler: str = "unipc"  # the sampler and noise levels an accelerator brings (models/accelerators.py)
+    sigmas: tuple[float, ...] | None = None
+    accelerator: str | None = None  # the accelerator whose settings these are (None: the checkpoint's own)
 
     @property
     def base_frames(self) -> int:
@@ -45,10 +48,55 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class AcceleratorLora:
+    repo: str
+    file: str
+    revision: str = "main"  # "local": built here (the tiny accelerator), like the tiny models
+    strength: float | None = None  # None: the accelerator's
+    sigmas: tuple[float, ...] | None = None
+    shift: float | None = None
+
+    @property
+    def source(self) -> str:
+        """What `--lora` would take for it: `org/name/file.safetensors`."""
+        return f"{self.repo}/{self.file}"
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    source: str  # where the recipe comes from
+    sampler: str
+    sigmas: tuple[float, ...]
+    guidance: float
+    shift: float
+    strength: float
+    loras: dict[str, AcceleratorLora]  # by `kind-size` of the models it fits
+    strength_by_steps: dict[int, float] = field(default_factory=dict)  # the authors' table, where they give one
+
+    @property
+    def fits(self) -> list[str]:
+        return list(self.loras)
+
+
+def parse_accelerators(data: dict) -> dict[str, Accelerator]:
+    out = {}
+    for name, entry in data.items():
+        entry = dict(entry)
+        loras = {fit: AcceleratorLora(**{**lora, **({"sigmas": tuple(lora["sigmas"])} if "sigmas" in lora else {})})
+                 for fit, lora in entry.pop("loras").items()}
+        table = {int(k): float(v) for k, v in entry.pop("strength_by_steps", {}).items()}
+        out[name] = Accelerator(name=name, sigmas=tuple(entry.pop("sigmas")), loras=loras,
+                                strength_by_steps=table, **entry)
+    return out
+
+
+@dataclass(frozen=True)
 class Registry:
     models: dict[str, ModelSpec]
     defaults: dict[str, str]
     families: dict[str, dict[str, str]]
+    accelerators: dict[str, Accelerator] = field(default_factory=dict)  # models/accelerators.py applies them
 
     def names(self) -> list[str]:
         return list(self.models) + list(self.families)
@@ -70,7 +118,8 @@ def load_registry(path: Path | None = None) -> Registry:
     for alias, spec in models.items():
         if spec.kind not in KINDS:
             raise ValueError(f"weights.toml: model {alias} has unknown kind {spec.kind!r}")
-    return Registry(models=models, defaults=dict(data["defaults"]), families=dict(data.get("families", {})))
+    return Registry(models=models, defaults=dict(data["defaults"]), families=dict(data.get("families", {})),
+                    accelerators=parse_accelerators(data.get("accelerators", {})))
 
 
 def unregistered(name: str, kind: str, local_path: Path | None = None) -> ModelSpec:

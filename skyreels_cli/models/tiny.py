@@ -202,6 +202,50 @@ def save_checkpoint(kind: str, dest: Path, seed: int = 0, arch: str = "tiny") ->
     return dest
 
 
+# The layers the tiny accelerator adapts in every block (the self- and cross-attention projections and the
+# feed-forward), as diffusers names them: the layers the distillation LoRAs adapt.
+LORA_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
+               "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
+LORA_RANK = 4
+
+
+def tiny_lora(kind: str, seed: int = 1) -> dict:
+    """A random LoRA for the tiny transformer of `kind` ("t2v" fits T2V and DF, "i2v" the I2V one) in the
+    diffusers/PEFT key format; strong enough that it clearly changes the frames."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # building it to read its shapes leaves the global RNG as it was
+        transformer = _transformer("i2v" if kind == "i2v" else "t2v", TINY)
+    modules = dict(transformer.named_modules())
+    gen = torch.Generator().manual_seed(seed + (kind == "i2v"))
+    state = {}
+    for b in range(TINY["layers"]):
+        for layer in LORA_LAYERS:
+            weight = modules[f"blocks.{b}.{layer}"].weight
+            out_features, in_features = weight.shape
+            key = f"transformer.blocks.{b}.{layer}"
+            state[f"{key}.lora_A.weight"] = torch.randn(LORA_RANK, in_features, generator=gen) / in_features ** 0.5
+            state[f"{key}.lora_B.weight"] = torch.randn(out_features, LORA_RANK, generator=gen) * 0.5
+    return state
+
+
+def save_tiny_lora(kind: str, dest: Path) -> Path:
+    """Write the tiny accelerator's LoRA for `kind` to `dest` (.safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        save_file(tiny_lora(kind), tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
 if __name__ == "__main__":
     import sys
 

@@ -118,6 +118,7 @@ class Shape:
     decoded_frames: int  # pixel frames one decode call makes
     clip_frames: int  # pixel frames an I2V clip encodes as its condition (0: no image encoding)
     forcing: bool  # per-frame timesteps (diffusion forcing)
+    guided: bool = True  # classifier-free guidance (guidance > 1); without it one pass, no batch-2 plan
 
     @classmethod
     def window(cls, height: int, width: int, frames: int) -> Shape:
@@ -131,9 +132,10 @@ def native_shape(spec: ModelSpec) -> Shape:
     """The run shape at a checkpoint's recommended size and window (an FLF2V window carries its end image)."""
     if spec.forcing:
         latents = latent_frames(spec.base_frames)
-        return Shape(spec.height, spec.width, latents + (spec.kind == "flf2v"), pixel_frames(latents), 0, True)
+        return Shape(spec.height, spec.width, latents + (spec.kind == "flf2v"), pixel_frames(latents), 0, True,
+                     spec.guidance > 1)
     return Shape(spec.height, spec.width, latent_frames(spec.frames), spec.frames,
-                 spec.frames if spec.kind == "i2v" else 0, False)
+                 spec.frames if spec.kind == "i2v" else 0, False, spec.guidance > 1)
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,8 @@ def predict(spec_or_arch: ModelSpec | Architecture, shape: Shape | None = None, 
     """
     arch, shape = _arch_and_shape(spec_or_arch, shape)
     parts = _parts(arch, shape)
-    return [_predict_plan(plan, arch, shape, parts, vram_gb) for plan in plans(shape.forcing, **_known(fixed))]
+    return [_predict_plan(plan, arch, shape, parts, vram_gb)
+            for plan in plans(shape.forcing and shape.guided, **_known(fixed))]
 
 
 def _known(fixed: dict) -> dict:

@@ -16,6 +16,7 @@ from .fields import CLIENT_LOAD_OPTIONS, PRIORITY_RANGE, Offer
 TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", tuple: "array"}
 # Values a text field takes, where the library has them as a table.
 CHOICES = {"aspect": tuple(ASPECTS), "resolution": tuple(NATIVE), "sigma_grid": ("official", "diffusers"),
+           "sampler": ("unipc", "euler"),
            "color_match": ("off", "latent", "pixel")}
 SERVICE = {
     "command": {"type": "string", "choices": list(COMMANDS), "help": "t2v, i2v or extend (default: i2v with an "
