@@ -26,7 +26,7 @@ from ..forcing.engine import Conditioning, DiffusionForcingEngine, EngineState, 
 from ..forcing.resume import log_window, logged_windows, save_state
 from ..forcing.schedule import make_scheduler
 from ..media import colour
-from ..media.hls import HlsWriter
+from ..media.hls import PLAYLIST, HlsWriter
 from ..media.images import fit_frames
 from ..media.sinks import FrameSink, output_errors
 from ..media.videos import iter_video_frames
@@ -139,6 +139,8 @@ class Run:
     def started(self) -> RunStarted:
         p = self.prepared
         preview = p.target.preview if p is not None else None
+        if self.live and p is not None:  # watched as HLS; no NAME.partial.mp4
+            preview = self.hls_folder / PLAYLIST
         description = p.describe() if p is not None else \
             f"{self.model.spec.alias}, {self.request.width}x{self.request.height}, {self.request.frames} frames, " \
             f"seed {self.request.seed} (streamed)"
@@ -149,7 +151,7 @@ class Run:
                      ) -> WindowDone:
         preview = self.prepared.target.preview if self.prepared is not None and self.windows > 1 else None
         if self.live:
-            preview = self.hls_folder
+            preview = None if self.hls_folder is None else self.hls_folder / PLAYLIST
         return WindowDone(index, self.windows, frames_out, preview, self.clock.elapsed(), self._eta(index + 1, 0.0),
                           *pace)
 
