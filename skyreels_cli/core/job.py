@@ -68,6 +68,9 @@ class Job:
                 object.__setattr__(self, name, str(value))
             elif value is not None and not isinstance(value, str):
                 raise UsageError(f"Job.{name} must be text, got {value!r}", field=name)
+        if self.request.live and self.command != "extend":
+            raise UsageError(f"{setting('live', True)} continues a video window by window without end: it is for "
+                             f"extend, not {self.command}", field="live")
         if self.keep_last is not None and (isinstance(self.keep_last, bool) or not isinstance(self.keep_last, (int, float))
                                            or not 0 < self.keep_last < float("inf")):
             raise UsageError(f"{setting('keep_last', self.keep_last)} must be a positive number of seconds",

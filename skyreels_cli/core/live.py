@@ -57,7 +57,9 @@ class LivePrompts:
                 prompt, negative, at = self._pending
                 self._pending = None
                 last = self._timeline[-1]
-                if (prompt, negative) != (last["prompt"], last["negative_prompt"]):
+                if last["window"] == window:  # set before the first window started: it starts with it
+                    self._timeline[-1] = {"window": window, "prompt": prompt, "negative_prompt": negative}
+                elif (prompt, negative) != (last["prompt"], last["negative_prompt"]):
                     self._timeline.append({"window": window, "prompt": prompt, "negative_prompt": negative})
                     self._changed_at[window] = at
             last = self._timeline[-1]
