@@ -230,3 +230,28 @@ def test_cli_live_steered_from_stdin_killed_and_resumed_remakes_from_its_sidecar
     again = tmp_path / "again.mp4"
     assert invoke("extend", "--from", tmp_path / "live.mp4.json", "--device", "cpu", "-o", again, "-q").exit_code == 0
     assert np.array_equal(read_video(again)[0], read_video(output)[0])
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_stream_cleanly_with_what_was_made(tiny_df, tmp_path, monkeypatch):
+    """The second window's segment cannot be written (ENOSPC): the video keeps both windows, the stream ends."""
+    import errno
+
+    from skyreels_cli.media import hls
+
+    encode, calls = hls._encode, []
+
+    def full_disk(path, frames, fps, offset_s):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        encode(path, frames, fps, offset_s)
+
+    monkeypatch.setattr(hls, "_encode", full_disk)
+    job = sk.Job("extend", sk.Request(prompt=FIRST, live=True, **SETTINGS), output=str(tmp_path / "live.mp4"))
+    result = tiny_df.generate(job)
+    sidecar = json.loads((tmp_path / "live.mp4.json").read_text())
+    assert sidecar["live"]["stopped"] == "disk full" and sidecar["live"]["windows"] == 2
+    assert result.frames == 29 == len(read_video(result.path)[0]) == sidecar["request"]["frames"]
+    playlist = (tmp_path / "live.hls" / PLAYLIST).read_text()
+    assert playlist.count(".ts") == 1 and playlist.endswith("#EXT-X-ENDLIST\n")

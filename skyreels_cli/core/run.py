@@ -313,6 +313,7 @@ class Run:
         for window, new_state in frames:
             sink.write(window.frames)
             sink.end_window()
+            self.live_windows = window.index + 1  # in the video now, whatever happens to its segment
             if hls is not None:
                 with output_errors(hls.folder):
                     hls.add(window.index, window.frames)
@@ -334,7 +335,6 @@ class Run:
             pace = (real_time_factor(len(window.frames), request.fps, now - window_started),
                     self.prompts.latency(window.index, now)) if self.live else (None, None)
             window_started = now
-            self.live_windows = window.index + 1
             self.emit(self._window_done(window.index, sink.frames_written, pace))
             if on_window is not None:
                 on_window(window)
