@@ -255,3 +255,20 @@ def test_a_full_disk_ends_the_stream_cleanly_with_what_was_made(tiny_df, tmp_pat
     assert result.frames == 29 == len(read_video(result.path)[0]) == sidecar["request"]["frames"]
     playlist = (tmp_path / "live.hls" / PLAYLIST).read_text()
     assert playlist.count(".ts") == 1 and playlist.endswith("#EXT-X-ENDLIST\n")
+
+
+def test_fmp4_chunks_start_with_the_init_and_play_on_as_one_video(tmp_path):
+    """vLLM-Omni's chunk shape: the first ftyp+moov, the rest fragments whose times follow on."""
+    from skyreels_cli.media.hls import fmp4_chunk
+
+    windows, first, chunks = [_frames(5, 40), _frames(4, 120), _frames(4, 200)], 0, []
+    for i, frames in enumerate(windows):
+        chunks.append(fmp4_chunk(frames, 24.0, first, init=i == 0))
+        first += len(frames)
+    assert chunks[0][4:8] == b"ftyp" and all(c[4:8] == b"moof" for c in chunks[1:])
+    (tmp_path / "joined.mp4").write_bytes(b"".join(chunks))
+    levels = [round(float(f.mean())) for f in read_video(tmp_path / "joined.mp4")[0]]
+    assert levels == pytest.approx([40] * 5 + [120] * 4 + [200] * 4, abs=3)
+    unshifted = chunks[0] + fmp4_chunk(windows[1], 24.0, 0, init=False)  # decode times not continued
+    (tmp_path / "overlapping.mp4").write_bytes(unshifted)
+    assert len(read_video(tmp_path / "overlapping.mp4")[0]) < 9

@@ -122,3 +122,79 @@ def _read(path: Path) -> list[dict]:
         return list(json.loads(path.read_text())["segments"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+# ------------------------------------------------------------------ fragmented MP4 chunks (vLLM-Omni's shape)
+
+def fmp4_chunk(frames: np.ndarray, fps: float, first_frame: int, *, init: bool) -> bytes:
+    """One window as a chunk of a fragmented MP4 stream, as vLLM-Omni's `/v1/realtime/video` sends them: H.264
+    without B-frames, a fragment per frame; the first chunk (`init`) starts with `ftyp`+`moov`, later ones are
+    fragments only, their decode times continuing from `first_frame`. Appended one after another (a file, or
+    Media Source Extensions) they play as one video: every window's encode has the same `moov` (same settings,
+    same size), so only the first is kept."""
+    height, width = frames.shape[1:3]
+    cmd = [ffmpeg().get_ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+           "-r", str(fps), "-i", "-", "-an", "-c:v", "libx264", "-crf", str(CRF), "-bf", "0", "-pix_fmt", "yuv420p",
+           "-movflags", "+frag_keyframe+empty_moov+default_base_moof+frag_every_frame", "-f", "mp4", "-"]
+    result = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"]
+        raise OSError(f"ffmpeg failed: {lines[-1]}")
+    data = bytearray(result.stdout)
+    head = _init_length(data)
+    ticks = round(_timescale(data[:head]) / fps * first_frame)
+    _shift_decode_times(data, head, ticks)
+    return bytes(data if init else data[head:])
+
+
+def _boxes(data, start: int, end: int):
+    """(type, offset, size) of each box in data[start:end]."""
+    i = start
+    while i + 8 <= end:
+        size = int.from_bytes(data[i:i + 4], "big")
+        kind = bytes(data[i + 4:i + 8]).decode("latin-1")
+        if size < 8:
+            return
+        yield kind, i, size
+        i += size
+
+
+def _init_length(data) -> int:
+    """Bytes of the leading `ftyp` and `moov`."""
+    end = 0
+    for kind, offset, size in _boxes(data, 0, len(data)):
+        if kind not in ("ftyp", "moov"):
+            break
+        end = offset + size
+    return end
+
+
+def _timescale(init) -> int:
+    """The video track's time units per second (moov/trak/mdia/mdhd)."""
+    def find(start: int, end: int, path: tuple[str, ...]) -> int:
+        for kind, offset, size in _boxes(init, start, end):
+            if kind == path[0]:
+                if len(path) > 1:
+                    return find(offset + 8, offset + size, path[1:])
+                version = init[offset + 8]
+                at = offset + 12 + (16 if version == 1 else 8)  # past flags, creation and modification times
+                return int.from_bytes(init[at:at + 4], "big")
+        raise OSError("ffmpeg wrote an MP4 without a track timescale")
+
+    return find(0, len(init), ("moov", "trak", "mdia", "mdhd"))
+
+
+def _shift_decode_times(data: bytearray, start: int, ticks: int) -> None:
+    """Add `ticks` to every fragment's base media decode time (moof/traf/tfdt), in place."""
+    for kind, offset, size in _boxes(data, start, len(data)):
+        if kind != "moof":
+            continue
+        for traf, t_offset, t_size in _boxes(data, offset + 8, offset + size):
+            if traf != "traf":
+                continue
+            for box, b_offset, _ in _boxes(data, t_offset + 8, t_offset + t_size):
+                if box == "tfdt":
+                    width = 8 if data[b_offset + 8] == 1 else 4
+                    at = b_offset + 12
+                    value = int.from_bytes(data[at:at + width], "big") + ticks
+                    data[at:at + width] = value.to_bytes(width, "big")
