@@ -272,3 +272,26 @@ def test_fmp4_chunks_start_with_the_init_and_play_on_as_one_video(tmp_path):
     unshifted = chunks[0] + fmp4_chunk(windows[1], 24.0, 0, init=False)  # decode times not continued
     (tmp_path / "overlapping.mp4").write_bytes(unshifted)
     assert len(read_video(tmp_path / "overlapping.mp4")[0]) < 9
+
+
+def test_a_live_window_line_shows_the_pace_and_the_prompt_delay():
+    import io
+
+    from skyreels_cli.cli.progress import ProgressDisplay
+
+    out = io.StringIO()
+    display = ProgressDisplay(out, tty=False)
+    display(sk.WindowDone(3, 10**5, 53, None, 30.0, None, rtf=0.25, prompt_latency_s=7.5))
+    display(sk.WindowDone(4, 10**5, 65, None, 35.0, None, rtf=0.5))
+    first, second = out.getvalue().splitlines()
+    assert first == "window 4 done, 53 frames, 0.25x real time, the new prompt out 7.5 s after it was given"
+    assert second == "window 5 done, 65 frames, 0.50x real time" and "/100000" not in out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_streamed_live_run_ends_cleanly_when_cancelled(tiny_df):
+    cancel, made = sk.Cancel(), []
+    for window in tiny_df.stream(sk.Request(prompt=FIRST, live=True, **SETTINGS), cancel=cancel):
+        made.append(len(window.frames))
+        cancel.cancel()
+    assert made == [17]

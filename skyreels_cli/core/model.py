@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, OutOfMemory, UsageError, kept_after_stop, setting
+from ..errors import Cancelled, ModelError, OutOfMemory, UsageError, kept_after_stop, setting
 from ..forcing.engine import Conditioning
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
@@ -305,18 +305,24 @@ class Model:
         return kept_after_stop(self.spec.forcing)
 
     def stream(self, request: Request, *, cancel: Cancel | None = None, on_event: OnEvent | None = None,
-               progress: bool | None = None) -> Iterator[WindowFrames]:
+               progress: bool | None = None, prompts: LivePrompts | None = None) -> Iterator[WindowFrames]:
         """Each window's new frames as they are made, writing nothing. A continued `video` is not repeated.
 
-        The model's lock is held only while a window is made, so other calls may run between windows."""
+        The model's lock is held only while a window is made, so other calls may run between windows. A live
+        request ends when `cancel` is set, after its last finished window (no `Cancelled`); `prompts` steers it."""
         run = Run(self, self.resolve(request), cancel=cancel, on_event=on_event,
-                  progress=self.progress if progress is None else progress)
+                  progress=self.progress if progress is None else progress, prompts=prompts)
         frames = run.frames()
         try:
             run.emit(run.started())
             while True:
                 with self._lock:
-                    made = next(frames, None)
+                    try:
+                        made = next(frames, None)
+                    except Cancelled:
+                        if not run.live:
+                            raise
+                        made = None
                 if made is None:
                     break
                 run.made += len(made[0].frames)
