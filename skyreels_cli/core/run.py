@@ -26,7 +26,7 @@ from ..forcing.engine import Conditioning, DiffusionForcingEngine, EngineState, 
 from ..forcing.resume import log_window, logged_windows, save_state
 from ..forcing.schedule import make_scheduler
 from ..media import colour
-from ..media.hls import PLAYLIST, HlsWriter
+from ..media.hls import PLAYLIST, HlsWriter, stream_folder
 from ..media.images import fit_frames
 from ..media.sinks import FrameSink, output_errors
 from ..media.videos import iter_video_frames
@@ -160,8 +160,7 @@ class Run:
         """Where a live run's HLS playlist and segments go: NAME.hls/ beside NAME.mp4 (None: streamed)."""
         if self.prepared is None:
             return None
-        path = self.prepared.target.path
-        return path.with_name(path.stem + ".hls")
+        return stream_folder(self.prepared.target.path)
 
     # ------------------------------------------------------------ frames
 

@@ -28,6 +28,11 @@ RECORD = "segments.json"
 CRF = 17  # as the MP4 output's segments (media/sinks.py)
 
 
+def stream_folder(output: Path) -> Path:
+    """Where a live output's HLS stream goes: NAME.hls/ beside NAME.mp4 (DIR.hls/ beside a PNG folder)."""
+    return output.with_name(output.stem + ".hls")
+
+
 def segment_name(window: int) -> str:
     return f"w{window:06d}.ts"
 
