@@ -24,7 +24,7 @@ _EXPORTS = {
     "run": "core.runner", "check": "core.runner", "Checked": "core.runner",
     "read_batch": "core.batch", "run_batch": "core.batch", "ModelPool": "core.pool",
     "read_script": "core.shot_list", "prepare": "core.prepare",
-    "Cancel": "core.run",
+    "Cancel": "core.run", "LivePrompts": "core.live",
     "RunStarted": "core.events", "StepDone": "core.events", "WindowDone": "core.events",
     "RunFinished": "core.events", "PromptEnhanced": "core.events",
     "Result": "core.results", "WindowFrames": "core.results",

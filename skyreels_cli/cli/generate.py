@@ -68,7 +68,9 @@ def extend(
     quiet: Quiet = False, dry_run: DryRun = False, enhance: Enhance = False, enhancer: Enhancer = None,
     script: Annotated[Optional[str], typer.Option("--script", help="A shot list (TOML): settings, then [[shot]] tables with a prompt and frames or seconds each; one continuous video, cut between shots. Flags given win over the file.")] = None,
     prompt_file: Annotated[Optional[str], typer.Option("--prompt-file", help="One prompt per line, one line per window (blank lines and # comments skipped).")] = None,
-    from_: From = None, gpus: Gpus = None, server: Server = None, *, fields: dict, load: dict,
+    from_: From = None, gpus: Gpus = None, server: Server = None,
+    keep_last: Annotated[Optional[float], typer.Option("--keep-last", help="With --live: keep only the last this many seconds of HLS segments on disk (the video and its timeline stay whole).")] = None,
+    *, fields: dict, load: dict,
 ) -> None:
     """Long video with diffusion forcing, window by window, streamed to disk as it is made.
 
@@ -89,10 +91,14 @@ def extend(
 
     A shot list (--script film.toml) gives settings and [[shot]] tables, each with a prompt and frames or
     seconds: one continuous video, windows cut between shots; see the README.
+
+    --live makes windows until Ctrl-C (or --frames/--seconds, then the most), watchable as it is made
+    (NAME.hls/live.m3u8); each line on standard input steers it from the next window; see docs/live.md.
     """
     with user_errors("extend", quiet):
         flags = JobFlags("extend", {"prompt": prompt, **fields}, load, model, output, overwrite, resume,
-                         _enhance(enhance, enhancer), from_, quiet, dry_run, script, prompt_file, server, gpus)
+                         _enhance(enhance, enhancer), from_, quiet, dry_run, script, prompt_file, server, gpus,
+                         keep_last)
         run_from_flags(flags)
 
 

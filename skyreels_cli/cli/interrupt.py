@@ -14,8 +14,22 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+# While set (`ctrl_c_stops`), the first Ctrl-C calls it instead of interrupting: a live run ends cleanly
+_stop: Callable[[], None] | None = None
+
+
+@contextmanager
+def ctrl_c_stops(stop: Callable[[], None]) -> Iterator[None]:
+    """The first Ctrl-C calls `stop` (a live run's cancel: it ends with everything made kept)."""
+    global _stop
+    _stop = stop
+    try:
+        yield
+    finally:
+        _stop = None
 
 
 @contextmanager
@@ -33,7 +47,11 @@ def responsive_ctrl_c(message_now: str) -> Iterator[None]:
             if done.is_set():
                 return
             presses += 1
-            if presses == 1:
+            if presses == 1 and _stop is not None:
+                print("stopping after the window being made... (Ctrl-C again to stop at once)", file=sys.stderr,
+                      flush=True)
+                _stop()
+            elif presses == 1:
                 print("stopping at the next step... (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
                 _thread.interrupt_main()
             else:

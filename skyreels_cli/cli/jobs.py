@@ -34,6 +34,7 @@ class JobFlags:
     prompt_file: str | None = None  # extend --prompt-file
     server: str | None = None   # --server: submit to a running service instead (cli/remote.py)
     gpus: int | None = None     # --gpus with --server: the job's GPUs at the service
+    keep_last: float | None = None  # extend --live --keep-last S
 
 
 def run_from_flags(flags: JobFlags, missing: tuple[str, str] | None = None) -> None:
@@ -69,7 +70,7 @@ def build_job(flags: JobFlags, recorded=None):
 
     fields = {name: value for name, value in flags.fields.items() if value is not None}
     settings = {**fields, **flags.load, "model": flags.model, "output": flags.output, "overwrite": flags.overwrite,
-                "resume": flags.resume, "enhance": flags.enhance}
+                "resume": flags.resume, "enhance": flags.enhance, "keep_last": flags.keep_last}
     if flags.script or flags.prompt_file:
         settings = _with_shot_list(flags, settings)
     elif flags.command == "extend":
@@ -91,7 +92,7 @@ def build_job(flags: JobFlags, recorded=None):
 def _check_length_and_prompt(settings: dict, recorded) -> None:
     if recorded is not None:
         return
-    if settings.get("frames") is None and settings.get("seconds") is None:
+    if settings.get("frames") is None and settings.get("seconds") is None and not settings.get("live"):
         raise UsageError("extend needs a length: --frames (e.g. 1440 for a minute at 24 fps) or --seconds")
     if not ((settings.get("prompt") or "").strip() or settings.get("image") or settings.get("video")):
         raise UsageError('extend needs a prompt, e.g. skyreels extend "a red fox running through snow" --frames 240')
@@ -162,8 +163,11 @@ def run_job(job, *, quiet: bool, pool=None) -> None:
     if job.command == "extend":
         keep_host_memory_flat()
         on_window = release_freed_memory
-    result = run(job, pool=pool, on_event=None if quiet else ProgressDisplay(), on_window=on_window,
-                 progress=not quiet)
+    if job.request.live:
+        result = _run_live(job, quiet=quiet, pool=pool, on_window=on_window)
+    else:
+        result = run(job, pool=pool, on_event=None if quiet else ProgressDisplay(), on_window=on_window,
+                     progress=not quiet)
     if result is None:  # a process of a several-GPU run but the first: it writes nothing
         return
     if result.resumed and not quiet:
@@ -175,3 +179,31 @@ def run_job(job, *, quiet: bool, pool=None) -> None:
                    err=True)
     typer.echo(str(result.path))
 
+
+
+def _run_live(job, *, quiet: bool, pool, on_window):
+    """A live job: new prompts from standard input, one a line, each from the next window not yet started (said on
+    stderr); at the end of input it goes on. The first Ctrl-C ends it after the window being made, keeping
+    everything (the video, its sidecar and timeline); it also ends at its --frames/--seconds, if given."""
+    import sys
+    import threading
+
+    from .. import run
+    from ..core.live import LivePrompts
+    from ..core.run import Cancel
+    from .interrupt import ctrl_c_stops
+    from .progress import ProgressDisplay
+
+    prompts, cancel = LivePrompts(), Cancel()
+
+    def read() -> None:
+        for line in sys.stdin:
+            if line.strip():
+                window = prompts.set(line.strip())
+                if not quiet:
+                    typer.echo(f"prompt from window {window + 1}: {line.strip()}", err=True)
+
+    threading.Thread(target=read, name="live-prompts", daemon=True).start()
+    with ctrl_c_stops(cancel.set):
+        return run(job, pool=pool, on_event=None if quiet else ProgressDisplay(), on_window=on_window,
+                   progress=not quiet, cancel=cancel, prompts=prompts)

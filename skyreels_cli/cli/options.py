@@ -42,9 +42,10 @@ REQUEST_FLAGS = {
     "addnoise": Annotated[Optional[float], typer.Option("--addnoise", help="Noise on the carried-over frames, 0-50 (20; reduces drift).")],
     "causal_attention": Annotated[Optional[bool], typer.Option("--causal-attention", help="Block-causal attention inside a window.")],
     "color_match": Annotated[bool, typer.Option("--color-match", help=COLOR_MATCH_HELP)],
+    "live": Annotated[bool, typer.Option("--live", help="Make windows until Ctrl-C (--frames/--seconds: the most), watchable as made (NAME.hls/live.m3u8); each line on standard input is a new prompt from the next window.")],
 }
 # A flag whose value is not the field's: --color-match is on or off, the field names the mode.
-FLAG_DEFAULTS = {"color_match": False}
+FLAG_DEFAULTS = {"color_match": False, "live": False}
 
 # The job's own flags.
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry alias, Hub repo id or local folder.")]

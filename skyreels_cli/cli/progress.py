@@ -91,6 +91,11 @@ class ProgressDisplay:
         return f"; preview: {s.preview}"
 
     def _window_line(self, event: WindowDone) -> str:
+        if event.rtf is not None:  # a live run: no end, its pace instead of the time left
+            steered = "" if event.prompt_latency_s is None else \
+                f", the new prompt out {event.prompt_latency_s:.1f} s after it was given"
+            return (f"window {event.window + 1} done, {event.frames} frames, {event.rtf:.2f}x real time{steered}"
+                    f"{self._preview()}")
         return f"window {event.window + 1}/{event.windows} done, {event.frames} frames, {self._times()}{self._preview()}"
 
     def _status_line(self) -> str:

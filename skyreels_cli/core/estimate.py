@@ -11,6 +11,7 @@ import json
 
 from ..forcing.frames import latent_frames
 from ..forcing.schedule import step_matrix
+from ..forcing.windows import window_counts
 from ..models.architectures import TEXT_TOKENS, TransformerArch
 from ..models.hub import cached_snapshot
 from ..models.registry import ModelSpec
@@ -34,9 +35,9 @@ def run_flops(arch: TransformerArch, request: Request, spec: ModelSpec) -> float
     if not spec.forcing:
         return request.steps * passes * forward_flops(arch, per_frame * latent_frames(generated_frames(request, spec)))
     total = 0.0
-    for window in window_plan(request).windows:
+    for window, times in window_counts(window_plan(request)):
         rows = step_matrix(window.blocks, request.steps, request.ar_step, window.ready_blocks)[0].shape[0]
-        total += rows * passes * forward_flops(arch, per_frame * (window.length + window.end_image))
+        total += times * rows * passes * forward_flops(arch, per_frame * (window.length + window.end_image))
     return total
 
 

@@ -48,6 +48,10 @@ class WindowDone:
     preview: Path | None = None      # plays everything finished so far (None: no file, or a single clip)
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    # A live run's pace: seconds of video this window made per second of wall time it took (1.0: real time)
+    rtf: float | None = None
+    # A live run's window that is the first to show a new prompt: seconds from the change to its frames out
+    prompt_latency_s: float | None = None
 
 
 @dataclass(frozen=True)

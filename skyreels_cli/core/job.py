@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..run_options import BY_NAME, LoadOptions
 from .request import Request
 
@@ -28,10 +28,10 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "t2v": _EVERY,
     "i2v": (*_EVERY, "image"),
     "extend": (*_EVERY, "image", "end_image", "video", "base_frames", "overlap", "ar_step", "causal_block",
-               "addnoise", "causal_attention", "color_match", "shots"),
+               "addnoise", "causal_attention", "color_match", "shots", "live"),
 }
 # The job's own settings in a flat table (besides its command, request fields and load options).
-JOB_SETTINGS = ("model", "output", "output_dir", "overwrite", "resume", "enhance")
+JOB_SETTINGS = ("model", "output", "output_dir", "overwrite", "resume", "enhance", "keep_last")
 
 
 def settings_names(command: str) -> tuple[str, ...]:
@@ -51,6 +51,7 @@ class Job:
     overwrite: bool = False         # replace an existing output
     resume: bool = False            # continue the interrupted run writing to `output`
     enhance: str | None = None      # rewrite the prompt first with this enhancer ("default": the registry's)
+    keep_last: float | None = None  # a live job's HLS segments kept on disk: the last this many seconds (None: all)
 
     def __post_init__(self) -> None:
         if self.command not in COMMANDS:
@@ -67,6 +68,17 @@ class Job:
                 object.__setattr__(self, name, str(value))
             elif value is not None and not isinstance(value, str):
                 raise UsageError(f"Job.{name} must be text, got {value!r}", field=name)
+        if self.request.live and self.command != "extend":
+            raise UsageError(f"{setting('live', True)} continues a video window by window without end: it is for "
+                             f"extend, not {self.command}", field="live")
+        if self.keep_last is not None and (isinstance(self.keep_last, bool) or not isinstance(self.keep_last, (int, float))
+                                           or not 0 < self.keep_last < float("inf")):
+            raise UsageError(f"{setting('keep_last', self.keep_last)} must be a positive number of seconds",
+                             field="keep_last")
+        if self.keep_last is not None and not self.request.live:
+            raise UsageError(f"{setting('keep_last')} bounds a live job's segments on disk; give {setting('live', True)} "
+                             f"too, or leave {setting('keep_last')} out",
+                             field="keep_last")
         for name in ("overwrite", "resume"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"Job.{name} must be True or False, got {getattr(self, name)!r}", field=name)

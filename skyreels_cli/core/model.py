@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, OutOfMemory, UsageError, kept_after_stop, setting
+from ..errors import Cancelled, ModelError, OutOfMemory, UsageError, kept_after_stop, setting
 from ..forcing.engine import Conditioning
 from ..models.accelerators import accelerate
 from ..models.hub import ensure_model
@@ -50,6 +50,7 @@ from ..runtime.plan import flags, resolve_plan, smaller_plan
 from .conditioning import PromptEncoder
 from .events import OnEvent, RunFinished
 from .job import Job
+from .live import LivePrompts
 from .prepare import Prepared, prepare
 from .request import Request
 from .resolve import resolve, run_shape
@@ -232,7 +233,8 @@ class Model:
 
     def generate(self, job: Job | Request, output: str | Path | None = None, *, overwrite: bool = False,
                  resume: bool = False, cancel: Cancel | None = None, on_event: OnEvent | None = None,
-                 on_window: Callable[[WindowFrames], None] | None = None, progress: bool | None = None) -> Result:
+                 on_window: Callable[[WindowFrames], None] | None = None, progress: bool | None = None,
+                 prompts: LivePrompts | None = None) -> Result:
         """Make the video a `Job` or `Request` describes into `output` (NAME.mp4, or DIR/ for PNG frames) with
         its sidecar. A Job brings its own output, overwrite, resume and enhancement (its model and load options
         must be this model's).
@@ -243,11 +245,16 @@ class Model:
         the run stops at the next step and raises `sk.Cancelled` (finished windows stay for resume=True).
         `on_event` gets each progress event (core/events.py; no tqdm bars then), `on_window` each window's
         frames. `progress`: tqdm bars and third-party messages (default: as loaded).
+
+        A live request (`live=True`) makes windows until `cancel` is set, then ends with everything made (no
+        `Cancelled`); `prompts` (`sk.LivePrompts`) steers it while it runs (core/live.py).
         """
         if self.parallel is not None and not self.parallel.is_main:
             return self.follow()
         try:
+            keep_last = None
             if isinstance(job, Job):
+                keep_last = job.keep_last
                 self.check_job(job)
                 job = _enhanced(job, self.device)
                 request, output, overwrite, resume, output_dir = \
@@ -259,7 +266,8 @@ class Model:
             if self.parallel is not None:
                 self.parallel.share(None)  # the other ranks stop waiting
             raise
-        return self._execute(prepared, cancel=cancel, on_event=on_event, on_window=on_window, progress=progress)
+        return self._execute(prepared, cancel=cancel, on_event=on_event, on_window=on_window, progress=progress,
+                             live=(prompts, keep_last))
 
     def check_job(self, job: Job) -> None:
         """Refuse a job meant for another checkpoint or other load options than this model's."""
@@ -278,14 +286,15 @@ class Model:
                              "(sk.run(job) does)", field=name)
 
     def _execute(self, prepared: Prepared, *, cancel: Cancel | None, on_event: OnEvent | None,
-                 on_window: Callable[[WindowFrames], None] | None, progress: bool | None) -> Result:
+                 on_window: Callable[[WindowFrames], None] | None, progress: bool | None,
+                 live: tuple = (None, None)) -> Result:
         """Carry out a prepared run, one at a time on the device."""
         try:
             with self._lock:
                 if self.parallel is not None:  # the other ranks run what rank 0 resolved: same seed, same state
                     self.parallel.share((prepared.request, prepared.saved))
                 run = Run(self, prepared.request, prepared=prepared, cancel=cancel, on_event=on_event,
-                          progress=self.progress if progress is None else progress)
+                          progress=self.progress if progress is None else progress, prompts=live[0], keep_last=live[1])
                 with nullcontext() if self.parallel is None else self.parallel.peers_lost_as_errors(self._kept):
                     return run.write(on_window)
         finally:
@@ -308,18 +317,24 @@ class Model:
         return kept_after_stop(self.spec.forcing)
 
     def stream(self, request: Request, *, cancel: Cancel | None = None, on_event: OnEvent | None = None,
-               progress: bool | None = None) -> Iterator[WindowFrames]:
+               progress: bool | None = None, prompts: LivePrompts | None = None) -> Iterator[WindowFrames]:
         """Each window's new frames as they are made, writing nothing. A continued `video` is not repeated.
 
-        The model's lock is held only while a window is made, so other calls may run between windows."""
+        The model's lock is held only while a window is made, so other calls may run between windows. A live
+        request ends when `cancel` is set, after its last finished window (no `Cancelled`); `prompts` steers it."""
         run = Run(self, self.resolve(request), cancel=cancel, on_event=on_event,
-                  progress=self.progress if progress is None else progress)
+                  progress=self.progress if progress is None else progress, prompts=prompts)
         frames = run.frames()
         try:
             run.emit(run.started())
             while True:
                 with self._lock:
-                    made = next(frames, None)
+                    try:
+                        made = next(frames, None)
+                    except Cancelled:
+                        if not run.live:
+                            raise
+                        made = None
                 if made is None:
                     break
                 run.made += len(made[0].frames)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ResumeError, UsageError, again_with, setting
 from ..forcing.resume import discard_state, load_state, state_path
+from ..media.hls import PLAYLIST, stream_folder
 from ..media.lock import OutputLock
 from ..media.targets import OutputTarget, resolve_output
 from ..models.registry import ModelSpec
@@ -29,6 +30,9 @@ class Prepared:
     def describe(self) -> str:
         """One line: what will be made, and where."""
         r = self.request
+        if r.live:  # no length: its most, and where it is watched
+            return (f"{self.spec.alias}, {r.width}x{r.height}, live until stopped (at most {r.frames} frames), seed "
+                    f"{r.seed} -> {self.target.path}, watch {stream_folder(self.target.path) / PLAYLIST}")
         made = generated_frames(r, self.spec)
         windows = len(window_plan(r).windows) if self.spec.forcing else 1
         how = f" ({made} made in {windows} window{'s' if windows > 1 else ''})" if made != r.frames or windows > 1 else ""

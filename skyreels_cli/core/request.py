@@ -64,6 +64,8 @@ class Request:
     color_match: str | None = None  # "off", "latent" or "pixel": each window's colour pulled to what it continues
     prompt_original: str | None = None  # the user's prompt when --enhance rewrote it into `prompt`
     shots: tuple[Shot, ...] | None = None  # a shot list (diffusion forcing): frames is their sum (core/shot_plan.py)
+    # extend only: windows until stopped (cancel), frames/seconds then the most; steered by sk.LivePrompts (core/live.py)
+    live: bool | None = None
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:

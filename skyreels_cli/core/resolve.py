@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import UsageError, on_command_line, setting
 from ..forcing.frames import TEMPORAL, check_frames, check_positive, check_size, latent_frames, pixel_frames
 from ..forcing.schedule import GRIDS, SAMPLERS
-from ..forcing.windows import WindowPlan, plan_for_length
+from ..forcing.windows import WindowPlan, distinct_windows, live_plan, plan_for_length
 from ..media.colour import check_mode
 from ..media.images import load_image, oriented_size
 from ..models.architectures import ROPE_POSITIONS
@@ -31,7 +31,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 FORCING_FIELDS = ("end_image", "video", "base_frames", "overlap", "ar_step", "causal_block", "addnoise",
-                  "causal_attention", "cache", "shots", "color_match")
+                  "causal_attention", "cache", "shots", "color_match", "live")
 # Official recommendations for diffusion forcing (the SkyReels-V2 README).
 OVERLAP_LATENTS = 5  # 17 frames
 ADDNOISE = 20.0
@@ -78,6 +78,8 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
     )
     if spec.forcing:
         filled = _forcing_defaults(filled, spec)
+    if filled.live:  # the most frames, in whole windows; none given: a day of video (MAX_FRAMES)
+        filled = _live_length(filled, r.frames is not None or r.seconds is not None)
     if filled.shots is not None:  # the length is the shots' total (core/shot_plan.py)
         filled = resolve_shots(filled, filled.frames if r.frames is not None or r.seconds is not None else None)
     validate(filled, spec)
@@ -113,6 +115,18 @@ def _frames(r: Request, spec: ModelSpec, fps: float) -> int:
         raise UsageError(f"{setting('frames', r.frames)} and {setting('seconds', r.seconds)} disagree at {fps} fps; "
                          "give one of them", field="seconds")
     return frames
+
+
+def _live_length(r: Request, asked: bool) -> Request:
+    """A live request's most frames: the whole windows that fit in the frames asked for (at least one window)."""
+    if r.end_image:
+        raise UsageError(f"a live video has no end, so {setting('end_image')} cannot be used with {setting('live', True)}",
+                         field="end_image")
+    if r.shots:
+        raise UsageError(f"a live video's prompts come while it runs (sk.LivePrompts, or lines on standard input); "
+                         f"leave out the shot list or {setting('live', True)}", field="shots")
+    most = min(r.frames, MAX_FRAMES) if asked else MAX_FRAMES
+    return replace(r, frames=_forcing_length(replace(r, frames=most))[0], seconds=None)
 
 
 def _image_option(spec: ModelSpec) -> str:
@@ -281,6 +295,9 @@ def window_plan(r: Request) -> WindowPlan:
 
 
 def _forcing_length(r: Request) -> tuple[int, WindowPlan]:
+    if r.live:  # windows planned as they are reached, up to r.frames
+        return live_plan(r.frames, base_frames=r.base_frames, overlap_frames=r.overlap, causal_block=r.causal_block,
+                         image=bool(r.image), video=bool(r.video))
     if r.shots:
         return shot_plan(r)  # windows cut at the shots' boundaries
     return plan_for_length(
@@ -302,7 +319,7 @@ def check_split(r: Request, spec: ModelSpec, processes: int) -> None:
     (end image included) or the clip's must divide. Refused before anything loads, with what fits."""
     per_frame = (r.height // 16) * (r.width // 16)
     if spec.forcing:
-        lengths = {w.length + w.end_image for w in window_plan(r).windows}
+        lengths = {w.length + w.end_image for w in distinct_windows(window_plan(r))}
     else:
         lengths = {latent_frames(generated_frames(r, spec))}
     if all(per_frame * length % processes == 0 for length in lengths):
@@ -326,7 +343,7 @@ def run_shape(spec: ModelSpec, request: Request) -> Shape:
     r = resolve(replace(request, prompt=request.prompt or "plan", seed=0 if request.seed is None else request.seed),
                 spec)
     if spec.forcing:
-        windows = window_plan(r).windows
+        windows = distinct_windows(window_plan(r))
         length = max(w.length for w in windows)
         end_image = spec.kind == "flf2v" or any(w.end_image for w in windows)
         return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True, r.guidance > 1)

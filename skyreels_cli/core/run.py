@@ -21,13 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, faults
-from ..errors import Cancelled, ResumeError, kept_after_stop, setting
+from ..errors import Cancelled, OutputError, ResumeError, kept_after_stop, setting
 from ..forcing.engine import Conditioning, DiffusionForcingEngine, EngineState, Sampling
 from ..forcing.resume import log_window, logged_windows, save_state
 from ..forcing.schedule import make_scheduler
 from ..media import colour
+from ..media.hls import PLAYLIST, HlsWriter, stream_folder
 from ..media.images import fit_frames
-from ..media.sinks import FrameSink
+from ..media.sinks import FrameSink, output_errors
 from ..media.videos import iter_video_frames
 from ..models.registry import ModelSpec
 from ..quiet import third_party_quiet
@@ -38,6 +39,7 @@ from ..runtime.step_cache import StepCache
 from .clips import clip_pipeline, generate_clip
 from .conditioning import image_latent, video_prefix
 from .events import Event, OnEvent, RunClock, RunFinished, RunStarted, StepDone, WindowDone, window_costs
+from .live import LivePrompts, real_time_factor, replay_request
 from .prepare import Prepared
 from .request import Request
 from .resolve import generated_frames, window_plan
@@ -88,7 +90,7 @@ class Run:
 
     def __init__(self, model: Loaded, request: Request, *, prepared: Prepared | None = None,
                  cancel: Cancel | None = None, on_event: OnEvent | None = None, progress: bool = True,
-                 saved: dict | None = None) -> None:
+                 saved: dict | None = None, prompts: LivePrompts | None = None, keep_last: float | None = None) -> None:
         self.model = model
         self.request = request
         self.prepared = prepared
@@ -101,7 +103,15 @@ class Run:
         self.first = saved.get("generated", 0) if saved else 0  # frames made before the saved state
         self.windows = len(window_plan(request).windows) if model.spec.forcing else 1
         self.done = self.state.next_window if self.state else 0  # windows finished before this run
-        costs = window_costs(window_plan(request), request.steps, request.ar_step) if model.spec.forcing else (1.0,)
+        # A live run: windows until stopped, its prompts from `prompts` (core/live.py), segments for watching
+        self.live = bool(request.live) and model.spec.forcing
+        self.prompts = (prompts or LivePrompts()) if self.live else None
+        if self.live and self.state is not None:
+            self.prompts.restore(self.state.extra.get("live_timeline", []))
+        self.keep_last = keep_last
+        self.stopped: str | None = None  # why a live run ended before its most: "stopped" or "disk full"
+        live_or_clip = self.live or not model.spec.forcing  # a live run has no end to estimate the time left to
+        costs = (1.0,) if live_or_clip else window_costs(window_plan(request), request.steps, request.ar_step)
         self.clock = RunClock(costs, self.done)
         self.replayed = 0  # latent frames decoded again to rebuild the decoder's state (resuming)
         self.step_cache: StepCache | None = None
@@ -119,23 +129,38 @@ class Run:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled(f"cancelled; {kept_after_stop(self.model.spec.forcing and self.prepared is not None)}")
 
+    def _eta(self, window: int, fraction: float) -> float | None:
+        return None if self.live else self.clock.eta(window, fraction)
+
     def _step(self, window: int, step: int, steps: int) -> None:
-        self.emit(StepDone(window, step, steps, self.clock.elapsed(), self.clock.eta(window, step / steps)))
+        self.emit(StepDone(window, step, steps, self.clock.elapsed(), self._eta(window, step / steps)))
         self.check_cancel()
 
     def started(self) -> RunStarted:
         p = self.prepared
         preview = p.target.preview if p is not None else None
+        if self.live and p is not None:  # watched as HLS; no NAME.partial.mp4
+            preview = self.hls_folder / PLAYLIST
         description = p.describe() if p is not None else \
             f"{self.model.spec.alias}, {self.request.width}x{self.request.height}, {self.request.frames} frames, " \
             f"seed {self.request.seed} (streamed)"
         return RunStarted(self.windows, self.request.frames, preview, self.done, description,
                           self.model.memory_reason, self.clock.elapsed(), None, self.model.runtime)
 
-    def _window_done(self, index: int, frames_out: int) -> WindowDone:
+    def _window_done(self, index: int, frames_out: int, pace: tuple[float | None, float | None] = (None, None)
+                     ) -> WindowDone:
         preview = self.prepared.target.preview if self.prepared is not None and self.windows > 1 else None
-        return WindowDone(index, self.windows, frames_out, preview, self.clock.elapsed(),
-                          self.clock.eta(index + 1, 0.0))
+        if self.live:
+            preview = None if self.hls_folder is None else self.hls_folder / PLAYLIST
+        return WindowDone(index, self.windows, frames_out, preview, self.clock.elapsed(), self._eta(index + 1, 0.0),
+                          *pace)
+
+    @property
+    def hls_folder(self) -> Path | None:
+        """Where a live run's HLS playlist and segments go: NAME.hls/ beside NAME.mp4 (None: streamed)."""
+        if self.prepared is None:
+            return None
+        return stream_folder(self.prepared.target.path)
 
     # ------------------------------------------------------------ frames
 
@@ -170,6 +195,8 @@ class Run:
         start, end = m.image_latents(request, self._encode_images) if state is None else (None, None)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         conditioning = (lambda _: cond) if not request.shots else shot_conditioning(request, m.conditioning)
+        if self.live:
+            conditioning = self._live_conditioning
         outputs = engine.run(plan, conditioning, sampling, generator, (request.height // 8, request.width // 8),
                              start_latents=start, end_latent=end, emit_start=not request.video, state=state)
         reference = state.extra.get("colour_reference") if state else None
@@ -184,6 +211,12 @@ class Run:
             yield WindowFrames(out.window.index, len(plan.windows), first, frames, out.latents), out.state
             first += len(frames)
             self.check_cancel()
+
+    def _live_conditioning(self, window: int) -> Conditioning:
+        """A live window's conditioning: the prompt set last before it started."""
+        r = self.request
+        prompt, negative = self.prompts.for_window(window, r)
+        return self.model.conditioning(prompt, r.negative_prompt if negative is None else negative, r.guidance)
 
     def _encode_images(self, request: Request) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The clean latents of the start image or continued video, and of the end image (None if not given)."""
@@ -216,10 +249,13 @@ class Run:
                               **({"accelerator": m.spec.accelerator} if m.spec.accelerator else {})}}
         if request.shots:
             metadata["shots"] = shots_record(request)  # which frames and windows belong to which shot
-        sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0)
+        sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0,
+                         preview=not self.live)
         with sink, third_party_quiet(self.quiet):
             with timer("generate"), m.out_of_memory(request):
                 self._write_windows(sink, metadata, on_window)
+            if self.live:  # what was made is a shot list: record that, so --from and replay remake it
+                request = self._live_record(metadata)
             timer.marks["load"] = m.load_seconds
             timer.marks["total"] = round(time.perf_counter() - started, 3)
             peak = round(torch.cuda.max_memory_allocated(m.device) / 1e9, 2) if m.device.type == "cuda" else None
@@ -230,13 +266,41 @@ class Run:
             if cache is not None:
                 run["step_cache"] = cache
             run["colour"] = self.colour
-            path = sink.finish({**metadata, "run": run})
+            path = sink.finish({**metadata, "run": run}, metadata if self.live else None)
         self.emit(RunFinished(self.made, round(time.perf_counter() - started, 3), path, sink.frames_written))
         return Result(path, target.sidecar, request, sink.frames_written, timer.marks, peak, bool(saved),
                       self.replayed, cache, m.runtime)
 
+    def _live_record(self, metadata: dict) -> Request:
+        """A stopped live run's settings: the equivalent shot list as its request, and its timeline and end."""
+        timeline = self.prompts.timeline()
+        made = replay_request(self.request, timeline, self.live_windows)
+        live = {"timeline": timeline, "windows": self.live_windows, "stopped": self.stopped or "most reached",
+                "hls": str(self.hls_folder), "request": metadata["request"]}
+        metadata.update(request=made.to_dict(), shots=shots_record(made), live=live)
+        return made
+
     def _write_windows(self, sink: FrameSink, metadata: dict, on_window: Callable[[WindowFrames], None] | None) -> None:
-        """Each window's frames into the sink, and the resume state after each but the last."""
+        """Each window's frames into the sink, and the resume state after each but the last. A live run also
+        writes each window as an HLS segment and ends, keeping what it made, when cancelled or out of disk."""
+        hls = None
+        if self.live:
+            hls = HlsWriter(self.hls_folder, self.request.fps, keep_last_s=self.keep_last, next_window=self.done)
+        self.live_windows = self.done
+        try:
+            self._each_window(sink, metadata, on_window, hls)
+        except Cancelled:
+            if not self.live or self.live_windows == 0:
+                raise
+            self.stopped = "stopped"
+        except OutputError:
+            if hls is None or self.live_windows == 0:
+                raise
+            self.stopped = "disk full"
+        if hls is not None:
+            hls.end()
+
+    def _each_window(self, sink: FrameSink, metadata: dict, on_window, hls: HlsWriter | None) -> None:
         request, target = self.request, self.prepared.target
         if request.video and self.state is None:
             self._copy_input_video(sink)
@@ -246,9 +310,14 @@ class Run:
         self.emit(self.started())
         # A resumed run's earlier windows; a fresh run starts its log afresh (logged_windows(..., 0) empties it).
         self.colour = logged_windows(target.work_dir, self.done)
+        window_started = time.monotonic()
         for window, new_state in frames:
             sink.write(window.frames)
             sink.end_window()
+            self.live_windows = window.index + 1  # in the video now, whatever happens to its segment
+            if hls is not None:
+                with output_errors(hls.folder):
+                    hls.add(window.index, window.frames)
             self.made += len(window.frames)
             record = colour.window_record(window.index, window.first_frame, window.frames) \
                 if len(window.frames) else None
@@ -257,11 +326,17 @@ class Run:
             if new_state is not None and window.index + 1 < window.windows:
                 if record is not None:
                     log_window(target.work_dir, record)
+                if self.live:  # the prompts of the windows made, for the run that continues it
+                    new_state.extra["live_timeline"] = self.prompts.timeline()
                 save_state(target.work_dir, metadata["request"], metadata["model"], new_state,
                            sink.frames_written, generated=window.first_frame + len(window.frames))
             faults.point("window_saved")
             bar.update()
-            self.emit(self._window_done(window.index, sink.frames_written))
+            now = time.monotonic()
+            pace = (real_time_factor(len(window.frames), request.fps, now - window_started),
+                    self.prompts.latency(window.index, now)) if self.live else (None, None)
+            window_started = now
+            self.emit(self._window_done(window.index, sink.frames_written, pace))
             if on_window is not None:
                 on_window(window)
             del window

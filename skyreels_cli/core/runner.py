@@ -84,10 +84,10 @@ def check(job: Job, *, parallel: Parallel | None = None) -> Checked:
 
 def run(job: Job, *, pool=None, cancel: Cancel | None = None, on_event: OnEvent | None = None,
         on_window: Callable[[WindowFrames], None] | None = None, progress: bool = True,
-        parallel: Parallel | None = None) -> Result | None:
+        parallel: Parallel | None = None, prompts=None) -> Result | None:
     """Check `job`, load its model (or take it from `pool`, a `ModelPool`), make the video.
 
-    `cancel`, `on_event`, `on_window`, `progress`: as for `Model.generate`. A run estimated to take more than
+    `cancel`, `on_event`, `on_window`, `progress`, `prompts` (a live job's `sk.LivePrompts`): as for `Model.generate`. A run estimated to take more than
     an hour warns first (`sk.SkyreelsWarning`). `parallel`: a process group already joined (the service's
     workers join one per job); without it, the group torchrun describes when started by torchrun."""
     if parallel is None and launched_by_torchrun():
@@ -105,7 +105,8 @@ def run(job: Job, *, pool=None, cancel: Cancel | None = None, on_event: OnEvent 
             parallel.share(job.to_dict())
             told = True
         model = _model(pool, checked.spec, job, progress, parallel)
-        return model.generate(job, cancel=cancel, on_event=on_event, on_window=on_window, progress=progress)
+        return model.generate(job, cancel=cancel, on_event=on_event, on_window=on_window, progress=progress,
+                              prompts=prompts)
     finally:
         if parallel is not None and not told:
             parallel.share(None)  # stopped before loading (an error): the others wait for nothing
@@ -145,6 +146,8 @@ def _enhance(job: Job, device: torch.device, on_event: OnEvent | None) -> Job:
 
 
 def _warn_if_long(checked: Checked) -> None:
+    if checked.job.request.live:  # it runs until stopped: its most is no estimate of how long it will run
+        return
     if checked.estimate and checked.estimate[1] > LONG_RUN_S:
         flops, seconds = checked.estimate
         warn(f"this run is about {format_flops(flops)} of transformer work, roughly {format_duration(seconds)} "

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 import torch
@@ -223,7 +224,7 @@ class DiffusionForcingEngine:
                     decoder.park()
         channels = self.vae.config.z_dim
         first = 0 if state is None else state.next_window
-        for window in plan.windows[first:]:
+        for window in islice(plan.windows, first, None):  # a live plan's windows are made as they are asked for
             shape = (1, channels, window.length, *latent_hw)
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
             if window.prefix:

@@ -10,7 +10,8 @@ so that no window's new frames cross one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 from ..errors import UsageError, setting
 from .frames import TEMPORAL, latent_frames, pixel_frames
@@ -151,3 +152,79 @@ def new_latents_for_video(new_frames: int) -> int:
             f"with {setting('video')}, {setting('frames')} counts the new frames and must be a multiple of 4; use {below} or {below + TEMPORAL}"
         )
     return new_frames // TEMPORAL
+
+
+class LiveWindows(Sequence):
+    """The windows of a live run, made on demand: the first, then the same later window again and again.
+
+    Up to `count` windows (the live run's maximum), none of them built until asked for, so a plan for a day
+    of video costs what one for two windows does."""
+
+    def __init__(self, first: Window, later: Window | None, count: int) -> None:
+        self.first, self.later, self.count = first, later, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.first if index == 0 else replace(self.later, index=index)
+
+    def __iter__(self) -> Iterator[Window]:
+        return (self[i] for i in range(self.count))
+
+    def distinct(self) -> tuple[Window, ...]:
+        """The windows whose shapes differ (the first and a later one)."""
+        return (self.first,) if self.later is None else (self.first, self.later)
+
+
+def distinct_windows(plan: WindowPlan) -> Sequence[Window]:
+    """Every window of a plan whose shape may differ from the others': all of them, or a live plan's two."""
+    return plan.windows.distinct() if isinstance(plan.windows, LiveWindows) else plan.windows
+
+
+def live_plan(max_frames: int, *, base_frames: int, overlap_frames: int, causal_block: int = 1,
+              image: bool = False, video: bool = False) -> tuple[int, WindowPlan]:
+    """A live run's plan: whole windows of the usual shape until the next would pass `max_frames`, at least one.
+
+    Returns (frames made by all of them, plan). The first window and a later one are planned as any run's two
+    windows would be (the same checks), the rest repeat the later one."""
+    base, overlap = latent_frames(base_frames), latent_frames(overlap_frames)
+    start = overlap if video else (1 if image else 0)
+    first_new = (base - start) - (base - start) % causal_block
+    later_new = (base - overlap) - (base - overlap) % causal_block
+    if first_new <= 0:
+        raise TailError(tail_message(causal_block))
+    two = plan_windows(start + first_new + max(later_new, 1), base=base, overlap=overlap, causal_block=causal_block,
+                       start_prefix=start)
+    first, later = two.windows[0], two.windows[1]
+    made_first = live_frames_made(1, first.new, later.new, start, video)
+    count = 1 + max(0, (max_frames - made_first) // (TEMPORAL * later.new))
+    windows = LiveWindows(first, later, count)
+    total = start + first.new + later.new * (count - 1)
+    return live_frames_made(count, first.new, later.new, start, video), \
+        WindowPlan(total, start, base, overlap, causal_block, windows)  # type: ignore[arg-type]
+
+
+def live_frames_made(windows: int, first_new: int, later_new: int, start: int, video: bool) -> int:
+    """Frames a live run's first `windows` windows put in the output (a start image's frame included, a continued
+    video's not)."""
+    latents = first_new + later_new * (windows - 1)
+    return TEMPORAL * latents if video else pixel_frames(start + latents)
+
+
+def window_counts(plan: WindowPlan) -> Iterator[tuple[Window, int]]:
+    """Each distinct window and how many times it runs (a live plan's later window, count - 1 times)."""
+    windows = plan.windows
+    if isinstance(windows, LiveWindows):
+        yield windows.first, 1
+        if windows.later is not None and windows.count > 1:
+            yield windows.later, windows.count - 1
+        return
+    for window in windows:
+        yield window, 1

@@ -42,16 +42,17 @@ class FrameSink:
         resume_frames: int = 0,
         total_frames: int | None = None,
         crf: int = 17,
+        preview: bool = True,
     ) -> None:
         self.target = target
         self.total_frames = total_frames  # frames beyond it are dropped: the output has exactly this many
         self._writer: _PngFrames | _Mp4Segments
-        with _output_errors(target.path):
+        with output_errors(target.path):
             target.work_dir.mkdir(exist_ok=True)  # first: it marks the preview as ours
             if target.kind == "png":
                 self._writer = _PngFrames(target, resume_frames)
             else:
-                self._writer = _Mp4Segments(target, fps, json.dumps(metadata), crf, resume_frames)
+                self._writer = _Mp4Segments(target, fps, json.dumps(metadata), crf, resume_frames, preview)
         self._done = False
 
     @property
@@ -65,18 +66,21 @@ class FrameSink:
             frames = frames[: max(0, self.total_frames - self.frames_written)]
         if not len(frames):
             return  # an empty segment would break concatenation
-        with _output_errors(self.target.path):
+        with output_errors(self.target.path):
             self._writer.write(frames)
 
     def end_window(self) -> None:
         """Make everything written so far durable, so a later --resume can continue from here."""
-        with _output_errors(self.target.path):
+        with output_errors(self.target.path):
             self._writer.end_window()
 
-    def finish(self, sidecar: dict) -> Path:
-        """Put the output in place atomically, write its settings JSON, and clean up work files."""
+    def finish(self, sidecar: dict, metadata: dict | None = None) -> Path:
+        """Put the output in place atomically, write its settings JSON, and clean up work files. `metadata`: the
+        settings the video's tag carries, when they are known only now (a live run's, once it has stopped)."""
         target = self.target
-        with _output_errors(target.path):
+        if metadata is not None and isinstance(self._writer, _Mp4Segments):
+            self._writer.comment = json.dumps(metadata)
+        with output_errors(target.path):
             self._writer.finish()
             write_json_atomic(target.build_sidecar, sidecar)
             if target.kind == "png":
@@ -109,7 +113,7 @@ def _check_frames(frames: np.ndarray) -> None:
 
 
 @contextmanager
-def _output_errors(path: Path) -> Iterator[None]:
+def output_errors(path: Path) -> Iterator[None]:
     """Turn OS and ffmpeg failures while writing into a one-line OutputError."""
     try:
         yield
@@ -199,8 +203,10 @@ class _Encoder:
 class _Mp4Segments:
     """One ffmpeg process and segment file per window; segments.json lists the finished ones."""
 
-    def __init__(self, target: OutputTarget, fps: float, comment: str, crf: int, resume_frames: int) -> None:
+    def __init__(self, target: OutputTarget, fps: float, comment: str, crf: int, resume_frames: int,
+                 preview: bool = True) -> None:
         self.target = target
+        self.preview = preview  # False: no NAME.partial.mp4 (a live run's would be joined again at every window)
         self.fps = fps
         self.comment = comment
         self.crf = crf
@@ -209,7 +215,7 @@ class _Mp4Segments:
         self.frames_written = resume_frames
         self._encoder: _Encoder | None = None  # the open segment's ffmpeg
         self._open_frames = 0
-        if self.segments:
+        if self.segments and preview:
             self._refresh_preview()
         else:
             target.preview.unlink(missing_ok=True)
@@ -245,7 +251,7 @@ class _Mp4Segments:
         self._encoder = _Encoder(self._open_path(), width, height, self.fps, self.crf, self.comment)
 
     def end_window(self) -> None:
-        if self._close_segment():
+        if self._close_segment() and self.preview:
             self._refresh_preview()
 
     def _close_segment(self) -> bool:
