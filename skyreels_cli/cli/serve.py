@@ -24,6 +24,7 @@ def serve(
     max_prompt_chars: Annotated[int, typer.Option("--max-prompt-chars", help="Longest prompt in characters; longer is answered 413.")] = 10_000,
     cors: Annotated[Optional[list[str]], typer.Option("--cors", help="An origin whose pages may call the API (repeatable; none by default).")] = None,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run the workers on a Ray cluster, one per GPU: auto (the cluster `ray start` made), local (start one here), or HOST:PORT. Needs pip install \"skyreels-cli[ray]\".")] = None,
+    keep_last: Annotated[Optional[float], typer.Option("--keep-last", help="A live job's HLS segments kept on disk: the last this many seconds, unless the job gives keep_last (default: all).")] = None,
     shared_dir: Annotated[Optional[str], typer.Option("--shared-dir", help="With --ray: keep uploads and videos in this folder, which every node mounts at the same path; the workers write there directly instead of sending each window back.")] = None,
 ) -> None:
     """A local video service: a job queue that survives restarts, one worker per GPU, an HTTP API in the shape of
@@ -51,7 +52,7 @@ def serve(
                                token=token, gpus=gpus, cpu_workers=workers, models=tuple(model or ()),
                                loras=_loras(lora or []), max_queued=max_queued, max_upload_mb=max_upload_mb,
                                max_prompt_chars=max_prompt_chars, cors=tuple(cors or ()), ray=ray,
-                               shared_dir=Path(shared_dir) if shared_dir else None)
+                               shared_dir=Path(shared_dir) if shared_dir else None, keep_last=keep_last)
         try:
             run_service(config)
         except KeyboardInterrupt:

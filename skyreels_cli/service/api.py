@@ -5,7 +5,8 @@
     GET    /v1/videos/{id}             the job object
     GET    /v1/videos/{id}/content     the MP4; ?variant=preview (what is finished so far), ?variant=settings
     GET    /v1/videos/{id}/events      server-sent events: the library's progress events and the job's status
-    POST   /v1/videos/{id}/cancel
+    POST   /v1/videos/{id}/cancel      (a live video: stops after its window, completed with all it made)
+    POST   /v1/videos/{id}/prompt      a live video's prompt from its next window; live.m3u8 (service/live.py)
     DELETE /v1/videos/{id}             cancels if needed, then removes its files
     GET    /v1/models, /v1/options, /health
 
@@ -33,6 +34,7 @@ from .. import __version__
 from .admission import admit
 from .fields import UPLOADS, HttpError, Offer, submission
 from .guard import Guard
+from .live import live_fields
 from .store import FINISHED, ID_PATTERN, QueueFull, Store, new_id
 
 PAGE = Path(__file__).parent / "page"
@@ -181,6 +183,10 @@ def create_app(service: Service) -> FastAPI:
         service.scheduler.notify()
         return {"id": video_id, "object": "video.deleted", "deleted": True}
 
+    from .live import add_routes as add_live_routes
+
+    add_live_routes(app, service)
+
     # ------------------------------------------------------------ the service
 
     @app.get("/v1/models", summary="The models offered, what is cached, what each worker holds")
@@ -226,6 +232,7 @@ def video_object(store: Store, row: dict) -> dict:
         "eta_s": row["eta_s"] if row["status"] in ("queued", "in_progress") else None,
         "queue_position": store.position(row), "priority": row["priority"], "gpus": row["gpus"],
         "worker": row["worker"], "attempts": row["attempts"],
+        **live_fields(job, Path(job["output"]), row["id"]),
     }
 
 

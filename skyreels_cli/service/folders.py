@@ -16,6 +16,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from .live import STEERING
+
 
 def job_folders(state_dir: Path, job_id: str) -> list[Path]:
     """Where a job's files are: its video folder and its uploads."""
@@ -43,5 +45,7 @@ def before_run(spec: dict) -> dict | None:
         return None
     folder = out.path.parent
     for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.name.startswith(STEERING):  # a live job's prompt changes: they outlive its runs
+            continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     return replace(job, resume=False).to_dict()

@@ -3,7 +3,8 @@
 - With a token, every request but the page's own files (`/`, `/page/...`: code, no data) needs
   `Authorization: Bearer TOKEN`, else 401. The page keeps the token in a same-site cookie, which is taken for
   reads only (GET and HEAD: a `<video>` cannot send a header); anything that changes the queue needs the header,
-  which another site's page cannot send.
+  which another site's page cannot send. A live stream's playlist and segments also take `?token=TOKEN` (GET
+  only): players (ffplay, VLC, hls.js) fetch them by URL alone.
 - A body larger than the limit is refused with 413, by its Content-Length before it is read, or as soon as a body
   sent without one outgrows it.
 - Without a token the service is for this machine: a request whose Host is not a loopback name is refused (400),
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
+from urllib.parse import parse_qs
 
 PUBLIC = ("/", "/favicon.ico")
 PUBLIC_PREFIX = "/page/"
 COOKIE = "skyreels_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+LIVE_PATH = re.compile(r"/v1/videos/video_[0-9a-f]{24}/live(\.m3u8|/w\d{6}\.ts)")
 
 
 class BodyTooLarge(Exception):
@@ -82,7 +86,15 @@ class Guard:
             return None
         if scope["method"] in ("GET", "HEAD") and hmac.compare_digest(_cookie(headers).encode(), self.token.encode()):
             return None
+        if scope["method"] in ("GET", "HEAD") and LIVE_PATH.fullmatch(path) and \
+                hmac.compare_digest(_query_token(scope).encode(), self.token.encode()):
+            return None  # a player fetching a live stream cannot send a header (service/live.py)
         return 401, "this service needs its token: send 'Authorization: Bearer TOKEN'", "Authorization"
+
+
+def _query_token(scope) -> str:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+    return values[0] if len(values) == 1 else ""
 
 
 def _cookie(headers: dict) -> str:

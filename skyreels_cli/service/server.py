@@ -44,6 +44,7 @@ class ServiceConfig:
     cors: tuple[str, ...] = ()             # origins allowed to call the API from a browser (none by default)
     ray: str | None = None                 # a Ray cluster's address ("auto", "local", HOST:PORT): workers are actors
     shared_dir: Path | None = None         # with ray: jobs' files here, a folder every node sees at this path
+    keep_last: float | None = None         # a live job's segments kept on disk (seconds) unless it says (None: all)
 
 
 def check_config(config: ServiceConfig) -> None:
@@ -62,6 +63,8 @@ def check_config(config: ServiceConfig) -> None:
                         ("--max-prompt-chars", config.max_prompt_chars)):
         if not value > 0:
             raise UsageError(f"{name} {value} must be positive")
+    if config.keep_last is not None and not 0 < config.keep_last < float("inf"):
+        raise UsageError(f"--keep-last {config.keep_last} must be a positive number of seconds")
     if config.cpu_workers < 0:
         raise UsageError(f"--workers {config.cpu_workers} must be 0 or more (0: keep jobs queued, run none)")
     if config.shared_dir is not None and config.ray is None:
@@ -154,7 +157,7 @@ def serve(config: ServiceConfig) -> None:
     store = Store(state / "queue.db")
     scheduler = Scheduler(store, files, fleet)
     offer = Offer(tuple(config.models), dict(config.loras), gpus=gpus, gpus_elsewhere=config.ray is not None,
-                  max_prompt_chars=config.max_prompt_chars)
+                  max_prompt_chars=config.max_prompt_chars, keep_last=config.keep_last)
     service = Service(store, scheduler, offer, files, config)
     app = create_app(service)
     scheduler.start()
