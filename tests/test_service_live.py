@@ -1,56 +1,162 @@
 """A live job through the service, over real sockets on 127.0.0.1: its HLS playlist grows window by window and
-its segments decode; a prompt change lands at the window it was promised for, the frames after it those of the
-same shot list made plainly; a stop completes it with its whole video and an ENDLIST; bad input is a 4xx naming
-the field and changes nothing. Steps are driven by the job's own progress (a fault point holds the worker at a
-chosen window), never by sleeps; `frames` bounds every job."""
+its segments decode; a prompt change lands at the window it was promised for, and the video equals a plain run of
+its recorded shot list (`extend --from` its settings); a stop completes it with its whole video and an ENDLIST;
+keep_last bounds the segments on disk; bad input is a 4xx naming the field and changes nothing. Each step waits on
+the job's own progress, never on a sleep; `frames` bounds every job (a live job stops at it at the latest)."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from skyreels_cli.service.fields import Offer, submission
+
+from .conftest import read_video
 from .service_helpers import TINY_EXTEND, Server
 
-pytestmark = pytest.mark.slow  # a service and a few live jobs of the tiny model
-
-LIVE = {**TINY_EXTEND, "live": True, "frames": 69}  # at most five windows (17, then 12 new frames each)
+TOKEN = "s3cret-token"
+LIVE = {**TINY_EXTEND, "live": True, "frames": 2000}  # 17 frames, then 12 a window; stopped long before its most
 
 
 @pytest.fixture(scope="module")
 def server(hub_models, tmp_path_factory):
-    with Server(tmp_path_factory.mktemp("live") / "state", "--model", "tiny", token="s3cret-token") as server:
+    with Server(tmp_path_factory.mktemp("live") / "state", "--model", "tiny", "--token", TOKEN, token=TOKEN) as server:
         yield server
 
 
-def decode_ts(data: bytes, tmp_path, name: str) -> np.ndarray:
-    from .conftest import read_video
-
-    path = tmp_path / name
-    path.write_bytes(data)
-    frames, _ = read_video(path)
-    return frames
+def segments_of(playlist: str) -> list[str]:
+    return [line for line in playlist.splitlines() if line and not line.startswith("#")]
 
 
-def test_a_live_job_streams_window_by_window_and_stop_completes_it(server, tmp_path):
+def playlist_of(server, job_id: str) -> str:
+    status, body, headers = server.call("GET", f"/v1/videos/{job_id}/live.m3u8")
+    assert status == 200 and headers["content-type"].startswith("application/vnd.apple.mpegurl"), (status, body)
+    return body.decode()
+
+
+def steering_rows(server, job_id: str) -> int:
+    import sqlite3
+
+    path = server.state_dir / "videos" / job_id / "steering.db"
+    if not path.is_file():
+        return 0
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_the_playlist_grows_a_prompt_lands_where_promised_and_stop_completes_it(server, tmp_path):
     job = server.submit(LIVE)
-    assert job["live"]["playlist"] == f"/v1/videos/{job['id']}/live.m3u8"
-    running = server.wait(job["id"], until=lambda j: j["windows_done"] >= 2)
-    status, text, headers = server.call("GET", f"/v1/videos/{job['id']}/live.m3u8")
-    assert status == 200 and headers["content-type"].startswith("application/vnd.apple.mpegurl"), (status, text)
-    text = text.decode()
-    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "#EXT-X-ENDLIST" not in text or running["status"] != "in_progress"
-    segments = [line for line in text.splitlines() if line.startswith("live/")]
-    assert segments[:2] == ["live/w000000.ts", "live/w000001.ts"], text
-    status, data, _ = server.call("GET", f"/v1/videos/{job['id']}/{segments[0]}")
+    assert job["live"]["playlist"] == f"/v1/videos/{job['id']}/live.m3u8" and job["live"]["timeline"] == []
+    server.wait(job["id"], until=lambda j: j["windows_done"] >= 1)
+    first = playlist_of(server, job["id"])
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in first and "#EXT-X-ENDLIST" not in first
+    assert segments_of(first)[0] == "live/w000000.ts", first
+    # Players fetch by URL alone: the playlist taken with ?token= names its segments with it.
+    status, body, _ = server.call("GET", f"/v1/videos/{job['id']}/live.m3u8?token={TOKEN}", token="")
+    assert status == 200 and segments_of(body.decode())[0] == f"live/w000000.ts?token={TOKEN}"
+    status, data, _ = server.call("GET", f"/v1/videos/{job['id']}/live/w000000.ts?token={TOKEN}", token="")
     assert status == 200
-    assert decode_ts(data, tmp_path, "w0.ts").shape[1:] == (48, 48, 3)
+    (tmp_path / "w0.ts").write_bytes(data)
+    assert read_video(tmp_path / "w0.ts")[0].shape == (17, 48, 48, 3), "the first window's segment decodes"
+    for path in ("live.m3u8", "live/w000000.ts", "live.m3u8?token=wrong-token"):
+        assert server.call("GET", f"/v1/videos/{job['id']}/{path}", token="")[0] == 401
+    assert server.call("POST", f"/v1/videos/{job['id']}/prompt?token={TOKEN}", {"prompt": "x"}, token="")[0] == 401
 
-    stopped = server.call("POST", f"/v1/videos/{job['id']}/cancel")[1]
+    status, change, _ = server.call("POST", f"/v1/videos/{job['id']}/prompt", {"prompt": "a blue bird"})
+    assert status == 200 and change["object"] == "video.prompt", change
+    promised = change["window"]
+    assert promised >= 2, "window 1 had started: the change waits for the next one"
+    server.wait(job["id"], until=lambda j: j["windows_done"] > promised + 1)
+    grown = segments_of(playlist_of(server, job["id"]))
+    assert grown[:promised + 2] == [f"live/w{n:06d}.ts" for n in range(promised + 2)], "one segment per window"
+    assert server.call("POST", f"/v1/videos/{job['id']}/cancel")[0] == 200
     done = server.wait(job["id"], "completed")
-    assert done["frames"] >= 17, stopped
-    text = server.call("GET", f"/v1/videos/{job['id']}/live.m3u8")[1].decode()
-    assert text.rstrip().endswith("#EXT-X-ENDLIST")
+    assert done["live"]["timeline"] == [{"window": 0, "prompt": "a red fox", "negative_prompt": None},
+                                        {"window": promised, "prompt": "a blue bird", "negative_prompt": None}]
+    final = playlist_of(server, job["id"])
+    assert final.rstrip().endswith("#EXT-X-ENDLIST")
+    windows = len(segments_of(final))
+    assert done["windows"] == done["windows_done"] == windows and done["frames"] == 17 + 12 * (windows - 1)
+    (tmp_path / "live.mp4").write_bytes(server.content(job["id"]))
+    made, _ = read_video(tmp_path / "live.mp4")
+    assert len(made) == done["frames"], "stopped: the whole video of every window made"
+
+    # The settings are the shot list that makes the same frames: `extend --from` them.
     settings = server.content(job["id"], "settings")
-    assert settings["live"]["windows"] == len([ln for ln in text.splitlines() if ln.startswith("live/")])
+    assert settings["live"]["hls"] == f"/v1/videos/{job['id']}/live.m3u8"
+    cut = 17 + 12 * (promised - 1)
+    assert [s["frames"] for s in settings["request"]["shots"]] == [cut, done["frames"] - cut]
+    (tmp_path / "live.json").write_text(json.dumps(settings))
+    subprocess.run([sys.executable, "-m", "skyreels_cli", "extend", "--from", str(tmp_path / "live.json"), "-o",
+                    str(tmp_path / "again.mp4"), "--quiet"], check=True, capture_output=True, cwd=tmp_path)
+    again, _ = read_video(tmp_path / "again.mp4")
+    assert np.array_equal(again, made), "the recorded timeline remakes the same frames"
+    # ... and the comparison can fail: without the change, the frames after the cut are others.
+    plain = server.wait(server.submit({**TINY_EXTEND, "frames": done["frames"]})["id"], "completed")
+    (tmp_path / "plain.mp4").write_bytes(server.content(plain["id"]))
+    unsteered, _ = read_video(tmp_path / "plain.mp4")
+    assert np.array_equal(unsteered[:cut], made[:cut]) and not np.allclose(unsteered[cut:], made[cut:], atol=8)
+
+    # A finished live job takes no more prompts, and nothing is recorded.
+    status, body, _ = server.call("POST", f"/v1/videos/{job['id']}/prompt", {"prompt": "too late"})
+    assert status == 409 and body["error"]["param"] == "id", body
+    assert steering_rows(server, job["id"]) == 1
+
+
+@pytest.mark.slow
+def test_keep_last_bounds_the_segments_on_disk_and_the_video_keeps_everything(server, tmp_path):
+    job = server.submit({**LIVE, "keep_last": 0.5})  # a window is 12 frames, 0.5 s: only the newest is kept
+    assert job["live"]["keep_last"] == 0.5
+    server.wait(job["id"], until=lambda j: j["windows_done"] >= 4)
+    folder = server.state_dir / "videos" / job["id"] / "video.hls"
+    on_disk = sorted(p.name for p in folder.iterdir() if re.fullmatch(r"w\d{6}\.ts", p.name))
+    assert 1 <= len(on_disk) <= 2 and "w000000.ts" not in on_disk, on_disk
+    text = playlist_of(server, job["id"])
+    assert int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text).group(1)) >= 2, text
+    status, body, _ = server.call("GET", f"/v1/videos/{job['id']}/live/w000000.ts")
+    assert status == 404 and body["error"]["param"] == "name"
+    server.call("POST", f"/v1/videos/{job['id']}/cancel")
+    done = server.wait(job["id"], "completed")
+    (tmp_path / "kept.mp4").write_bytes(server.content(job["id"]))
+    assert len(read_video(tmp_path / "kept.mp4")[0]) == done["frames"] == 17 + 12 * (done["windows"] - 1)
+
+
+@pytest.mark.slow
+def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(server):
+    before = server.call("GET", "/health")[1]["queue"]
+    for fields, param in (({"model": "tiny", "prompt": "a cat", "live": True}, "live"),
+                          ({**LIVE, "gpus": 2}, "gpus"),
+                          ({**TINY_EXTEND, "keep_last": 5}, "keep_last"),
+                          ({**LIVE, "keep_last": -1}, "keep_last")):
+        status, body, _ = server.call("POST", "/v1/videos", fields)
+        assert status == 400 and body["error"]["param"] == param, (fields, body)
+    assert server.call("GET", "/health")[1]["queue"] == before, "nothing queued"
+
+    plain = server.submit({**TINY_EXTEND, "frames": 17})
+    status, body, _ = server.call("POST", f"/v1/videos/{plain['id']}/prompt", {"prompt": "a dog"})
+    assert status == 400 and body["error"]["param"] == "live", body
+    live = server.submit({**LIVE, "frames": 17})  # one window at most
+    for change, param in (({"prompt": "  "}, "prompt"), ({}, "prompt"), ({"prompt": 3}, "prompt"),
+                          ({"prompt": "a dog", "negative_prompt": 5}, "negative_prompt"),
+                          ({"prompt": "a dog", "seed": 1}, "seed")):
+        status, body, _ = server.call("POST", f"/v1/videos/{live['id']}/prompt", change)
+        assert status == 400 and body["error"]["param"] == param, (change, body)
+    status, body, _ = server.call("POST", "/v1/videos/video_000000000000000000000000/prompt", {"prompt": "a dog"})
+    assert status == 404 and body["error"]["param"] == "id"
+    assert steering_rows(server, live["id"]) == 0, "no refused change was recorded"
+    done = server.wait(live["id"], "completed")
+    assert done["live"]["timeline"] == [{"window": 0, "prompt": "a red fox", "negative_prompt": None}]
+    server.wait(plain["id"], "completed")
+    status, body, _ = server.call("GET", f"/v1/videos/{plain['id']}/live.m3u8")
+    assert status == 404 and body["error"]["param"] == "id"
+
+
+def test_the_service_default_keep_last_applies_to_live_jobs_only_where_they_do_not_say():
+    offer = Offer(models=("tiny",), keep_last=30.0)
+    assert submission({**LIVE}, {}, offer).job.keep_last == 30.0
+    assert submission({**LIVE, "keep_last": 5}, {}, offer).job.keep_last == 5
+    assert submission({**TINY_EXTEND}, {}, offer).job.keep_last is None, "not live: no segments to keep"

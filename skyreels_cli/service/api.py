@@ -319,6 +319,8 @@ def _public_settings(sidecar: Path, state_dir: Path, video_id: str, offer: Offer
     settings = json.loads(text.replace(json.dumps(str(state_dir))[1:-1] + "/", ""))
     names = {str(Path(path.rsplit(":", 1)[0] if ":" in Path(path).name else path).expanduser().resolve()): name
              for name, path in offer.loras.items()}
+    if isinstance(settings.get("live"), dict) and settings["live"].get("hls"):  # a live job's stream: its URL
+        settings["live"]["hls"] = f"/v1/videos/{video_id}/live.m3u8"
     for lora in settings.get("model", {}).get("loras", []):
         lora["path"] = names.get(lora.get("path"), "(a LoRA of the service)")
     return settings

@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
 from ..core.live import LivePrompts
 from ..media.hls import PLAYLIST, stream_folder
 
@@ -146,10 +150,6 @@ def segment(output: Path, name: str) -> Path | None:
 
 def add_routes(app, service) -> None:
     """The live job's endpoints on the API (`api.create_app`)."""
-    from fastapi import Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import FileResponse, Response
-
     from .api import _row, video_object
     from .fields import HttpError, _limit
     from .store import FINISHED
@@ -213,3 +213,25 @@ def add_routes(app, service) -> None:
             raise HttpError(404, f"no segment {name!r} of video {video_id}: the playlist names those there are "
                                  "(older ones go with keep_last)", "name")
         return FileResponse(path, media_type="video/mp2t")
+
+
+# ------------------------------------------------------------------ hooks of the scheduler
+
+def record_made(store, files_dir: Path, job_id: str) -> None:
+    """A live job that ended: its row's frames and windows become what it made (they were its most), from its
+    sidecar."""
+    row = store.get(job_id)
+    if row is None or not json.loads(row["job"])["request"].get("live"):
+        return
+    try:
+        settings = json.loads((Path(files_dir) / "videos" / job_id / "video.mp4.json").read_text())
+        frames, windows = int(settings["request"]["frames"]), int(settings["live"]["windows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    with store._lock() as db:
+        db.execute("UPDATE jobs SET frames = ?, windows = ? WHERE id = ?", (frames, windows, job_id))
+
+
+def public_preview(job_id: str, preview: str) -> str | None:
+    """A live job's events name its playlist as their preview: its URL (None: not a live preview)."""
+    return f"/v1/videos/{job_id}/live.m3u8" if preview.endswith("/" + PLAYLIST) else None
