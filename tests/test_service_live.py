@@ -160,3 +160,70 @@ def test_the_service_default_keep_last_applies_to_live_jobs_only_where_they_do_n
     assert submission({**LIVE}, {}, offer).job.keep_last == 30.0
     assert submission({**LIVE, "keep_last": 5}, {}, offer).job.keep_last == 5
     assert submission({**TINY_EXTEND}, {}, offer).job.keep_last is None, "not live: no segments to keep"
+
+
+def realtime(server, token: str | None = TOKEN):
+    from websockets.sync.client import connect
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return connect(server.url.replace("http://", "ws://") + "/v1/realtime/video", additional_headers=headers,
+                   open_timeout=30, max_size=None)
+
+
+@pytest.mark.slow
+def test_the_websocket_session_streams_fmp4_takes_a_prompt_and_stops_as_vllm_omni_clients_expect(server, tmp_path):
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus):
+        realtime(server, token=None).recv(timeout=30)
+    with realtime(server) as ws:  # bad input: an error naming the field, nothing queued
+        before = server.call("GET", "/health")[1]["queue"]
+        ws.send(json.dumps({"type": "session.start", "model": "tiny", "prompt": " "}))
+        error = json.loads(ws.recv(timeout=60))
+        assert error["type"] == "error" and error["param"] == "prompt", error
+        assert server.call("GET", "/health")[1]["queue"] == before
+
+    start = {"type": "session.start", "model": "tiny", "prompt": "a red fox", "format": "m4s", "width": 48,
+             "height": 48, "num_frames": 2000, "seed": 5, "steps": 2, "base_frames": 17, "overlap": 5}
+    stream, metadata, others = bytearray(), [], []
+    with realtime(server) as ws:
+        ws.send(json.dumps(start))
+        begun = json.loads(ws.recv(timeout=60))
+        assert begun["type"] == "video.start" and begun["format"] == "m4s", begun
+        video_id, promised = begun["request_id"], None
+        while True:
+            message = ws.recv(timeout=120)
+            if isinstance(message, bytes):
+                assert metadata and metadata[-1]["byte_length"] == len(message), "each chunk right after its metadata"
+                stream += message
+                if len(metadata) == 1:
+                    assert message[4:8] == b"ftyp", "the first chunk starts the MP4"
+                    ws.send(json.dumps({"type": "session.ping"}))
+                    ws.send(json.dumps({"type": "session.interaction",
+                                        "interaction": {"event_id": "e1", "event": {"prompt": "a blue bird"}}}))
+                elif promised is not None and metadata[-1]["generation_chunk_index"] == promised:
+                    ws.send(json.dumps({"type": "session.stop"}))
+                continue
+            message = json.loads(message)
+            if message["type"] == "video.chunk_metadata":
+                assert message["transport_chunk_index"] == len(metadata) == message["generation_chunk_index"]
+                metadata.append(message)
+            elif message["type"] == "session.interaction.queued":
+                promised = message["window"]
+                others.append(message)
+            elif message["type"] == "session.done":
+                done_message = message
+                break
+            else:
+                others.append(message)
+    assert {"type": "session.pong"} in others and others[-1]["event_id"] == "e1", others
+    assert done_message == {"type": "session.done", "request_id": video_id, "chunks": len(metadata), "stopped": True,
+                            "status": "completed"}
+    job = server.job(video_id)
+    assert job["live"]["timeline"][-1] == {"window": promised, "prompt": "a blue bird", "negative_prompt": None}
+    (tmp_path / "stream.mp4").write_bytes(bytes(stream))
+    frames, fps = read_video(tmp_path / "stream.mp4")
+    assert len(frames) == job["frames"] == sum(m["num_frames"] for m in metadata) and fps == 24, \
+        "the chunks appended play as the whole video"
+    (tmp_path / "video.mp4").write_bytes(server.content(video_id))
+    assert np.abs(frames.astype(int) - read_video(tmp_path / "video.mp4")[0]).mean() < 12, "the same pictures"

@@ -184,8 +184,10 @@ def create_app(service: Service) -> FastAPI:
         return {"id": video_id, "object": "video.deleted", "deleted": True}
 
     from .live import add_routes as add_live_routes
+    from .realtime import add_route as add_realtime_route
 
     add_live_routes(app, service)
+    add_realtime_route(app, service)
 
     # ------------------------------------------------------------ the service
 

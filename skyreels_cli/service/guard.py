@@ -22,7 +22,7 @@ PUBLIC = ("/", "/favicon.ico")
 PUBLIC_PREFIX = "/page/"
 COOKIE = "skyreels_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
-LIVE_PATH = re.compile(r"/v1/videos/video_[0-9a-f]{24}/live(\.m3u8|/w\d{6}\.ts)")
+LIVE_PATH = re.compile(r"/v1/videos/video_[0-9a-f]{24}/live(\.m3u8|/w\d{6}\.ts)|/v1/realtime/video")
 
 
 class BodyTooLarge(Exception):
@@ -34,9 +34,14 @@ class Guard:
         self.app, self.token, self.max_body, self.loopback_only = app, token, max_body, loopback_only
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["type"] == "websocket":  # a browser's WebSocket sends no header of ours: the cookie or ?token=
+            refused = self._refused({**scope, "method": "GET"}, headers)
+            if refused is not None:
+                return await send({"type": "websocket.close", "code": 1008, "reason": refused[1][:120]})
+            return await self.app(scope, receive, send)
         refused = self._refused(scope, headers)
         if refused is not None:
             return await _answer(send, *refused)

@@ -30,7 +30,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
 from ..core.live import LivePrompts
-from ..media.hls import PLAYLIST, stream_folder
+from ..media.hls import PLAYLIST, RECORD, stream_folder
 
 STEERING = "steering.db"
 SEGMENT = re.compile(r"w\d{6}\.ts")
@@ -136,6 +136,15 @@ def playlist(output: Path, token: str | None) -> str | None:
         return None
     suffix = f"?token={quote(token, safe='')}" if token else ""
     return "\n".join(f"live/{line}{suffix}" if SEGMENT.fullmatch(line) else line for line in text.split("\n"))
+
+
+def segments_made(output: Path) -> list[dict]:
+    """The segments of the job's stream on disk, in order: window, frames, first_frame (media/hls.py's record)."""
+    try:
+        record = json.loads((stream_folder(Path(output)) / RECORD).read_text())["segments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [s for s in record if not s.get("dropped")]
 
 
 def segment(output: Path, name: str) -> Path | None:
