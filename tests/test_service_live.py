@@ -227,3 +227,39 @@ def test_the_websocket_session_streams_fmp4_takes_a_prompt_and_stops_as_vllm_omn
         "the chunks appended play as the whole video"
     (tmp_path / "video.mp4").write_bytes(server.content(video_id))
     assert np.abs(frames.astype(int) - read_video(tmp_path / "video.mp4")[0]).mean() < 12, "the same pictures"
+
+
+@pytest.mark.slow
+def test_a_live_job_survives_the_service_killed_mid_stream_with_its_timeline_and_playlist(hub_models, tmp_path):
+    state = tmp_path / "state"
+    # Before any worker runs it (none: --workers 0), the job is steered from its first window; then the service
+    # is killed as SIGKILL would, right after the job's second window is in the queue: the worker is mid-window.
+    with Server(state, "--model", "tiny", "--workers", "0") as idle:
+        job = idle.submit(LIVE)
+        assert idle.call("POST", f"/v1/videos/{job['id']}/prompt", {"prompt": "a grey wolf"})[1]["window"] == 0
+    first = Server(state, "--model", "tiny", env={"SKYREELS_FAULT": "service_window_recorded:2"}).start()
+    assert first.proc.wait(timeout=300) == 137, first.log()
+
+    with Server(state, "--model", "tiny") as again:
+        resumed = again.wait(job["id"], until=lambda j: j["windows_done"] >= 3)
+        assert resumed["attempts"] == 2 and resumed["live"]["timeline"][0]["prompt"] == "a grey wolf"
+        promised = again.call("POST", f"/v1/videos/{job['id']}/prompt", {"prompt": "a blue bird"})[1]["window"]
+        again.wait(job["id"], until=lambda j: j["windows_done"] > promised)
+        again.call("POST", f"/v1/videos/{job['id']}/cancel")
+        done = again.wait(job["id"], "completed")
+        assert [d["done"] for k, d in again.events(job["id"]) if k == "run_started"][1] >= 1, "it went on"
+        assert done["live"]["timeline"] == [{"window": 0, "prompt": "a grey wolf", "negative_prompt": None},
+                                            {"window": promised, "prompt": "a blue bird", "negative_prompt": None}]
+        playlist = playlist_of(again, job["id"])
+        assert segments_of(playlist) == [f"live/w{n:06d}.ts" for n in range(done["windows"])], \
+            "no segment lost or repeated"
+        assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
+        # The same frames as its shot list made in one go.
+        shots = again.content(job["id"], "settings")["request"]["shots"]
+        plain = again.submit({**TINY_EXTEND, "frames": done["frames"],
+                              "shots": [{"prompt": s["prompt"], "frames": s["frames"]} for s in shots]})
+        again.wait(plain["id"], "completed")
+        (tmp_path / "live.mp4").write_bytes(again.content(job["id"]))
+        (tmp_path / "plain.mp4").write_bytes(again.content(plain["id"]))
+        live, plain_frames = read_video(tmp_path / "live.mp4")[0], read_video(tmp_path / "plain.mp4")[0]
+        assert len(live) == done["frames"] and np.array_equal(live, plain_frames), "as an uninterrupted run"
