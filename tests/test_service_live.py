@@ -263,3 +263,39 @@ def test_a_live_job_survives_the_service_killed_mid_stream_with_its_timeline_and
         (tmp_path / "plain.mp4").write_bytes(again.content(plain["id"]))
         live, plain_frames = read_video(tmp_path / "live.mp4")[0], read_video(tmp_path / "plain.mp4")[0]
         assert len(live) == done["frames"] and np.array_equal(live, plain_frames), "as an uninterrupted run"
+
+
+@pytest.mark.slow
+def test_extend_live_with_a_server_posts_the_lines_of_stdin_and_ctrl_c_completes_it(server, tmp_path):
+    import os
+    import signal
+
+    flags = ["--model", "tiny", "--height", "48", "--width", "48", "--steps", "2", "--frames", "2000",
+             "--base-frames", "17", "--overlap", "5", "--seed", "5"]
+    proc = subprocess.Popen([sys.executable, "-m", "skyreels_cli", "extend", "a red fox", "--live", *flags,
+                             "--server", server.url, "-o", str(tmp_path / "fox.mp4")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SKYREELS_TOKEN": TOKEN})
+    lines = []
+    for line in proc.stderr:  # its own progress says when it is submitted and where to watch
+        lines.append(line)
+        if line.startswith("submitted to"):
+            video_id = line.split(": ")[1].split(",")[0].strip()
+            break
+    server.wait(video_id, until=lambda j: j["windows_done"] >= 1)
+    proc.stdin.write("a blue bird\n")
+    proc.stdin.flush()
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("prompt from window"):
+            promised = int(line.split()[3].rstrip(":")) - 1
+            break
+    server.wait(video_id, until=lambda j: j["windows_done"] > promised)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, "".join(lines) + err
+    done = server.job(video_id)
+    assert done["status"] == "completed" and out.strip() == str(tmp_path / "fox.mp4")
+    assert done["live"]["timeline"][-1] == {"window": promised, "prompt": "a blue bird", "negative_prompt": None}
+    assert len(read_video(tmp_path / "fox.mp4")[0]) == done["frames"]
+    assert json.loads((tmp_path / "fox.mp4.json").read_text())["live"]["timeline"] == done["live"]["timeline"]
