@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,3 +300,43 @@ def test_extend_live_with_a_server_posts_the_lines_of_stdin_and_ctrl_c_completes
     assert done["live"]["timeline"][-1] == {"window": promised, "prompt": "a blue bird", "negative_prompt": None}
     assert len(read_video(tmp_path / "fox.mp4")[0]) == done["frames"]
     assert json.loads((tmp_path / "fox.mp4.json").read_text())["live"]["timeline"] == done["live"]["timeline"]
+
+
+@pytest.mark.slow
+def test_the_page_plays_the_live_stream_and_its_prompt_box_and_stop_button_work(server):
+    from .test_service_page import ARGS, CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SKYREELS_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    job = server.submit(LIVE)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(f"{server.url}/#token={TOKEN}")
+        page.select_option("#command", "extend")
+        page.wait_for_selector("#advanced-fields label[data-field='live']", state="attached")
+        item = page.locator(f"#jobs li[data-id='{job['id']}']")
+        video = item.locator("video.live-video")
+        video.wait_for(state="attached", timeout=60_000)
+        video.evaluate("v => new Promise(ok => { const t = () => v.currentTime > 0 ? ok() : setTimeout(t, 50); t(); })")
+        at = video.evaluate("v => v.currentTime")
+        video.evaluate("(v, at) => new Promise(ok => { const t = () => v.currentTime > at ? ok() : setTimeout(t, 50); "
+                       "t(); })", at)
+        assert video.evaluate("v => v.videoWidth") == 48, "the stream plays, and goes on"
+
+        item.locator(".live-prompt").fill("a blue bird")
+        item.locator(".steer button").click()
+        note = item.locator(".live-note")
+        note.filter(has_text="from window").wait_for(timeout=30_000)
+        promised = int(note.inner_text().split()[2].rstrip(":")) - 1
+        server.wait(job["id"], until=lambda j: j["windows_done"] > promised)
+        item.locator("button.stop").click()
+        done = server.wait(job["id"], "completed")
+        assert done["live"]["timeline"][-1] == {"window": promised, "prompt": "a blue bird", "negative_prompt": None}
+        page.locator("#videos .card").first.wait_for(timeout=30_000)
+        assert errors == [], errors
+        browser.close()
