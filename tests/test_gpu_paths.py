@@ -66,3 +66,36 @@ def test_gpus_gives_each_process_its_share_of_the_cores_not_one(monkeypatch):
 def test_gpus_keeps_the_users_own_thread_count(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert launched_env(monkeypatch, 2)["OMP_NUM_THREADS"] == "3"
+
+
+# ------------------------------------------------------------------ out-of-memory advice (item 4)
+
+@pytest.mark.slow  # full-size traces (cached after the first run)
+def test_out_of_memory_advice_plans_for_the_budget_not_the_memory_the_failed_run_still_holds(monkeypatch):
+    import types
+
+    from skyreels_cli.core.model import Model
+    from skyreels_cli.core.request import Request
+    from skyreels_cli.errors import OutOfMemory
+    from skyreels_cli.models.naming import resolve_model
+    from skyreels_cli.runtime import plan as P
+
+    spec, cuda = resolve_model("df-14b-540p"), torch.device("cuda")
+    chosen, _ = P.resolve_plan(spec, cuda, vram_gb=24)
+    # After the failure the model and the forward's tensors are still on the card: almost nothing is free.
+    monkeypatch.setattr(P, "free_vram_gb", lambda device=None: 0.4)
+    monkeypatch.setattr("skyreels_cli.core.model.total_vram_gb", lambda device=None: 80.0)
+    failed = types.SimpleNamespace(spec=spec, device=cuda, memory=chosen, memory_budget_gb=24.0, _kept="kept")
+
+    def advice(model) -> str:
+        with pytest.raises(OutOfMemory) as caught, Model.out_of_memory(model, Request(prompt="a fox")):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return str(caught.value)
+
+    better = P.smaller_plan(spec, cuda, chosen, vram_gb=24)
+    assert better is not None and better != chosen
+    assert f"try {P.flags(better)}" in advice(failed)  # a plan that fits the 24 GB it was chosen for
+    # Without a budget (nothing was planned for a size): the card's whole memory, still not what is free now.
+    bigger = P.smaller_plan(spec, cuda, chosen, vram_gb=80)
+    assert bigger is not None and f"try {P.flags(bigger)}" in advice(types.SimpleNamespace(**{
+        **vars(failed), "memory_budget_gb": None}))

@@ -45,7 +45,7 @@ from ..runtime.parallel import (
     whole_sequence_attention,
 )
 from ..runtime.placement import Placement
-from ..runtime.plan import flags, resolve_plan, smaller_plan
+from ..runtime.plan import flags, free_vram_gb, resolve_plan, smaller_plan, total_vram_gb
 from .conditioning import PromptEncoder
 from .events import OnEvent, RunFinished
 from .job import Job
@@ -85,7 +85,7 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     dev = parallel.device if parallel is not None else check_device(options.device, spec)
     torch_dtype = pick_dtype(options.dtype, dev)
     shape = None if plan_for is None else run_shape(spec, plan_for)
-    memory, reason = resolve_plan(spec, dev, shape, vram_gb=options.vram_gb, **options.plan_fields())
+    memory, reason, budget = choose_plan(spec, dev, shape, options, parallel)
     pick_backend(options.attention, dev, torch_dtype)  # a kernel that cannot run is refused before a long load
     if options.compile:
         check_compile(dev)
@@ -102,8 +102,27 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
         # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.
         records = apply_loras(components["transformer"], loras, spec.alias)
     return Model(spec, folder, components, dev, _resolved(options, dev, torch_dtype, memory), memory=memory,
-                 memory_reason=reason, loras=records, parallel=parallel, progress=progress,
+                 memory_reason=reason, memory_budget_gb=budget, loras=records, parallel=parallel, progress=progress,
                  load_seconds=round(time.perf_counter() - started, 3))
+
+
+def choose_plan(spec: ModelSpec, device: torch.device, shape, options: LoadOptions,
+                parallel: Parallel | None) -> tuple[MemoryPlan, str, float | None]:
+    """(the memory plan, why, the GB it was chosen for): `--vram`, else the GPU's free memory before loading.
+
+    In a context-parallel run every rank must run the same plan (batched or separate guidance, offload
+    hooks: their collectives must line up), so the free memory planned for is the least of every rank's,
+    gathered before any rank chooses: each then makes the same choice (or refuses with the same line).
+    """
+    budget = options.vram_gb
+    if budget is None and device.type == "cuda":
+        budget = free_vram_gb(device)
+        if parallel is not None:
+            every = parallel.gather(budget)
+            budget = None if None in every else min(every)
+    plan, reason = resolve_plan(spec, device, shape, vram_gb=options.vram_gb,
+                                free_gb=None if options.vram_gb is not None else budget, **options.plan_fields())
+    return plan, reason, budget
 
 
 def _options(options: LoadOptions | None, keywords: dict) -> LoadOptions:
@@ -129,7 +148,8 @@ def _resolved(options: LoadOptions, device: torch.device, dtype: torch.dtype, me
 
 class Model:
     def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, options: LoadOptions,
-                 *, memory: MemoryPlan | None = None, memory_reason: str = "", loras: list[dict] | None = None,
+                 *, memory: MemoryPlan | None = None, memory_reason: str = "", memory_budget_gb: float | None = None,
+                 loras: list[dict] | None = None,
                  parallel: Parallel | None = None, progress: bool = True, load_seconds: float = 0.0) -> None:
         import diffusers
 
@@ -143,6 +163,7 @@ class Model:
         self.components = components
         self.memory = memory or MemoryPlan()
         self.memory_reason = memory_reason
+        self.memory_budget_gb = memory_budget_gb  # the GB the plan was chosen for (None: nothing was planned)
         self.loras = list(loras or [])  # sidecar records of the LoRAs applied at load
         transformer = components["transformer"]
         if spec.forcing:
@@ -335,7 +356,10 @@ class Model:
         try:
             yield
         except torch.OutOfMemoryError:
-            better = smaller_plan(self.spec, self.device, self.memory, run_shape(self.spec, request))
+            # The budget the plan was chosen for, not the free memory now: the failed run's model and tensors
+            # are still resident, so that would be near zero.
+            better = smaller_plan(self.spec, self.device, self.memory, run_shape(self.spec, request),
+                                  vram_gb=self.memory_budget_gb or total_vram_gb(self.device))
             m = self.memory
             if better is None:
                 hint = (f"no smaller plan is predicted to fit: try a smaller {setting('height')}/{setting('width')} "

@@ -322,22 +322,30 @@ def free_vram_gb(device: str | torch.device | None = None) -> float | None:
     return free / GB
 
 
+def total_vram_gb(device: str | torch.device | None = None) -> float | None:
+    """The visible GPU's whole memory in GB; None without CUDA."""
+    if not torch.cuda.is_available() or torch.device(device or "cuda").type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / GB
+
+
 # ---------------------------------------------------------------------------------------------- for the loader
 
 def resolve_plan(spec: ModelSpec, device: torch.device, shape: Shape | None = None, *,
-                 vram_gb: float | None = None, **choices) -> tuple[MemoryPlan, str]:
+                 vram_gb: float | None = None, free_gb: float | None = None, **choices) -> tuple[MemoryPlan, str]:
     """The plan a run of `shape` (default: the model's native one) on `device` loads with, and a one-line reason.
 
     `choices`: plan fields (offload=, quantize=, cfg=, tiled_decode=, text_encoder_device=); each fixed to
     anything but "auto"/None is a constraint, the others are the planner's: the fastest plan satisfying the
-    constraints that fits `vram_gb` (default: the GPU's free memory). On the CPU, for tiny models or models of
+    constraints that fits `vram_gb` (default: `free_gb`, the free memory the caller measured, else the GPU's
+    free memory now). On the CPU, for tiny models or models of
     no known architecture nothing is predicted and the free fields take the plain path (`UNPLANNED`). A plan
     fixed in full is returned as given, its predicted peak in the reason. NoPlanFits when no plan satisfying
     the constraints fits.
     """
     device = torch.device(device)
     fixed = _fixed(spec, _known(choices))
-    why_not, memory = _planning(spec, device, vram_gb)
+    why_not, memory = _planning(spec, device, vram_gb if vram_gb is not None else free_gb)
     if why_not:
         plan = dataclasses.replace(UNPLANNED, **fixed)
         label = "as given" if len(fixed) == len(PLAN_FIELDS) else "auto"
