@@ -22,6 +22,7 @@ from ..run_options import BY_NAME, check_value
 STREAMED = {"group": "block_level", "sequential": "leaf_level"}
 # Components that stay on the device for the whole run under offload "none".
 RESIDENT = ("transformer", "vae", "image_encoder")
+STORED_AS = "_skyreels_quantize"  # the storage `apply_quantization` gave a transformer
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,13 @@ def apply_quantization(transformer: torch.nn.Module, quantize: str) -> torch.nn.
     int8: torchao int8 weight-only on the same layers' Linear weights.
     """
     check_value(BY_NAME["quantize"], quantize)
+    if getattr(transformer, STORED_AS, "none") == quantize:  # applied at load already (core/model.py)
+        return transformer
     if quantize == "fp8":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
     elif quantize == "int8":
         _int8_weight_only(transformer)
+    setattr(transformer, STORED_AS, quantize)
     return transformer
 
 
@@ -112,16 +116,40 @@ def apply_offload_hooks(transformer: torch.nn.Module, offload: str, device: torc
     """For group/sequential offload, let diffusers stream the transformer's blocks (or leaf layers) from the
     host to `device`; returns whether it did.
 
-    On CUDA the next group is prefetched on a side stream while the current one computes; other devices
-    have no streams, so there the groups are moved synchronously (on the CPU, where host and device are
-    the same, the hooks run but move nothing: same results, which is what the tests check).
+    On CUDA the next group is prefetched on a side stream while the current one computes (`stream_settings`);
+    other devices have no streams, so there the groups are moved synchronously (on the CPU, where host and
+    device are the same, the hooks run but move nothing: same results, which is what the tests check).
     """
     check_value(BY_NAME["offload"], offload)
     if offload not in STREAMED:
         return False
     kwargs = {"num_blocks_per_group": 1} if STREAMED[offload] == "block_level" else {}
-    transformer.enable_group_offload(
-        onload_device=device, offload_device=torch.device("cpu"), offload_type=STREAMED[offload],
-        use_stream=device.type == "cuda", **kwargs,
-    )
+    settings = stream_settings(device)
+    if settings["use_stream"]:
+        pin_in_place(transformer)
+    transformer.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                     offload_type=STREAMED[offload], **settings, **kwargs)
     return True
+
+
+def stream_settings(device: torch.device) -> dict:
+    """diffusers' group-offload settings for `device`.
+
+    With a stream, diffusers keeps a pinned host copy of every weight to copy from. `low_cpu_mem_usage=False`
+    pins them once (True would pin each group again on every transfer: slow), and `pin_in_place` has pinned
+    the weights themselves first, so its copies are the weights (pinning a pinned tensor returns it), not a
+    second transformer in host memory. `record_stream=True` tells the allocator which stream still reads a
+    group, instead of a synchronise after every block.
+    """
+    stream = torch.device(device).type == "cuda"
+    return {"use_stream": stream, "record_stream": stream, "low_cpu_mem_usage": False}
+
+
+def pin_in_place(module: torch.nn.Module) -> None:
+    """Move `module`'s host weights into pinned memory one tensor at a time: the host holds them once (plus
+    one tensor while it is copied), never a pinned copy beside the pageable original. (torchao's int8 tensors
+    are left to diffusers, which pins their parts itself.)"""
+    for tensor in (*module.parameters(), *module.buffers()):
+        plain = type(tensor.data) is torch.Tensor
+        if plain and tensor.device.type == "cpu" and not tensor.is_meta and not tensor.is_pinned():
+            tensor.data = tensor.data.pin_memory()
