@@ -32,7 +32,7 @@ from ..run_options import BY_NAME, PLAN_FIELDS, RECORDED, LoadOptions
 from ..runtime.attention import apply_backend, pick_backend
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.launch import launched_by_torchrun
-from ..runtime.memory import MemoryPlan
+from ..runtime.memory import MemoryPlan, apply_quantization
 from ..runtime.modulation import install_per_frame_modulation
 from ..runtime.parallel import (
     FOLLOWER_READS,
@@ -97,10 +97,18 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
             folder = ensure_model(spec, progress=progress)
         else:  # one download (or tiny build) on rank 0; the others then find it in the cache
             folder = parallel.main_first("get the model", lambda: ensure_model(spec, progress=progress))
+        records: list[dict] = []
+
+        def transformer_first(transformer: torch.nn.Module) -> torch.nn.Module:
+            # LoRAs before the storage: fp8 casting then stores only the base weights, offload hooks see the
+            # adapters. Both before the other components are read: the host holds the transformer as stored
+            # beside the text encoder, never as loaded (runtime/plan.py predicts that peak).
+            records.extend(apply_loras(transformer, loras, spec.alias))
+            return apply_quantization(transformer, memory.quantize)
+
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
-        components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None)
-        # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.
-        records = apply_loras(components["transformer"], loras, spec.alias)
+        components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None,
+                                     transformer_first=transformer_first)
     return Model(spec, folder, components, dev, _resolved(options, dev, torch_dtype, memory), memory=memory,
                  memory_reason=reason, memory_budget_gb=budget, loras=records, parallel=parallel, progress=progress,
                  load_seconds=round(time.perf_counter() - started, 3))
