@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ def test_the_commands_part_returns_a_summary_and_small_first_frames_not_the_fram
     assert max(Image.open(out / "commands-real-t2v.png").size) == 320
 
 
+@pytest.mark.slow  # the script's own interpreter start-up and imports
 def test_the_check_says_what_is_missing_on_a_machine_without_cuda(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"),
            "HF_HOME_CHECK": str(tmp_path / "hf")}
