@@ -28,6 +28,8 @@ def trace_cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("traces")
     mp = pytest.MonkeyPatch()
     mp.setenv("SKYREELS_CACHE", str(folder))
+    # traces an earlier module made are remembered in-process too: forget them, so this module's file is filled
+    trace._cached_in_process.cache_clear()
     yield folder
     mp.undo()
 
