@@ -32,8 +32,9 @@ def test_accelerator_settings_are_the_defaults_and_each_flag_still_wins():
     assert lora.endswith("t2v.safetensors:1.0")
     r = resolve(sk.Request(prompt="a fox"), spec)
     assert (r.sampler, r.sigmas, r.steps, r.guidance) == ("euler", acc.sigmas, 4, 1.0)
+    spec, _ = accelerate(load_registry().models["tiny-df"], "tiny:1.0", steps=6)  # a strength given: any count
     r = resolve(sk.Request(prompt="a fox", steps=6, guidance=3.0, sampler="unipc"), spec)
-    assert (r.sampler, r.sigmas, r.steps, r.guidance) == ("unipc", None, 6, 3.0)  # its noise levels dropped
+    assert (r.sampler, r.sigmas, r.steps, r.guidance) == ("unipc", None, 6, 3.0)  # past its levels: the grid
     assert accelerate(load_registry().models["tiny-i2v"], "tiny")[1].endswith("i2v.safetensors:1.0")
 
 
@@ -143,3 +144,74 @@ def test_accelerator_for_another_model_is_one_line(tmp_path, args, words):
     for word in words:
         assert word in message, message
     assert not list(tmp_path.iterdir())
+
+
+CAUSVID_14B = [(None, 9, 0.6, 9), (4, 4, 0.9, 4), (8, 8, 0.6, 8), (12, 12, 0.3, None)]
+
+
+@pytest.mark.parametrize("steps, count, strength, levels", CAUSVID_14B)
+def test_causvid_strength_and_noise_levels_follow_the_steps(steps, count, strength, levels):
+    """The authors' table by steps (8 at 0.5-0.7: the middle); the first N of Kijai's timesteps, as his
+    flowmatch_causvid and Wan2GP's causvid solver take them; past the 9 published, the shift-7 grid."""
+    spec, lora = accelerate(load_registry().models["df-14b-540p"], "causvid", steps)
+    published = load_registry().accelerators["causvid"].sigmas
+    assert (spec.steps, spec.accelerator_strength, spec.shift) == (count, strength, 7.0)
+    assert lora.endswith(f"Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors:{strength}")
+    assert spec.sigmas == (published[:levels] if levels else None)
+    r = resolve(sk.Request(prompt="a fox", steps=steps), spec)
+    assert (r.steps, r.sigmas) == (count, spec.sigmas)
+
+
+def test_causvid_strength_given_wins_and_the_13b_lora_keeps_its_own():
+    spec, lora = accelerate(load_registry().models["df-14b-540p"], "causvid:0.45", 4)
+    assert lora.endswith(":0.45") and spec.accelerator == "causvid:0.45" and spec.steps == 4
+    spec, lora = accelerate(load_registry().models["df-1.3b-540p"], "causvid", 8)  # its entry fixes 1.0
+    assert lora.endswith(":1.0") and spec.sigmas is None and spec.shift == 2.0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--steps", "6"], ["--steps 6 with --accelerator causvid: its strength is published for 4, 8, 9, 12 steps",
+                        "--accelerator causvid:0.6"]),
+    (["--sigmas", "1,0.9,0.8,0.7,0.6,0.5"], ["--steps 6 with --accelerator causvid"]),  # six levels: six steps
+])
+def test_causvid_step_count_without_a_published_strength_is_one_line(tmp_path, args, words):
+    message = one_line_error(invoke("extend", "a fox", "-m", "df-14b-540p", "--accelerator", "causvid", *args, *DRY,
+                                    "-o", tmp_path / "x.mp4"))
+    for word in words:
+        assert word in message, message
+    assert not list(tmp_path.iterdir())
+
+
+def test_accelerator_strength_must_be_a_positive_number(tmp_path):
+    message = one_line_error(invoke("extend", "a fox", "-m", "tiny", "--accelerator", "tiny:fast", *DRY,
+                                    "-o", tmp_path / "x.mp4"))
+    assert "--accelerator 'tiny:fast': the strength after ':' must be a positive number" in message
+
+
+@pytest.mark.slow
+def test_steps_pick_the_strength_recorded_and_replayed(tmp_path):
+    """The tiny accelerator's table gives 2 steps strength 0.5: the run, its sidecar and --from all use it."""
+    out = tmp_path / "a.mp4"
+    result = invoke("extend", "a red fox", "-m", "tiny", "--accelerator", "tiny", "--steps", "2", "--frames", "17",
+                    "-H", "64", "-W", "64", "--device", "cpu", "-o", out, "--quiet", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["model"]["loras"][0]["scale"] == 0.5
+    assert sidecar["request"]["sigmas"] == [1.0, 0.875] and sidecar["request"]["steps"] == 2
+    again = tmp_path / "b.mp4"
+    result = invoke("extend", "--from", out, "-o", again, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    replayed = json.loads(again.with_name(again.name + ".json").read_text())
+    assert replayed["model"]["loras"] == sidecar["model"]["loras"]
+    assert replayed["request"]["sigmas"] == [1.0, 0.875]
+
+
+def test_model_loaded_for_other_steps_refuses_a_strength_it_lacks():
+    """Loaded for its 4 steps (strength 1.0), a 2-step request would need 0.5: refused, saying how to load."""
+    with pytest.raises(sk.UsageError, match="takes tiny's LoRA at strength 0.5, but this model was loaded for 4"):
+        frames_of(model("tiny"), sk.Request(**FEW, steps=2))
+
+
+def test_a_model_loaded_for_the_steps_runs_them():
+    m = sk.load("tiny-df", device="cpu", progress=False, accelerator="tiny", plan_for=sk.Request(steps=2))
+    assert m.loras[0]["scale"] == 0.5 and m.spec.steps == 2 and m.spec.sigmas == (1.0, 0.875)
