@@ -2,16 +2,19 @@
 and the tiny accelerator (a random LoRA built locally, as they are)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 import skyreels_cli as sk
 from skyreels_cli.core.resolve import resolve, run_shape
-from skyreels_cli.models.accelerators import accelerate, fit_key
+from skyreels_cli.models.accelerators import accelerate, fit_key, lora_bytes
+from skyreels_cli.models.lora import weight_shapes
 from skyreels_cli.models.registry import load_registry
-from skyreels_cli.runtime.plan import plans
+from skyreels_cli.runtime.plan import plans, predict, resolve_plan
 
 from .conftest import frames_of, invoke, mean_levels, one_line_error
+from .test_lora import lora_state
 
 FEW = dict(prompt="a red fox", seed=5, height=64, width=64, frames=17)
 _models: dict = {}
@@ -171,7 +174,7 @@ def test_causvid_strength_given_wins_and_the_13b_lora_keeps_its_own():
 
 @pytest.mark.parametrize("args, words", [
     (["--steps", "6"], ["--steps 6 with --accelerator causvid: its strength is published for 4, 8, 9, 12 steps",
-                        "--accelerator causvid:0.6"]),
+                        "--accelerator causvid:0.6)"]),
     (["--sigmas", "1,0.9,0.8,0.7,0.6,0.5"], ["--steps 6 with --accelerator causvid"]),  # six levels: six steps
 ])
 def test_causvid_step_count_without_a_published_strength_is_one_line(tmp_path, args, words):
@@ -215,3 +218,88 @@ def test_model_loaded_for_other_steps_refuses_a_strength_it_lacks():
 def test_a_model_loaded_for_the_steps_runs_them():
     m = sk.load("tiny-df", device="cpu", progress=False, accelerator="tiny", plan_for=sk.Request(steps=2))
     assert m.loras[0]["scale"] == 0.5 and m.spec.steps == 2 and m.spec.sigmas == (1.0, 0.875)
+
+
+@pytest.mark.parametrize("args", [["--accelerator", "tiny"], ["--guidance", "1"]])
+def test_cfg_batched_at_guidance_1_is_one_line(tmp_path, args):
+    """Nothing to batch: refused as --cfg batched on a two-pass model is (the planner never changes a choice)."""
+    run = ["extend", "a fox", "-m", "tiny", "--cfg", "batched", "--device", "cpu", "-H", "64", "-W", "64", *DRY]
+    message = one_line_error(invoke(*run, *args, "-o", tmp_path / "x.mp4"))
+    assert "--cfg batched has nothing to batch at guidance 1" in message and "guidance above 1" in message
+    assert not list(tmp_path.iterdir())
+    result = invoke(*run, *args, "--guidance", "3", "-o", tmp_path / "x.mp4")  # a guidance to batch: accepted
+    assert result.exit_code == 0 and "cfg batched" in result.output, result.output
+
+
+def test_library_plan_refuses_cfg_batched_at_guidance_1():
+    spec, _ = accelerate(load_registry().models["df-14b-540p"], "lightx2v")
+    with pytest.raises(sk.UsageError, match="nothing to batch at guidance 1") as caught:
+        resolve_plan(spec, "cuda", vram_gb=80, cfg="batched")
+    assert caught.value.field == "cfg"
+    assert resolve_plan(load_registry().models["df-14b-540p"], "cuda", vram_gb=80, cfg="batched")[0].cfg == "batched"
+
+
+def test_planner_counts_the_accelerator_lora():
+    """lightx2v's rank-64 LoRA on every attention and feed-forward linear of the 14B blocks: 0.57 GiB in bf16,
+    on the GPU beside weights kept there."""
+    spec, _ = accelerate(load_registry().models["df-14b-540p"], "lightx2v")
+    assert lora_bytes(spec) == 2 * 64 * (8 * 2 * 5120 + 2 * (5120 + 13824)) * 40
+    without = replace(spec, accelerator=None)  # the same settings, no LoRA
+    peaks = {p.plan: p.peak for p in predict(without, offload="none", quantize="none")}
+    for p in predict(spec, offload="none", quantize="none"):
+        assert p.peak - peaks[p.plan] == lora_bytes(spec)
+
+
+def test_plan_command_plans_for_the_accelerator():
+    result = invoke("plan", "df-14b-540p", "--vram", "24", "--accelerator", "lightx2v")
+    assert result.exit_code == 0, result.output
+    assert "with lightx2v: guidance 1 (one pass, no guidance batch), its LoRA 0.57 GB" in result.output
+    rows = result.output.splitlines()
+    assert not any(" batched " in row for row in rows) and "--cfg separate" in rows[-1]
+    plain = invoke("plan", "df-14b-540p", "--vram", "24")
+    assert any(" batched " in row for row in plain.output.splitlines())
+    wrong = one_line_error(invoke("plan", "df-1.3b-540p", "--accelerator", "lightx2v"))
+    assert "has no LoRA for df-1.3b-540p" in wrong
+
+
+def test_user_lora_and_accelerator_both_apply_the_users_first():
+    shapes = weight_shapes(model().components["transformer"])
+    from safetensors.torch import save_file
+
+    path = model().folder.parent / "user-style.safetensors"
+    save_file(lora_state(shapes), str(path))
+    m = sk.load("tiny-df", device="cpu", progress=False, accelerator="tiny", loras=(f"{path}:0.7",))
+    assert [(rec["path"], rec["scale"]) for rec in m.loras] == \
+        [(str(path), 0.7), (model("tiny").loras[0]["path"], 1.0)]
+
+
+BATCH = """model = "tiny"
+accelerator = "tiny"
+height = 64
+width = 64
+frames = 17
+
+[[job]]
+command = "extend"
+prompt = "a fox"
+steps = 2
+output = "a.mp4"
+
+[[job]]
+command = "extend"
+prompt = "a dog"
+steps = 3
+output = "b.mp4"
+"""
+
+
+def test_batch_jobs_take_the_accelerator_for_their_steps(tmp_path):
+    (tmp_path / "jobs.toml").write_text(BATCH)
+    message = one_line_error(invoke("batch", tmp_path / "jobs.toml", "--device", "cpu", "--dry-run"))
+    assert 'line 16: steps = 3 with accelerator = "tiny": its strength is published for 2, 4 steps' in message
+    assert 'accelerator = "tiny:1"' in message and "(job 2)" in message
+    (tmp_path / "jobs.toml").write_text(BATCH.replace("steps = 3", "steps = 4"))
+    result = invoke("batch", tmp_path / "jobs.toml", "--device", "cpu", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("extend: tiny-df, 64x64, 17 frames") == 2
+    assert not (tmp_path / "a.mp4").exists()

@@ -101,7 +101,7 @@ def strength_for(acc: Accelerator, lora: AcceleratorLora, steps: int) -> float:
         counts = sorted({*acc.strength_by_steps, len(acc.sigmas)})
         raise UsageError(f"{setting('steps', steps)} with {setting('accelerator', acc.name)}: its strength is "
                          f"published for {', '.join(map(str, counts))} steps; give one of those, or a strength "
-                         f"({setting('accelerator', f'{acc.name}:0.6')})", field="steps")
+                         f"({setting('accelerator', f'{acc.name}:{acc.strength:g}')})", field="steps")
     return acc.strength_by_steps[steps]
 
 
