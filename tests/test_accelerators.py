@@ -232,13 +232,16 @@ def test_cfg_batched_at_guidance_1_is_one_line(tmp_path, args):
 
 
 def test_library_plan_refuses_cfg_batched_at_guidance_1():
-    spec, _ = accelerate(load_registry().models["df-14b-540p"], "lightx2v")
+    tiny = load_registry().models["tiny-df"]
     with pytest.raises(sk.UsageError, match="nothing to batch at guidance 1") as caught:
-        resolve_plan(spec, "cuda", vram_gb=80, cfg="batched")
+        resolve_plan(replace(tiny, guidance=1.0), "cpu", cfg="batched")  # an accelerator's default guidance
     assert caught.value.field == "cfg"
-    assert resolve_plan(load_registry().models["df-14b-540p"], "cuda", vram_gb=80, cfg="batched")[0].cfg == "batched"
+    assert resolve_plan(tiny, "cpu", cfg="batched")[0].cfg == "batched"  # guided: batched as asked
+    with pytest.raises(sk.UsageError, match="nothing to batch"):  # the request's guidance counts, not the model's
+        resolve_plan(tiny, "cpu", run_shape(tiny, sk.Request(prompt="x", guidance=1.0)), cfg="batched")
 
 
+@pytest.mark.slow
 def test_planner_counts_the_accelerator_lora():
     """lightx2v's rank-64 LoRA on every attention and feed-forward linear of the 14B blocks: 0.57 GiB in bf16,
     on the GPU beside weights kept there."""
@@ -250,6 +253,7 @@ def test_planner_counts_the_accelerator_lora():
         assert p.peak - peaks[p.plan] == lora_bytes(spec)
 
 
+@pytest.mark.slow
 def test_plan_command_plans_for_the_accelerator():
     result = invoke("plan", "df-14b-540p", "--vram", "24", "--accelerator", "lightx2v")
     assert result.exit_code == 0, result.output
