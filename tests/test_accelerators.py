@@ -307,3 +307,16 @@ def test_batch_jobs_take_the_accelerator_for_their_steps(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.count("extend: tiny-df, 64x64, 17 frames") == 2
     assert not (tmp_path / "a.mp4").exists()
+
+
+@pytest.mark.slow
+def test_the_pool_holds_one_model_per_strength():
+    """The service's pool: a job whose steps take another strength gets its own model; the same steps share one."""
+    from skyreels_cli.core.pool import ModelPool
+
+    pool, tiny = ModelPool(progress=False), load_registry().models["tiny-df"]
+    options = sk.LoadOptions(device="cpu", accelerator="tiny")
+    two = pool.get(accelerate(tiny, "tiny", 2)[0], options, plan_for=sk.Request(steps=2))
+    four = pool.get(accelerate(tiny, "tiny", 4)[0], options, plan_for=sk.Request(steps=4))
+    assert (two.loras[0]["scale"], four.loras[0]["scale"], pool.loads) == (0.5, 1.0, 2)
+    assert pool.get(accelerate(tiny, "tiny", 2)[0], options, plan_for=sk.Request(steps=2)) is two and pool.loads == 2
