@@ -19,6 +19,8 @@ HostRam = Annotated[float | None, typer.Option("--host-ram", help="Host memory i
 Quantize = Annotated[str | None, typer.Option("--quantize", help="Only plans with this transformer storage: none, fp8 or int8.")]
 Json = Annotated[bool, typer.Option("--json", help="Print every plan as JSON.")]
 All = Annotated[bool, typer.Option("--all", help="List every variant, not only the best of each offload and quantization.")]
+Accelerator = Annotated[str | None, typer.Option("--accelerator", help="Plan for a few-step accelerator's settings: "
+                                                 "guidance 1 (one pass, no guidance batch) and its LoRA's memory.")]
 
 
 @app.command()
@@ -26,6 +28,7 @@ def plan(
     model: Annotated[str, typer.Argument(help="Registry alias or Hub repo id of a released architecture.")],
     height: Height = None, width: Width = None, frames: Frames = None, quantize: Quantize = None,
     vram: Vram = None, host_ram: HostRam = None, as_json: Json = False, show_all: All = False,
+    accelerator: Accelerator = None,
 ) -> None:
     """Predict peak GPU memory per phase and peak host memory for each memory plan (traced on fake tensors: no
     GPU, no download), and say which plan `--offload auto` picks.
@@ -34,9 +37,10 @@ def plan(
 
         skyreels plan df-14b-540p --vram 24 --host-ram 32
         skyreels plan df-1.3b-540p --frames 257 --json
+        skyreels plan df-14b-540p --vram 24 --accelerator lightx2v
     """
     from ..core.request import Request
-    from ..core.resolve import run_shape
+    from ..core.resolve import accelerated, run_shape
     from ..models.naming import resolve_model
     from ..run_options import QUANTIZES
     from ..runtime.plan import available_host_gb, choose, describe, flags, free_vram_gb, judge, predict
@@ -48,7 +52,7 @@ def plan(
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZES)}, got {quantize!r}")
         check_vram(vram)
         check_vram(host_ram, "--host-ram", "a 32 GB machine", 32)
-        spec = resolve_model(model, None)
+        spec, _ = accelerated(resolve_model(model, None), accelerator)
         memory = vram if vram is not None else free_vram_gb()
         # This machine's host memory when planning for its GPU; a card given with --vram may sit in any host.
         host = host_ram if host_ram is not None or vram is not None else available_host_gb()
@@ -61,6 +65,10 @@ def plan(
             typer.echo(json.dumps([p.to_dict() for p in rows], indent=1))
         else:
             _table(spec.alias, rows)
+            if spec.accelerator and shape is not None:
+                typer.echo(f"with {spec.accelerator}: guidance {spec.guidance:g} ("
+                           f"{'two passes' if shape.guided else 'one pass, no guidance batch'}), its LoRA "
+                           f"{shape.adapter_bytes / 2**30:.2f} GB beside the transformer's weights")
         if memory is None:
             if not as_json:
                 typer.echo("no GPU is visible: give --vram GB to see which plan fits")

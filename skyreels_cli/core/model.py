@@ -21,7 +21,6 @@ import torch
 
 from ..errors import Cancelled, ModelError, OutOfMemory, UsageError, kept_after_stop, setting
 from ..forcing.engine import Conditioning
-from ..models.accelerators import accelerate
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
 from ..models.loading import check_device, dtype_name, load_components, loaded_bytes, pick_dtype
@@ -53,7 +52,7 @@ from .job import Job
 from .live import LivePrompts
 from .prepare import Prepared, prepare
 from .request import Request
-from .resolve import resolve, run_shape
+from .resolve import accelerated, resolve, run_shape
 from .results import Result, WindowFrames
 from .run import Cancel, Run
 
@@ -80,7 +79,8 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     """
     options = _options(options, run_options)
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, command)
-    spec, accelerator_lora = accelerate(spec, options.accelerator)  # its settings become the model's defaults
+    # its settings become the model's defaults, its strength and noise levels those for the steps planned for
+    spec, accelerator_lora = accelerated(spec, options.accelerator, plan_for)
     if parallel is None and launched_by_torchrun() or parallel is True:
         parallel = init_parallel(options.device)
     parallel = parallel or None

@@ -32,6 +32,7 @@ import torch
 
 from ..errors import ModelError, SkyreelsError, UsageError, on_command_line, setting
 from ..forcing.frames import check_frames, check_size, latent_frames, pixel_frames
+from ..models.accelerators import lora_bytes
 from ..models.architectures import Architecture, architecture
 from ..models.registry import ModelSpec
 from ..run_options import AUTO, BY_NAME, CFGS, OFFLOADS, PLAN_FIELDS, QUANTIZES, TEXT_ENCODER_DEVICES, check_value
@@ -130,6 +131,7 @@ class Shape:
     clip_frames: int  # pixel frames an I2V clip encodes as its condition (0: no image encoding)
     forcing: bool  # per-frame timesteps (diffusion forcing)
     guided: bool = True  # classifier-free guidance (guidance > 1); without it one pass, no batch-2 plan
+    adapter_bytes: int = 0  # LoRA layers beside the transformer's weights (an accelerator's: models/accelerators.py)
 
     @classmethod
     def window(cls, height: int, width: int, frames: int) -> Shape:
@@ -144,9 +146,9 @@ def native_shape(spec: ModelSpec) -> Shape:
     if spec.forcing:
         latents = latent_frames(spec.base_frames)
         return Shape(spec.height, spec.width, latents + (spec.kind == "flf2v"), pixel_frames(latents), 0, True,
-                     spec.guidance > 1)
+                     spec.guidance > 1, lora_bytes(spec))
     return Shape(spec.height, spec.width, latent_frames(spec.frames), spec.frames,
-                 spec.frames if spec.kind == "i2v" else 0, False, spec.guidance > 1)
+                 spec.frames if spec.kind == "i2v" else 0, False, spec.guidance > 1, lora_bytes(spec))
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ def _predict_plan(plan: MemoryPlan, arch: Architecture, shape: Shape, parts: _Pa
                   vram_gb: float | None) -> PlanPrediction:
     t = _transformer(arch, shape, plan)
     tw = _on_gpu(t, plan.offload, arch.transformer.layers)
+    tw += shape.adapter_bytes * tw // t.weights  # the LoRA layers sit on the GPU with the weights they adapt
     vae = parts.decode[False].weights
     clip_w = parts.image.weights if parts.image else 0
     text = parts.text.weights + parts.text.activations
@@ -408,7 +411,7 @@ def resolve_plan(spec: ModelSpec, device: torch.device, shape: Shape | None = No
     the constraints fits.
     """
     device = torch.device(device)
-    fixed = _fixed(spec, _known(choices))
+    fixed = _fixed(spec, _known(choices), (shape or native_shape(spec)).guided)
     why_not, memory = _planning(spec, device, vram_gb if vram_gb is not None else free_gb)
     if why_not:
         plan = dataclasses.replace(UNPLANNED, **fixed)
@@ -442,13 +445,17 @@ def smaller_plan(spec: ModelSpec, device: torch.device, plan: MemoryPlan, shape:
     return min(lower, key=lambda p: speed_rank(p.plan)).plan if lower else None
 
 
-def _fixed(spec: ModelSpec, given: dict) -> dict:
-    """The fields the caller fixed, their values checked (one-line UsageErrors)."""
+def _fixed(spec: ModelSpec, given: dict, guided: bool = True) -> dict:
+    """The fields the caller fixed, their values checked (one-line UsageErrors). A choice the run cannot make
+    is refused, never quietly changed: batched guidance on a model that guides in two passes, or at guidance 1."""
     fixed = {name: check_value(BY_NAME[name], value) for name, value in given.items()
              if value is not None and value != AUTO}
     if fixed.get("cfg") == "batched" and not spec.forcing:
         raise UsageError(f"{setting('cfg', 'batched')} needs a diffusion forcing model; {spec.alias} ({spec.kind}) "
                          "guides in two passes", field="cfg")
+    if fixed.get("cfg") == "batched" and not guided:
+        raise UsageError(f"{setting('cfg', 'batched')} has nothing to batch at guidance 1 (one pass, no unconditional "
+                         f"one); leave out {setting('cfg')}, or give a guidance above 1", field="cfg")
     if fixed.get("quantize") == "int8" and not torchao_available():
         raise UsageError(f"{setting('quantize', 'int8')} needs torchao: pip install torchao (or use "
                          f"{setting('quantize', 'fp8')})", field="quantize")
