@@ -22,6 +22,7 @@ DF-14B-540P in 24 GB (`plan`: the planner's choice for --vram, the process cappe
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -126,12 +127,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
 def measure(name: str, options: dict, spec, args, device) -> dict:
+    """One variant's figures, with nothing of an earlier variant left on the device (`release`): per-frame
+    modulation and diffusers' hooks bind methods to the model (reference cycles), so only the cycle
+    collector frees a model, and a peak read beside a leftover one would be wrong."""
     cuda = device.type == "cuda"
+    release(device)
     if cuda:
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    try:
+        result = _timed(name, options, spec, args, device)
+    finally:
+        release(device)  # the model and its tensors die with _timed's frame, its cycles here
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return result
+
+
+def release(device: torch.device) -> None:
+    """Free what is only reachable through reference cycles, then hand the cached blocks back."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@torch.no_grad()
+def _timed(name: str, options: dict, spec, args, device) -> dict:
+    cuda = device.type == "cuda"
     with ExitStack() as stack:
         model, arch = build_transformer(spec, torch.device("cpu") if options.get("plan") else device, args.smoke)
         used = apply_options(model, options, device, stack, spec, args)
@@ -157,8 +179,6 @@ def measure(name: str, options: dict, spec, args, device) -> dict:
         _sync(device)
         seconds = (time.perf_counter() - started) / args.steps
         peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else 0.0
-    if cuda:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
     tokens = frames * (h // 2) * (w // 2)
     floor = 2 * forward_flops(arch, tokens) / FLOOR_FLOPS
     return {"variant": name, "options": used, "s_per_step": round(seconds, 4), "floor_s": round(floor, 4),
@@ -188,7 +208,8 @@ def _predicted(spec, args, used: dict) -> float | None:
         return None
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, object, torch.device]:
+    """(the arguments with the window's size filled in, the model's spec, the device)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="df-1.3b-540p")
     parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "plan"))
@@ -198,13 +219,17 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="window length (default: the model's)")
     parser.add_argument("--smoke", action="store_true", help="a two-layer model at 64x64x17 on the CPU: checks the "
                         "script, measures nothing")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_speed.py needs a CUDA GPU (--smoke checks the script on the CPU)")
     spec = resolve_model(args.model, "extend")
     args.height, args.width = (64, 64) if args.smoke else (spec.height, spec.width)
     args.frames = 17 if args.smoke else (args.frames or spec.base_frames)
-    device = torch.device("cpu" if args.smoke else "cuda")
+    return args, spec, torch.device("cpu" if args.smoke else "cuda")
+
+
+def main() -> None:
+    args, spec, device = parse()
     results = []
     for name in args.variants.split(","):
         print(f"== {name}", flush=True)

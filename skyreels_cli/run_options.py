@@ -69,7 +69,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
               "fit the model.", repeatable=True),
     RunOption("accelerator", None, str, "A few-step accelerator from the registry (lightx2v, causvid; tiny for "
               "the tiny models): its LoRA for this model and its steps, noise levels, sampler, guidance and shift "
-              "as defaults (each flag given still wins); `skyreels models` lists them."),
+              "as defaults (each flag given still wins; the strength follows --steps where its authors publish a "
+              "table, NAME:STRENGTH fixes it); `skyreels models` lists them."),
     RunOption("ulysses", None, int, "Processes sharing attention heads (Ulysses); default: as many as the head "
               "count allows."),
     RunOption("ring", None, int, "Processes passing keys and values round (ring attention); --ulysses x --ring = "

@@ -1,6 +1,7 @@
 """The flow-matching Euler sampler and --sigmas against diffusers' pipelines driven by FlowMatchEulerDiscreteScheduler
 on the same tiny weights, seed and noise levels (latents to 1e-5, as tests/test_oracle.py holds UniPC)."""
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -8,6 +9,7 @@ from diffusers import (
     SkyReelsV2DiffusionForcingPipeline,
     SkyReelsV2ImageToVideoPipeline,
     SkyReelsV2Pipeline,
+    UniPCMultistepScheduler,
 )
 
 from skyreels_cli.forcing.euler import PerFrameEuler, VectorisedEuler
@@ -51,6 +53,30 @@ def test_t2v_euler_matches_diffusers_and_other_sigmas_differ(hub_models):
     assert_latents_match(latents, pipe, "a red fox", num_frames=17, guidance_scale=6.0, **common())
     other = our_latents(ALIASES["t2v"], prompt="a red fox", frames=17, sampler="euler", sigmas=OTHER)
     with pytest.raises(AssertionError, match="latents differ"):  # the comparison can fail
+        assert_latents_match(other, pipe, "a red fox", num_frames=17, guidance_scale=6.0, **common())
+
+
+class GivenSigmasUniPC(UniPCMultistepScheduler):
+    """diffusers' UniPC on flow sigmas, handed fixed noise levels whatever step count the pipeline asks for."""
+
+    given: tuple = SIGMAS
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **_):
+        super().set_timesteps(sigmas=np.array(self.given), device=device)  # it takes an array
+
+
+@pytest.mark.slow
+def test_t2v_unipc_takes_given_sigmas_as_diffusers_does(hub_models):
+    """--sigmas holds for UniPC too: each step starts from the level given (no shift), as diffusers' UniPC given
+    the same levels; other levels fail the comparison."""
+    pipe = SkyReelsV2Pipeline.from_pretrained(hub_models["t2v"], dtype=torch.float32)
+    pipe.scheduler = GivenSigmasUniPC.from_config(pipe.scheduler.config, flow_shift=1.0, use_flow_sigmas=True,
+                                                  prediction_type="flow_prediction")
+    pipe.set_progress_bar_config(disable=True)
+    latents = our_latents(ALIASES["t2v"], prompt="a red fox", frames=17, sampler="unipc", sigmas=SIGMAS)
+    assert_latents_match(latents, pipe, "a red fox", num_frames=17, guidance_scale=6.0, **common())
+    other = our_latents(ALIASES["t2v"], prompt="a red fox", frames=17, sampler="unipc", sigmas=OTHER)
+    with pytest.raises(AssertionError, match="latents differ"):
         assert_latents_match(other, pipe, "a red fox", num_frames=17, guidance_scale=6.0, **common())
 
 

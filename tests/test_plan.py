@@ -28,6 +28,8 @@ def trace_cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("traces")
     mp = pytest.MonkeyPatch()
     mp.setenv("SKYREELS_CACHE", str(folder))
+    # traces an earlier module made are remembered in-process too: forget them, so this module's file is filled
+    trace._cached_in_process.cache_clear()
     yield folder
     mp.undo()
 
@@ -107,7 +109,7 @@ def test_auto_picks_the_fastest_plan_that_fits():
     chosen, reason = plan.resolve_plan(spec, CUDA, vram_gb=80)
     assert key(chosen) == ("none", "none", "batched", False, "auto") and chosen.text_encoder_beside
     assert reason.startswith("auto: offload none, quantize none, cfg batched, untiled decode") and "\n" not in reason
-    assert reason.endswith("of 80.0 GB given")
+    assert reason.endswith("of 80.0 GB given, 17.7 GB of host memory")
     # the same choice as `skyreels plan` (quantize auto) and as brute force
     tight, _ = plan.resolve_plan(spec, CUDA, vram_gb=8, quantize="auto")
     assert tight == plan.choose(plan.predict(spec, vram_gb=8), 8).plan
@@ -176,7 +178,8 @@ def test_a_plan_fixed_in_full_is_returned_with_its_prediction():
 def test_free_gpu_memory_is_the_default(monkeypatch):
     spec = resolve_model(DF13)
     monkeypatch.setattr(plan, "free_vram_gb", lambda device=None: 80.0)
-    assert plan.resolve_plan(spec, CUDA)[1].endswith("of 80.0 GB free")
+    monkeypatch.setattr(plan, "available_host_gb", lambda: 64.0)
+    assert plan.resolve_plan(spec, CUDA)[1].endswith("of 80.0 GB free, 17.7 GB of host memory")
     monkeypatch.setattr(plan, "free_vram_gb", lambda device=None: 3.0)
     with pytest.raises(plan.NoPlanFits, match=r"^no memory plan fits in the 3.0 GB free; the smallest, "):
         plan.resolve_plan(spec, CUDA, quantize="auto")

@@ -203,7 +203,7 @@ T2V = ["t2v", "a cat", "-m", "tiny-t2v", *SIZE, "--frames", "17", "--steps", "2"
 REFUSED = [
     (["--attention", "flash"], ["--attention flash", "NVIDIA Ampere", "not the cpu"]),
     (["--attention", "flash3"], ["--attention flash3", "Hopper", "not the cpu"]),
-    (["--attention", "sage"], ["--attention sage", "NVIDIA Ampere", "not the cpu"]),
+    (["--attention", "sage"], ["--attention sage", "NVIDIA sm80", "not the cpu"]),
     (["--attention", "xformers"], ["--attention xformers", "NVIDIA GPUs", "not the cpu"]),
     (["--attention", "flash", "--dry-run"], ["--attention flash", "not the cpu"]),
     (["--attention", "bogus"], ["--attention 'bogus' is not known", "sdpa"]),

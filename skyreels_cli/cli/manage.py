@@ -29,7 +29,7 @@ def models() -> None:
                          for name, m in registry.families.items())
     typer.echo(f"\nfamilies: {families}")
     typer.echo("defaults: " + ", ".join(f"{c}: {a}" for c, a in registry.defaults.items()))
-    typer.echo("\naccelerators (--accelerator NAME; each setting can still be given by its own flag):")
+    typer.echo("\naccelerators (--accelerator NAME, or NAME:STRENGTH; each setting can still be given by its own flag):")
     for name, acc in registry.accelerators.items():
         fits = [alias for alias, spec in registry.models.items() if fit_key(spec) in acc.loras]
         table = (", strength by steps " + ", ".join(f"{n}: {v:g}" for n, v in acc.strength_by_steps.items())

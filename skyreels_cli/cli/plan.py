@@ -1,4 +1,5 @@
-"""`skyreels plan`: predicted peak VRAM of every memory plan for a model and size, and the one `auto` picks."""
+"""`skyreels plan`: predicted peak VRAM and host memory of every memory plan for a model and size, and the one
+`auto` picks."""
 
 from __future__ import annotations
 
@@ -14,30 +15,35 @@ from .options import REQUEST_FLAGS
 Height, Width, Frames = REQUEST_FLAGS["height"], REQUEST_FLAGS["width"], REQUEST_FLAGS["frames"]
 
 Vram = Annotated[float | None, typer.Option("--vram", help="GPU memory in GB to plan for (default: the visible GPU's free memory).")]
+HostRam = Annotated[float | None, typer.Option("--host-ram", help="Host memory in GB the plan must fit (default: this machine's available memory, or no limit with --vram).")]
 Quantize = Annotated[str | None, typer.Option("--quantize", help="Only plans with this transformer storage: none, fp8 or int8.")]
 Json = Annotated[bool, typer.Option("--json", help="Print every plan as JSON.")]
 All = Annotated[bool, typer.Option("--all", help="List every variant, not only the best of each offload and quantization.")]
+Accelerator = Annotated[str | None, typer.Option("--accelerator", help="Plan for a few-step accelerator's settings: "
+                                                 "guidance 1 (one pass, no guidance batch) and its LoRA's memory.")]
 
 
 @app.command()
 def plan(
     model: Annotated[str, typer.Argument(help="Registry alias or Hub repo id of a released architecture.")],
     height: Height = None, width: Width = None, frames: Frames = None, quantize: Quantize = None,
-    vram: Vram = None, as_json: Json = False, show_all: All = False,
+    vram: Vram = None, host_ram: HostRam = None, as_json: Json = False, show_all: All = False,
+    accelerator: Accelerator = None,
 ) -> None:
-    """Predict peak GPU memory per phase for each memory plan (traced on fake tensors: no GPU, no download),
-    and say which plan `--offload auto` picks.
+    """Predict peak GPU memory per phase and peak host memory for each memory plan (traced on fake tensors: no
+    GPU, no download), and say which plan `--offload auto` picks.
 
     Examples:
 
-        skyreels plan df-14b-540p --vram 24
+        skyreels plan df-14b-540p --vram 24 --host-ram 32
         skyreels plan df-1.3b-540p --frames 257 --json
+        skyreels plan df-14b-540p --vram 24 --accelerator lightx2v
     """
     from ..core.request import Request
-    from ..core.resolve import run_shape
+    from ..core.resolve import accelerated, run_shape
     from ..models.naming import resolve_model
     from ..run_options import QUANTIZES
-    from ..runtime.plan import choose, describe, flags, free_vram_gb, judge, predict
+    from ..runtime.plan import available_host_gb, choose, describe, flags, free_vram_gb, judge, predict
 
     with user_errors("plan"):
         if quantize is not None and quantize not in QUANTIZES:
@@ -45,34 +51,45 @@ def plan(
 
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZES)}, got {quantize!r}")
         check_vram(vram)
-        spec = resolve_model(model, None)
+        check_vram(host_ram, "--host-ram", "a 32 GB machine", 32)
+        spec, _ = accelerated(resolve_model(model, None), accelerator)
         memory = vram if vram is not None else free_vram_gb()
+        # This machine's host memory when planning for its GPU; a card given with --vram may sit in any host.
+        host = host_ram if host_ram is not None or vram is not None else available_host_gb()
         shape = None if spec.is_tiny else run_shape(spec, Request(height=height, width=width, frames=frames))
         predictions = predict(spec, shape, vram_gb=memory, **({"quantize": quantize} if quantize else {}))
         if memory is not None:
-            predictions = judge(predictions, memory)
+            predictions = judge(predictions, memory, host)
         rows = predictions if show_all or as_json else _best_of_each(predictions)
         if as_json:
             typer.echo(json.dumps([p.to_dict() for p in rows], indent=1))
         else:
             _table(spec.alias, rows)
+            if spec.accelerator and shape is not None:
+                typer.echo(f"with {spec.accelerator}: guidance {spec.guidance:g} ("
+                           f"{'two passes' if shape.guided else 'one pass, no guidance batch'}), its LoRA "
+                           f"{shape.adapter_bytes / 2**30:.2f} GB beside the transformer's weights")
         if memory is None:
             if not as_json:
                 typer.echo("no GPU is visible: give --vram GB to see which plan fits")
             return
-        chosen = choose(predictions, memory)
+        chosen = choose(predictions, memory, host_gb=host)
         if not as_json:
             # What the loader's `resolve_plan` picks with --offload auto and --quantize as given here (auto: any).
-            typer.echo(f"auto picks for {memory:.1f} GB (--quantize {quantize or 'auto'}): {flags(chosen.plan)}, "
-                       f"peak {chosen.peak_gb:.1f} GB: {describe(chosen.plan)}")
+            of_host = f" and {host:.1f} GB of host memory" if host is not None else ""
+            over = f" ({chosen.note})" if chosen.note.startswith("predicted") else ""
+            typer.echo(f"auto picks for {memory:.1f} GB{of_host} (--quantize {quantize or 'auto'}): "
+                       f"{flags(chosen.plan)}, peak {chosen.peak_gb:.1f} GB, host {chosen.host_gb:.1f} GB: "
+                       f"{describe(chosen.plan)}{over}")
 
 
-def check_vram(vram: float | None) -> None:
-    """A --vram that is given must be a finite number of GB above 0 (inf, nan, 0 and below plan nothing)."""
+def check_vram(vram: float | None, flag: str = "--vram", example: str = "a 24 GB card", gb: int = 24) -> None:
+    """A --vram (or --host-ram) that is given must be a finite number of GB above 0 (inf, nan, 0 and below plan
+    nothing)."""
     if vram is not None and not (math.isfinite(vram) and vram > 0):
         from ..errors import UsageError
 
-        raise UsageError(f"--vram must be a positive number of GB, got {vram}; e.g. --vram 24 for a 24 GB card")
+        raise UsageError(f"{flag} must be a positive number of GB, got {vram}; e.g. {flag} {gb} for {example}")
 
 
 def _best_of_each(predictions: list) -> list:
@@ -96,9 +113,10 @@ def _table(alias: str, rows: list) -> None:
     # The plan's settings first (`tiling`: decode in tiles or not; `encoder`: where the text encoder runs), then
     # the peak of each phase (text and image encoding, denoising, decoding): no name is used twice.
     head = f"{'offload':<10} {'quantize':<8} {'cfg':<8} {'tiling':<7} {'encoder':<7} " + \
-        " ".join(f"{name:>7}" for name in phases) + f" {'peak':>7}  {'fits':<4} chosen"
+        " ".join(f"{name:>7}" for name in phases) + f" {'peak':>7} {'host':>6}  {'fits':<4} chosen"
     typer.echo(f"{alias}: predicted peak GPU memory in GB per phase ({', '.join(phases)}; without the "
-               f"{MARGIN_BYTES / GB:.1f} GB margin); encoder: where the text encoder runs")
+               f"{MARGIN_BYTES / GB:.1f} GB margin), peak and host memory with their margins; encoder: where the "
+               "text encoder runs")
     typer.echo(head)
     for p in rows:
         fits = "-" if p.fits is None else ("yes" if p.fits else "no")
@@ -106,5 +124,5 @@ def _table(alias: str, rows: list) -> None:
         plan = p.plan
         decode, text = "tiled" if plan.tiled_decode else "untiled", "cpu" if plan.text_encoder_device == "cpu" else "gpu"
         line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {decode:<7} {text:<7} " \
-               f"{cells} {p.peak_gb:>7.1f}  {fits:<4} {'*' if p.chosen else ''}"
+               f"{cells} {p.peak_gb:>7.1f} {p.host_gb:>6.1f}  {fits:<4} {'*' if p.chosen else ''}"
         typer.echo(line + (f"  ({p.note})" if p.note else ""))

@@ -21,7 +21,6 @@ import torch
 
 from ..errors import Cancelled, ModelError, OutOfMemory, UsageError, kept_after_stop, setting
 from ..forcing.engine import Conditioning
-from ..models.accelerators import accelerate
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
 from ..models.loading import check_device, dtype_name, load_components, loaded_bytes, pick_dtype
@@ -33,7 +32,7 @@ from ..run_options import BY_NAME, PLAN_FIELDS, RECORDED, LoadOptions
 from ..runtime.attention import apply_backend, checkpoint_needs_mask, pick_backend, planned_layout
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.launch import launched_by_torchrun
-from ..runtime.memory import MemoryPlan
+from ..runtime.memory import MemoryPlan, apply_quantization
 from ..runtime.modulation import install_per_frame_modulation
 from ..runtime.parallel import (
     FOLLOWER_READS,
@@ -46,14 +45,14 @@ from ..runtime.parallel import (
     whole_sequence_attention,
 )
 from ..runtime.placement import Placement
-from ..runtime.plan import flags, resolve_plan, smaller_plan
+from ..runtime.plan import flags, free_vram_gb, resolve_plan, smaller_plan, total_vram_gb
 from .conditioning import PromptEncoder
 from .events import OnEvent, RunFinished
 from .job import Job
 from .live import LivePrompts
 from .prepare import Prepared, prepare
 from .request import Request
-from .resolve import resolve, run_shape
+from .resolve import accelerated, resolve, run_shape
 from .results import Result, WindowFrames
 from .run import Cancel, Run
 
@@ -80,7 +79,8 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     """
     options = _options(options, run_options)
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, command)
-    spec, accelerator_lora = accelerate(spec, options.accelerator)  # its settings become the model's defaults
+    # its settings become the model's defaults, its strength and noise levels those for the steps planned for
+    spec, accelerator_lora = accelerated(spec, options.accelerator, plan_for)
     if parallel is None and launched_by_torchrun() or parallel is True:
         parallel = init_parallel(options.device)
     parallel = parallel or None
@@ -88,7 +88,7 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     dev = parallel.device if parallel is not None else check_device(options.device, spec)
     torch_dtype = pick_dtype(options.dtype, dev)
     shape = None if plan_for is None else run_shape(spec, plan_for)
-    memory, reason = resolve_plan(spec, dev, shape, vram_gb=options.vram_gb, **options.plan_fields())
+    memory, reason, budget = choose_plan(spec, dev, shape, options, parallel)
     # a kernel that cannot run (here, or split over these processes) is refused before a long load
     layout = planned_layout(parallel.world if parallel else 1, options.ring)
     pick_backend(options.attention, dev, torch_dtype, layout=layout)
@@ -108,13 +108,40 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     # Loading takes seconds and shows nothing: diffusers' and transformers' bars and warnings ("Loading pipeline
     # components", "Loading weights") would crowd out the run's own display, which says what is made.
     with third_party_quiet():
+        records: list[dict] = []
+
+        def transformer_first(transformer: torch.nn.Module) -> torch.nn.Module:
+            # LoRAs before the storage: fp8 casting then stores only the base weights, offload hooks see the
+            # adapters. Both before the other components are read: the host holds the transformer as stored
+            # beside the text encoder, never as loaded (runtime/plan.py predicts that peak).
+            records.extend(apply_loras(transformer, loras, spec.alias))
+            return apply_quantization(transformer, memory.quantize)
+
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
-        components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None)
-        # Before the plan: fp8 casting then stores only the base weights, offload hooks see the adapters.
-        records = apply_loras(components["transformer"], loras, spec.alias)
+        components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None,
+                                     transformer_first=transformer_first)
     return Model(spec, folder, components, dev, _resolved(options, dev, torch_dtype, memory), memory=memory,
-                 memory_reason=reason, loras=records, parallel=parallel, progress=progress,
+                 memory_reason=reason, memory_budget_gb=budget, loras=records, parallel=parallel, progress=progress,
                  load_seconds=round(time.perf_counter() - started, 3))
+
+
+def choose_plan(spec: ModelSpec, device: torch.device, shape, options: LoadOptions,
+                parallel: Parallel | None) -> tuple[MemoryPlan, str, float | None]:
+    """(the memory plan, why, the GB it was chosen for): `--vram`, else the GPU's free memory before loading.
+
+    In a context-parallel run every rank must run the same plan (batched or separate guidance, offload
+    hooks: their collectives must line up), so the free memory planned for is the least of every rank's,
+    gathered before any rank chooses: each then makes the same choice (or refuses with the same line).
+    """
+    budget = options.vram_gb
+    if budget is None and device.type == "cuda":
+        budget = free_vram_gb(device)
+        if parallel is not None:
+            every = parallel.gather(budget)
+            budget = None if None in every else min(every)
+    plan, reason = resolve_plan(spec, device, shape, vram_gb=options.vram_gb,
+                                free_gb=None if options.vram_gb is not None else budget, **options.plan_fields())
+    return plan, reason, budget
 
 
 def _options(options: LoadOptions | None, keywords: dict) -> LoadOptions:
@@ -140,7 +167,8 @@ def _resolved(options: LoadOptions, device: torch.device, dtype: torch.dtype, me
 
 class Model:
     def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, options: LoadOptions,
-                 *, memory: MemoryPlan | None = None, memory_reason: str = "", loras: list[dict] | None = None,
+                 *, memory: MemoryPlan | None = None, memory_reason: str = "", memory_budget_gb: float | None = None,
+                 loras: list[dict] | None = None,
                  parallel: Parallel | None = None, progress: bool = True, load_seconds: float = 0.0) -> None:
         import diffusers
 
@@ -154,6 +182,7 @@ class Model:
         self.components = components
         self.memory = memory or MemoryPlan()
         self.memory_reason = memory_reason
+        self.memory_budget_gb = memory_budget_gb  # the GB the plan was chosen for (None: nothing was planned)
         self.loras = list(loras or [])  # sidecar records of the LoRAs applied at load
         transformer = components["transformer"]
         if spec.forcing:
@@ -362,7 +391,10 @@ class Model:
         try:
             yield
         except torch.OutOfMemoryError:
-            better = smaller_plan(self.spec, self.device, self.memory, run_shape(self.spec, request))
+            # The budget the plan was chosen for, not the free memory now: the failed run's model and tensors
+            # are still resident, so that would be near zero.
+            better = smaller_plan(self.spec, self.device, self.memory, run_shape(self.spec, request),
+                                  vram_gb=self.memory_budget_gb or total_vram_gb(self.device))
             m = self.memory
             if better is None:
                 hint = (f"no smaller plan is predicted to fit: try a smaller {setting('height')}/{setting('width')} "

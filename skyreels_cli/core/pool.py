@@ -36,7 +36,9 @@ class ModelPool:
     def get(self, spec: ModelSpec, options: LoadOptions, plan_for: Request | None = None) -> Model:
         """The model for `spec` loaded with `options`: one held, or loaded now (its memory plan made for
         `plan_for`, the first job's request)."""
-        key = (spec.repo, spec.revision, str(spec.local_path), spec.kind, json.dumps(options.to_dict(), sort_keys=True))
+        # an accelerator's LoRA strength follows the steps (models/accelerators.py): part of what was loaded
+        key = (spec.repo, spec.revision, str(spec.local_path), spec.kind, spec.accelerator_strength,
+               json.dumps(options.to_dict(), sort_keys=True))
         with self._lock:
             if key in self._held:
                 self._held.move_to_end(key)

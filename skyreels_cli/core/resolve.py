@@ -17,6 +17,7 @@ from ..forcing.schedule import GRIDS, SAMPLERS
 from ..forcing.windows import WindowPlan, distinct_windows, live_plan, plan_for_length
 from ..media.colour import check_mode
 from ..media.images import load_image, oriented_size
+from ..models.accelerators import accelerate, check_steps, lora_bytes
 from ..models.architectures import ROPE_POSITIONS
 from ..models.registry import ModelSpec
 from ..runtime.plan import Shape
@@ -66,7 +67,7 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
         height=spec.height if height is None else height,
         width=spec.width if width is None else width,
         frames=_frames(r, spec, _default(fps, spec.fps)),
-        steps=_steps(r, spec),
+        steps=check_steps(spec, _steps(r, spec)),
         sampler=_default(r.sampler, spec.sampler),
         sigmas=_default(r.sigmas, None if r.steps is not None and r.steps != len(spec.sigmas or ()) else spec.sigmas),
         guidance=_default(r.guidance, spec.guidance),
@@ -84,6 +85,13 @@ def resolve(request: Request, spec: ModelSpec) -> Request:
         filled = resolve_shots(filled, filled.frames if r.frames is not None or r.seconds is not None else None)
     validate(filled, spec)
     return filled
+
+
+def accelerated(spec: ModelSpec, accelerator: str | None, request: Request | None = None):
+    """`accelerate` for the step count `request` asks for (as many as its noise levels, else its steps; None: the
+    accelerator's own): the strength and noise levels follow the steps."""
+    steps = None if request is None else len(request.sigmas) if request.sigmas else request.steps
+    return accelerate(spec, accelerator, steps)
 
 
 def _default(value, fallback):
@@ -346,7 +354,8 @@ def run_shape(spec: ModelSpec, request: Request) -> Shape:
         windows = distinct_windows(window_plan(r))
         length = max(w.length for w in windows)
         end_image = spec.kind == "flf2v" or any(w.end_image for w in windows)
-        return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True, r.guidance > 1)
+        return Shape(r.height, r.width, length + end_image, pixel_frames(length), 0, True, r.guidance > 1,
+                     lora_bytes(spec))
     made = generated_frames(r, spec)
     return Shape(r.height, r.width, latent_frames(made), made, made if spec.kind == "i2v" else 0, False,
-                 r.guidance > 1)
+                 r.guidance > 1, lora_bytes(spec))

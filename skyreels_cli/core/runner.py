@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import warn
-from ..models.accelerators import accelerate
 from ..models.loading import check_device, dtype_name, pick_dtype
 from ..models.lora import resolve_lora
 from ..models.naming import resolve_model
@@ -31,7 +30,7 @@ from .estimate import estimate, format_flops
 from .events import OnEvent, PromptEnhanced, format_duration
 from .job import Job
 from .prepare import Prepared, prepare
-from .resolve import resolve, run_shape
+from .resolve import accelerated, resolve, run_shape
 from .results import Result, WindowFrames
 from .run import Cancel
 
@@ -59,7 +58,7 @@ def check(job: Job, *, parallel: Parallel | None = None) -> Checked:
     """Everything about `job` that can be known before a model loads, checked; the first problem raised as a
     SkyreelsError. Loads nothing and writes nothing (an enhancer and LoRAs are only looked for)."""
     options = job.load
-    spec, accelerator_lora = accelerate(resolve_model(job.model, job.command), options.accelerator)
+    spec, accelerator_lora = accelerated(resolve_model(job.model, job.command), options.accelerator, job.request)
     resolve(job.request, spec)  # the request's own values first: wrong ones are wrong on any machine
     check_layout_options(options.ulysses, options.ring, parallel)
     device = parallel.device if parallel is not None else check_device(options.device, spec)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -58,8 +58,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 
 
-def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collection[str] | None = None) -> dict:
+def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collection[str] | None = None,
+                    transformer_first: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict:
     """Every component of the checkpoint on the CPU: the VAE in fp32, the rest in `dtype`.
+
+    `transformer_first`: the transformer is read alone first and given to it (LoRAs, fp8 storage) before the
+    other components are read, so host memory holds the transformer as stored beside the text encoder, not
+    as loaded (a 14B transformer in fp8 is 14 GB instead of 28).
 
     `read`: the components whose weights are read (None: all). The others are not read at all: the VAE
     is built from its config on the meta device (the pipelines read its config, never its weights) and
@@ -70,10 +75,10 @@ def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collectio
     pipeline_cls = getattr(diffusers, KINDS[kind].pipeline)
     skipped = {} if read is None else {name: _empty(folder, name) for name in _component_names(folder)
                                        if name not in read}
-    try:
-        pipe = pipeline_cls.from_pretrained(folder, dtype={"vae": torch.float32, "default": dtype}, **skipped)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"could not load the checkpoint in {folder}: {str(exc).splitlines()[0]}") from None
+    if transformer_first is not None and "transformer" not in skipped:
+        skipped["transformer"] = transformer_first(_checked(folder, lambda: _read_transformer(folder, dtype)))
+    pipe = _checked(folder, lambda: pipeline_cls.from_pretrained(folder, dtype={"vae": torch.float32,
+                                                                                "default": dtype}, **skipped))
     return dict(pipe.components)
 
 
@@ -87,6 +92,20 @@ def loaded_bytes(components: dict) -> int:
                 if not t.is_meta:
                     seen[t.data_ptr()] = t.numel() * t.element_size()  # tied weights once
     return sum(seen.values())
+
+
+def _checked(folder: Path, read: Callable):
+    try:
+        return read()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"could not load the checkpoint in {folder}: {str(exc).splitlines()[0]}") from None
+
+
+def _read_transformer(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    import diffusers
+
+    _library, class_name = json.loads((Path(folder) / "model_index.json").read_text())["transformer"]
+    return getattr(diffusers, class_name).from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
 
 
 def is_empty(module) -> bool:

@@ -32,6 +32,7 @@ class ModelSpec:
     sampler: str = "unipc"  # the sampler and noise levels an accelerator brings (models/accelerators.py)
     sigmas: tuple[float, ...] | None = None
     accelerator: str | None = None  # the accelerator whose settings these are (None: the checkpoint's own)
+    accelerator_strength: float | None = None  # its LoRA's strength, as picked for `steps` (models/accelerators.py)
 
     @property
     def base_frames(self) -> int:
@@ -55,6 +56,7 @@ class AcceleratorLora:
     strength: float | None = None  # None: the accelerator's
     sigmas: tuple[float, ...] | None = None
     shift: float | None = None
+    rank: int = 0  # of its layers, as the file name says: what the memory planner counts for it
 
     @property
     def source(self) -> str:
@@ -73,6 +75,7 @@ class Accelerator:
     strength: float
     loras: dict[str, AcceleratorLora]  # by `kind-size` of the models it fits
     strength_by_steps: dict[int, float] = field(default_factory=dict)  # the authors' table, where they give one
+    other_steps: str = "grid"  # noise levels for another step count: "grid" (shifted) or "first" (of `sigmas`)
 
     @property
     def fits(self) -> list[str]:

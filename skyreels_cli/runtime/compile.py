@@ -15,10 +15,15 @@ from ..errors import DeviceError, setting
 
 
 def check_compile(device: torch.device) -> None:
-    """Refuse --compile where it cannot work, before anything loads."""
-    if device.type == "cpu" and not _has_compiler():
-        raise DeviceError(f"{setting('compile', True)} on the CPU needs a C++ compiler (gcc or clang) on the PATH; install one or "
-                          f"leave out {setting('compile', True)}")
+    """Refuse --compile where it cannot work, before anything loads: inductor builds C++ for the CPU, and
+    on CUDA Triton builds a small C launcher at its first kernel (minutes into a run, after the load)."""
+    flag = setting("compile", True)
+    if device.type == "cpu" and not _has_compiler(CXX):
+        raise DeviceError(f"{flag} on the CPU needs a C++ compiler (g++ or clang++) on the PATH; install one "
+                          f"(e.g. apt-get install g++) or leave out {flag}")
+    if device.type == "cuda" and not _has_c_compiler():
+        raise DeviceError(f"{flag} on CUDA needs a C compiler for Triton (cc, gcc or clang on the PATH, or $CC); "
+                          f"install one (e.g. apt-get install gcc) or leave out {flag}")
 
 
 def compile_blocks(transformer: torch.nn.Module, device: torch.device) -> None:
@@ -29,7 +34,20 @@ def compile_blocks(transformer: torch.nn.Module, device: torch.device) -> None:
     transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
 
 
-def _has_compiler() -> bool:
+# What inductor's C++ backend looks for, and what Triton's launcher build does ($CC first, then these).
+CXX = ("g++", "c++", "clang++")
+CC = ("cc", "gcc", "clang")
+
+
+def _has_compiler(names: tuple[str, ...]) -> bool:
     import shutil
 
-    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+    return any(shutil.which(name) for name in names)
+
+
+def _has_c_compiler() -> bool:
+    import os
+    import shutil
+
+    given = os.environ.get("CC")
+    return bool(shutil.which(given)) if given else _has_compiler(CC)

@@ -57,9 +57,20 @@ def launch(count: int, argv: list[str]) -> int:
                                                                   or "--device=cpu" in argv)
     if not on_cpu:
         check_gpus(count)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads_per_process(count)))}
     return subprocess.call(launch_command(count, argv), env=env)
 
+
+def threads_per_process(count: int, cpus: int | None = None) -> int:
+    """The CPU threads each of `count` processes gets: an equal share of this machine's cores.
+
+    Set before torchrun, which otherwise sets OMP_NUM_THREADS=1 for every process: rank 0 then encodes the
+    prompts on one core when the text encoder runs on the CPU (minutes for UMT5-XXL instead of one), and a
+    CPU run computes single-threaded. A user's own OMP_NUM_THREADS is kept.
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // count)
 
 
 def check_gpus(wanted: int) -> None:

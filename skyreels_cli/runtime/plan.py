@@ -32,6 +32,7 @@ import torch
 
 from ..errors import ModelError, SkyreelsError, UsageError, on_command_line, setting
 from ..forcing.frames import check_frames, check_size, latent_frames, pixel_frames
+from ..models.accelerators import lora_bytes
 from ..models.architectures import Architecture, architecture
 from ..models.registry import ModelSpec
 from ..run_options import AUTO, BY_NAME, CFGS, OFFLOADS, PLAN_FIELDS, QUANTIZES, TEXT_ENCODER_DEVICES, check_value
@@ -42,6 +43,9 @@ PHASES = ("text", "image", "denoise", "decode")
 # What no trace sees: the CUDA context with cuBLAS/cuDNN workspaces (about 0.6 GB on an H100)
 # and the caching allocator's rounding and fragmentation between phases.
 MARGIN_BYTES = 1_500_000_000
+# Host memory no weight accounts for: Python, torch and the CUDA libraries (cuBLAS, cuDNN) once loaded, the
+# pipeline's tokenizer, and the allocator's slack.
+HOST_MARGIN_BYTES = 3_000_000_000
 GB = 1e9
 _WEIGHTS = {"none": "bf16", "fp8": "fp8", "int8": "int8"}
 _CFG_SPEED = ("batched", "separate")
@@ -79,15 +83,23 @@ class PlanPrediction:
     note: str = ""
     fits: bool | None = None  # set by `judge` for a given memory
     chosen: bool = False
+    host_phases: dict[str, int] = field(default_factory=dict)  # the host's peak per phase (`host_memory`)
+    host: int = 0  # the host's overall peak, its margin included
 
     @property
     def peak_gb(self) -> float:
         return self.peak / GB
 
+    @property
+    def host_gb(self) -> float:
+        return self.host / GB
+
     def to_dict(self) -> dict:
         return {
             **dataclasses.asdict(self.plan), "peak_gb": round(self.peak_gb, 2),
             "phases_gb": {name: round(v / GB, 2) for name, v in self.phases.items()},
+            "host_gb": round(self.host_gb, 2),
+            "host_phases_gb": {name: round(v / GB, 2) for name, v in self.host_phases.items()},
             "available": self.available, "fits": self.fits, "chosen": self.chosen, "note": self.note,
         }
 
@@ -119,6 +131,7 @@ class Shape:
     clip_frames: int  # pixel frames an I2V clip encodes as its condition (0: no image encoding)
     forcing: bool  # per-frame timesteps (diffusion forcing)
     guided: bool = True  # classifier-free guidance (guidance > 1); without it one pass, no batch-2 plan
+    adapter_bytes: int = 0  # LoRA layers beside the transformer's weights (an accelerator's: models/accelerators.py)
 
     @classmethod
     def window(cls, height: int, width: int, frames: int) -> Shape:
@@ -133,9 +146,9 @@ def native_shape(spec: ModelSpec) -> Shape:
     if spec.forcing:
         latents = latent_frames(spec.base_frames)
         return Shape(spec.height, spec.width, latents + (spec.kind == "flf2v"), pixel_frames(latents), 0, True,
-                     spec.guidance > 1)
+                     spec.guidance > 1, lora_bytes(spec))
     return Shape(spec.height, spec.width, latent_frames(spec.frames), spec.frames,
-                 spec.frames if spec.kind == "i2v" else 0, False, spec.guidance > 1)
+                 spec.frames if spec.kind == "i2v" else 0, False, spec.guidance > 1, lora_bytes(spec))
 
 
 @dataclass(frozen=True)
@@ -244,6 +257,7 @@ def _predict_plan(plan: MemoryPlan, arch: Architecture, shape: Shape, parts: _Pa
                   vram_gb: float | None) -> PlanPrediction:
     t = _transformer(arch, shape, plan)
     tw = _on_gpu(t, plan.offload, arch.transformer.layers)
+    tw += shape.adapter_bytes * tw // t.weights  # the LoRA layers sit on the GPU with the weights they adapt
     vae = parts.decode[False].weights
     clip_w = parts.image.weights if parts.image else 0
     text = parts.text.weights + parts.text.activations
@@ -270,7 +284,33 @@ def _predict_plan(plan: MemoryPlan, arch: Architecture, shape: Shape, parts: _Pa
     if not available:
         note = "needs torchao (pip install torchao)"
     plan = dataclasses.replace(plan, text_encoder_beside=beside)
-    return PlanPrediction(plan, phases, max(phases.values()) + MARGIN_BYTES, available, note)
+    host = host_memory(plan, arch, parts, t.weights)
+    return PlanPrediction(plan, phases, max(phases.values()) + MARGIN_BYTES, available, note, host_phases=host,
+                          host=max(host.values()) + HOST_MARGIN_BYTES)
+
+
+def host_memory(plan: MemoryPlan, arch: Architecture, parts: _Parts, stored: int) -> dict[str, int]:
+    """Peak host memory per phase of `plan` (bytes, without `HOST_MARGIN_BYTES`); `stored`: the transformer's
+    weights as the plan stores them.
+
+    load: the transformer is read alone in bf16 and given its storage before the other components are read
+    (core/model.py), so the host holds the larger of the transformer as loaded and everything as stored.
+    run: what is parked on the host between phases: the text encoder (it visits the GPU only to encode, or
+    works on the CPU); under offload model/group/sequential also the transformer (as stored: group and
+    sequential keep it pinned there, once: runtime/memory.py), the VAE and the image encoder.
+    text: on the CPU the text encoder's activations too; under offload none, when it does not fit beside
+    them, the resident components step out to the host while it encodes.
+    """
+    loaded = trace.trace_transformer_weights(arch.transformer, "bf16")
+    text, vae = parts.text.weights, parts.decode[False].weights
+    image = parts.image.weights if parts.image else 0
+    parked = text + (stored + vae + image if plan.offload != "none" else 0)
+    phases = {"load": max(loaded, stored + text + vae + image), "run": parked}
+    if plan.text_encoder_device == "cpu":
+        phases["text"] = parked + parts.text.activations
+    elif plan.offload == "none" and not plan.text_encoder_beside:
+        phases["text"] = stored + vae + image
+    return phases
 
 
 def baseline(spec_or_arch: ModelSpec | Architecture, shape: Shape | None = None) -> BaselinePrediction:
@@ -290,10 +330,12 @@ def baseline(spec_or_arch: ModelSpec | Architecture, shape: Shape | None = None)
     return BaselinePrediction("diffusers as shipped", phases, max(phases.values()) + MARGIN_BYTES)
 
 
-def judge(predictions: list[PlanPrediction], vram_gb: float) -> list[PlanPrediction]:
-    """`predictions` with `fits` set for `vram_gb` of GPU memory and the one `choose` picks marked."""
+def judge(predictions: list[PlanPrediction], vram_gb: float, host_gb: float | None = None) -> list[PlanPrediction]:
+    """`predictions` with `fits` set for `vram_gb` of GPU memory (and `host_gb` of host memory, when given) and
+    the one `choose` picks marked."""
     check_value(BY_NAME["vram_gb"], vram_gb)
-    judged = [dataclasses.replace(p, fits=p.available and p.peak <= vram_gb * GB) for p in predictions]
+    judged = [dataclasses.replace(p, fits=p.available and p.peak <= vram_gb * GB and
+                                  (host_gb is None or p.host <= host_gb * GB)) for p in predictions]
     fitting = [p for p in judged if p.fits]
     if not fitting:
         return judged
@@ -302,12 +344,21 @@ def judge(predictions: list[PlanPrediction], vram_gb: float) -> list[PlanPredict
 
 
 def choose(predictions: list[PlanPrediction], vram_gb: float, constraint: str = "",
-           free: bool = False) -> PlanPrediction:
-    """The fastest plan that fits in `vram_gb`; NoPlanFits (one line, naming the smallest plan, its peak and
-    the memory: `free` when that is the GPU's free memory) when none does. `constraint` names the options
-    the plans were limited by ("with --offload none")."""
-    judged = judge(predictions, vram_gb)
+           free: bool = False, host_gb: float | None = None) -> PlanPrediction:
+    """The fastest plan that fits in `vram_gb` (and `host_gb` of host memory, when given); NoPlanFits (one
+    line, naming the smallest plan, its peak and the memory: `free` when that is the GPU's free memory) when
+    none does. `constraint` names the options the plans were limited by ("with --offload none").
+
+    Host memory is a preference: when no plan fits the host, the one that fits the GPU with the least host
+    memory (the fastest of those) is chosen and its note says how much it is predicted to need (it may still
+    run, swapping)."""
+    judged = judge(predictions, vram_gb, host_gb)
     chosen = [p for p in judged if p.chosen]
+    if not chosen and host_gb is not None:
+        choose(predictions, vram_gb, constraint, free)  # NoPlanFits when none fits the GPU either
+        on_gpu = min((p for p in judge(predictions, vram_gb) if p.fits), key=lambda p: (p.host, speed_rank(p.plan)))
+        return dataclasses.replace(on_gpu, note=f"predicted {on_gpu.host_gb:.1f} GB of host memory, more than "
+                                                f"the {host_gb:.1f} GB available: it may swap or fail")
     if not chosen:
         least = min((p for p in judged if p.available), key=lambda p: p.peak, default=None)
         memory = f"the {vram_gb:.1f} GB free" if free else f"{vram_gb:g} GB"
@@ -315,6 +366,18 @@ def choose(predictions: list[PlanPrediction], vram_gb: float, constraint: str = 
         raise NoPlanFits(f"no memory plan{constraint} fits in {memory}{smallest}; a smaller size or window "
                          f"needs less")
     return chosen[0]
+
+
+def available_host_gb() -> float | None:
+    """This machine's available host memory in GB (Linux's MemAvailable); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / GB
+    except OSError:
+        pass
+    return None
 
 
 def free_vram_gb(device: str | torch.device | None = None) -> float | None:
@@ -325,22 +388,31 @@ def free_vram_gb(device: str | torch.device | None = None) -> float | None:
     return free / GB
 
 
+def total_vram_gb(device: str | torch.device | None = None) -> float | None:
+    """The visible GPU's whole memory in GB; None without CUDA."""
+    if not torch.cuda.is_available() or torch.device(device or "cuda").type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / GB
+
+
 # ---------------------------------------------------------------------------------------------- for the loader
 
 def resolve_plan(spec: ModelSpec, device: torch.device, shape: Shape | None = None, *,
-                 vram_gb: float | None = None, **choices) -> tuple[MemoryPlan, str]:
+                 vram_gb: float | None = None, free_gb: float | None = None, host_gb: float | None = None,
+                 **choices) -> tuple[MemoryPlan, str]:
     """The plan a run of `shape` (default: the model's native one) on `device` loads with, and a one-line reason.
 
     `choices`: plan fields (offload=, quantize=, cfg=, tiled_decode=, text_encoder_device=); each fixed to
     anything but "auto"/None is a constraint, the others are the planner's: the fastest plan satisfying the
-    constraints that fits `vram_gb` (default: the GPU's free memory). On the CPU, for tiny models or models of
+    constraints that fits `vram_gb` (default: `free_gb`, the free memory the caller measured, else the GPU's
+    free memory now). On the CPU, for tiny models or models of
     no known architecture nothing is predicted and the free fields take the plain path (`UNPLANNED`). A plan
     fixed in full is returned as given, its predicted peak in the reason. NoPlanFits when no plan satisfying
     the constraints fits.
     """
     device = torch.device(device)
-    fixed = _fixed(spec, _known(choices))
-    why_not, memory = _planning(spec, device, vram_gb)
+    fixed = _fixed(spec, _known(choices), (shape or native_shape(spec)).guided)
+    why_not, memory = _planning(spec, device, vram_gb if vram_gb is not None else free_gb)
     if why_not:
         plan = dataclasses.replace(UNPLANNED, **fixed)
         label = "as given" if len(fixed) == len(PLAN_FIELDS) else "auto"
@@ -351,8 +423,11 @@ def resolve_plan(spec: ModelSpec, device: torch.device, shape: Shape | None = No
         (given,) = predictions
         over = "" if given.peak <= memory * GB else " (predicted not to fit)"
         return given.plan, f"as given: {describe(given.plan)}: predicted {given.peak_gb:.1f} GB {of}{over}"
-    chosen = choose(predictions, memory, _constraint(fixed), free=vram_gb is None)
-    return chosen.plan, f"auto: {describe(chosen.plan)}: predicted {chosen.peak_gb:.1f} GB {of}"
+    host = host_gb if host_gb is not None or vram_gb is not None else available_host_gb()
+    chosen = choose(predictions, memory, _constraint(fixed), free=vram_gb is None, host_gb=host)
+    over = f" ({chosen.note})" if chosen.note.startswith("predicted") else ""
+    return chosen.plan, f"auto: {describe(chosen.plan)}: predicted {chosen.peak_gb:.1f} GB {of}, " \
+                        f"{chosen.host_gb:.1f} GB of host memory{over}"
 
 
 def smaller_plan(spec: ModelSpec, device: torch.device, plan: MemoryPlan, shape: Shape | None = None, *,
@@ -370,13 +445,17 @@ def smaller_plan(spec: ModelSpec, device: torch.device, plan: MemoryPlan, shape:
     return min(lower, key=lambda p: speed_rank(p.plan)).plan if lower else None
 
 
-def _fixed(spec: ModelSpec, given: dict) -> dict:
-    """The fields the caller fixed, their values checked (one-line UsageErrors)."""
+def _fixed(spec: ModelSpec, given: dict, guided: bool = True) -> dict:
+    """The fields the caller fixed, their values checked (one-line UsageErrors). A choice the run cannot make
+    is refused, never quietly changed: batched guidance on a model that guides in two passes, or at guidance 1."""
     fixed = {name: check_value(BY_NAME[name], value) for name, value in given.items()
              if value is not None and value != AUTO}
     if fixed.get("cfg") == "batched" and not spec.forcing:
         raise UsageError(f"{setting('cfg', 'batched')} needs a diffusion forcing model; {spec.alias} ({spec.kind}) "
                          "guides in two passes", field="cfg")
+    if fixed.get("cfg") == "batched" and not guided:
+        raise UsageError(f"{setting('cfg', 'batched')} has nothing to batch at guidance 1 (one pass, no unconditional "
+                         f"one); leave out {setting('cfg')}, or give a guidance above 1", field="cfg")
     if fixed.get("quantize") == "int8" and not torchao_available():
         raise UsageError(f"{setting('quantize', 'int8')} needs torchao: pip install torchao (or use "
                          f"{setting('quantize', 'fp8')})", field="quantize")
