@@ -68,6 +68,8 @@ class Request:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
+        if self.prompt is None:  # unset, as every other field's None: no prompt (an i2v clip may go without)
+            object.__setattr__(self, "prompt", "")
         for f in fields(self):
             if f.name != "shots":
                 object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name), FIELD_TYPES[f.name]))
@@ -138,6 +140,9 @@ def _shots(shots) -> tuple[Shot, ...]:
                                  field="shots")
             shot = Shot(**shot)
         elif isinstance(shot, (list, tuple)):
+            if not 1 <= len(shot) <= len(Shot._fields):
+                raise UsageError(f"shot {i + 1} as a list has {len(shot)} items; it takes 1 to {len(Shot._fields)}: "
+                                 f"{', '.join(Shot._fields)}", field="shots")
             shot = Shot(*shot)
         else:
             raise UsageError(f"shot {i + 1} must be a Shot(prompt, frames=...), got {shot!r}", field="shots")

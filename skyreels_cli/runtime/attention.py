@@ -101,7 +101,7 @@ def pick_backend(name: str, device: torch.device | str, dtype: torch.dtype | Non
     choice = ATTENTION_CHOICES[name]
     problem = _device_problem(name, choice, device)
     if problem:
-        raise DeviceError(problem)
+        raise DeviceError(problem, field="attention")
     if not _installed(choice):
         raise UsageError(f"{setting('attention', name)} is not installed: {choice.install}; or use {setting('attention', 'auto')}")
     if choice.half_only and dtype is not None and dtype not in HALF:

@@ -16,6 +16,7 @@ nothing is queued then. The guard in front of it all (`guard.py`): the token, th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import shutil
@@ -90,23 +91,32 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/videos", summary="Submit a video", openapi_extra=_submit_schema())
     async def create_video(request: Request) -> JSONResponse:
+        return await enqueue(request, lambda given, uploads, form: (given, uploads, form))
+
+    async def enqueue(request: Request, shape, remixed_from: str | None = None) -> JSONResponse:
+        """Read a submission, `shape` it into the fields and uploads of a job (a remix, an extension: from
+        another job), admit it and queue it; the job object. An Idempotency-Key sent again with the same
+        submission answers the job it made; with another submission, 409."""
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise HttpError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", "Idempotency-Key")
-        if key is not None:
-            row = await run_in_threadpool(store.by_key, key)
-            if row is not None:
-                return JSONResponse(video_object(store, row))
         job_id = new_id()
         uploads_dir = service.state_dir / "uploads" / job_id
         try:
-            given, uploads, form = await _read_body(request, uploads_dir)
+            given, uploads, form = shape(*await _read_body(request, uploads_dir))
+            fingerprint = await run_in_threadpool(_fingerprint, request.url.path, given, uploads)
+            if key is not None:
+                row = await run_in_threadpool(store.by_key, key)
+                if row is not None:
+                    shutil.rmtree(uploads_dir, ignore_errors=True)
+                    return JSONResponse(video_object(store, _same_key(row, fingerprint)))
             sub = submission(given, uploads, service.offer, form=form)
             new = await run_in_threadpool(admit, sub.job, job_id, service.state_dir, service.offer,
                                           service.scheduler.fleet.capacity(), uploads, gpus=sub.gpus,
                                           priority=sub.priority)
             row, created = await run_in_threadpool(
-                lambda: store.add(new, job_id, idempotency_key=key, max_queued=config.max_queued))
+                lambda: store.add(new, job_id, idempotency_key=key, fingerprint=fingerprint,
+                                  max_queued=config.max_queued, remixed_from=remixed_from))
         except QueueFull:
             shutil.rmtree(uploads_dir, ignore_errors=True)
             raise HttpError(429, f"the queue is full ({config.max_queued} jobs waiting); try again when some have "
@@ -116,6 +126,7 @@ def create_app(service: Service) -> FastAPI:
             raise
         if not created:  # the same key, submitted twice at once: the other one won
             shutil.rmtree(uploads_dir, ignore_errors=True)
+            _same_key(row, fingerprint)
         service.scheduler.notify()
         return JSONResponse(video_object(store, row))
 
@@ -159,9 +170,10 @@ def create_app(service: Service) -> FastAPI:
         raise HttpError(404, f"video {video_id} has no {variant} to send: {what}{hint}", "variant")
 
     @app.get("/v1/videos/{video_id}/events", summary="Progress as server-sent events")
-    async def events(video_id: str, request: Request, after: int = 0) -> StreamingResponse:
+    async def events(video_id: str, request: Request, after: str = "0") -> StreamingResponse:
         await run_in_threadpool(_row, store, video_id)
-        last = int(request.headers.get("last-event-id") or after)
+        header = request.headers.get("last-event-id")
+        last = _event_number(header, "Last-Event-ID") if header else _event_number(after, "after")
         return StreamingResponse(_event_stream(store, video_id, last, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -193,8 +205,10 @@ def create_app(service: Service) -> FastAPI:
 
         return form_schema(service.offer)
 
-    @app.get("/health", summary="Workers and queue")
-    def health() -> dict:
+    @app.get("/health", summary="Liveness for anyone; workers and queue with the token")
+    def health(request: Request) -> dict:
+        if config.token and not request.scope.get("skyreels_authorized"):
+            return {"status": "ok"}  # a load balancer's probe: nothing about the machine
         return {"status": "ok", "version": __version__, "workers": service.scheduler.health(),
                 "queue": store.counts(), "max_queued": config.max_queued}
 
@@ -207,6 +221,8 @@ def error(status: int, message: str, param: str | None = None) -> JSONResponse:
     kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large",
             429: "rate_limit_error"}.get(status, "invalid_request_error")
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    # A value echoed in a message is cut (a 300-digit number, a 100,000-character id); the message stays one line
+    message = re.sub(r"\S{81,}", lambda m: cut(m[0]), message.replace("\n", " "))
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
                         status_code=status, headers=headers)
 
@@ -229,10 +245,42 @@ def video_object(store: Store, row: dict) -> dict:
     }
 
 
+def _event_number(text: str, name: str) -> int:
+    """An event's number from a header or the query: a whole number an event can have."""
+    if not re.fullmatch(r"\d{1,18}", text.strip()):
+        raise HttpError(400, f"{name} {cut(text)!r} is not an event number; give the id of the last event received "
+                             "(a whole number, 0 for all)", name)
+    return int(text)
+
+
+def cut(text: str, most: int = 60) -> str:
+    """A value a client sent, short enough to echo in a message."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
+
+
+def _fingerprint(path: str, given: dict, uploads: dict[str, Path]) -> str:
+    """A digest of a submission: its endpoint, its fields and its files' bytes (not their server paths)."""
+    digest = hashlib.sha256(json.dumps([path, given], sort_keys=True, default=str).encode())
+    for name in sorted(uploads):
+        digest.update(name.encode())
+        with open(uploads[name], "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _same_key(row: dict, fingerprint: str) -> dict:
+    """The job an Idempotency-Key made, if this is the same submission again; else a 409."""
+    if row.get("fingerprint") not in (None, fingerprint):
+        raise HttpError(409, f"this Idempotency-Key was used for another submission ({row['id']}); send a new key "
+                             "for a new job, or the same body to get that job", "Idempotency-Key")
+    return row
+
+
 def _row(store: Store, video_id: str) -> dict:
     row = store.get(video_id) if ID_PATTERN.fullmatch(video_id) else None
     if row is None:
-        raise HttpError(404, f"no video {video_id!r} here; GET /v1/videos lists them", "id")
+        raise HttpError(404, f"no video {cut(video_id)!r} here; GET /v1/videos lists them", "id")
     return row
 
 
@@ -244,6 +292,9 @@ async def _read_body(request: Request, uploads_dir: Path) -> tuple[dict, dict[st
             given = json.loads(await request.body() or b"{}")
         except ValueError:
             raise HttpError(400, "the body is not valid JSON") from None
+        except RecursionError:
+            raise HttpError(400, "the body's JSON is nested too deep; a submission is a flat object of fields") \
+                from None
         if not isinstance(given, dict):
             raise HttpError(400, "the body must be a JSON object of fields, e.g. {\"prompt\": \"a cat\"}")
         return given, {}, False
