@@ -88,6 +88,7 @@ class Submission:
     job: Job
     priority: int = 0
     gpus: int = 1
+    uploads: dict[str, Path] | None = None  # the files the job reads, by upload field, where not the request's own
 
 
 def known_fields() -> tuple[str, ...]:

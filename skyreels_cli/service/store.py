@@ -257,6 +257,17 @@ class Store:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         return self.get(job_id)
 
+    def resume(self, job_id: str) -> dict | None:
+        """A cancelled or failed job back in the queue in its place (`POST .../resume`): its worker continues it
+        from the last window it kept."""
+        with self._lock() as db:
+            done = db.execute("UPDATE jobs SET status = 'queued', cancel_requested = 0, error = NULL, "
+                              "error_param = NULL, completed_at = NULL, worker = NULL "
+                              "WHERE id = ? AND deleted = 0 AND status IN ('cancelled', 'failed')", (job_id,)).rowcount
+            if done:
+                _event(db, job_id, "job", {"status": "queued", "reason": "resumed"})
+        return self.get(job_id)
+
     def cancelling(self) -> list[dict]:
         rows = self._db().execute("SELECT * FROM jobs WHERE status = 'in_progress' AND cancel_requested = 1")
         return [dict(r) for r in rows]
