@@ -20,15 +20,18 @@ from .store import NewJob
 
 
 def admit(job: Job, job_id: str, files_dir: Path, offer: Offer, capacity: dict[str, int],
-          uploads: dict[str, Path] | None = None, *, gpus: int = 1, priority: int = 0) -> NewJob:
+          uploads: dict[str, Path] | None = None, *, gpus: int = 1, priority: int = 0,
+          output_name: str = "video.mp4") -> NewJob:
     """`job` (its inputs already among the service's uploads) as the queue records it; a refusal is an
-    `HttpError` naming the field. `capacity`: workers per machine (`Fleet.capacity`)."""
+    `HttpError` naming the field. `capacity`: workers per machine (`Fleet.capacity`). `output_name`: what the job
+    makes in its folder (a batch's PNG folder output: "frames")."""
     from ..core.resolve import window_plan
 
     uploads = uploads or {}
     _check_gpus(gpus, capacity)
     _check_bounds(job, offer)  # before the library lists a window plan of what may be millions of frames
-    job = replace(job, output=str(Path(files_dir) / "videos" / job_id / "video.mp4"))
+    folder = "/" if output_name.endswith("/") else ""  # "frames/": a folder of PNG frames
+    job = replace(job, output=str(Path(files_dir) / "videos" / job_id / output_name) + folder)
     # ulysses and ring mean something only over several processes: checked with them below
     alone = replace(job, load=replace(job.load, ulysses=None, ring=None))
     with http_spelling():
