@@ -265,7 +265,7 @@ def test_a_batch_delivers_a_png_folder_as_it_does_without_ray(hub_models, tmp_pa
 
     import skyreels_cli as sk
 
-    (tmp_path / "jobs.toml").write_text('model = "tiny"\nsteps = 2\n[[job]]\nprompt = "a red fox"\nseed = 3\n'
+    (tmp_path / "jobs.toml").write_text('model = "tiny"\nsteps = 2\n[[job]]\ncommand = "t2v"\nprompt = "a red fox"\nseed = 3\n'
                                         'output = "frames/"\n')
     done = subprocess.run([sys.executable, "-m", "skyreels_cli", "batch", str(tmp_path / "jobs.toml"), "--ray",
                            "local"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
