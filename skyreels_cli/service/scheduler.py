@@ -200,6 +200,7 @@ class Scheduler:
         job = before_run(json.loads(row["job"]))
         if job is None:  # its video is whole: made by a run the service was killed before it heard the end of
             if self.store.start(row["id"], members[0].name):
+                self._public_video(row["id"])  # its tag may not have been cleared before the service died
                 self.store.finish(row["id"], "completed")
             return
         name = "+".join(w.name for w in members)
