@@ -83,6 +83,7 @@ def public_video(path: Path) -> None:
         return
     partial = path.with_name(path.name + ".public.mp4")
     subprocess.run([ffmpeg().get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(path), "-map", "0", "-c", "copy",
-                    "-map_metadata", "0", "-metadata", f"comment={text}", "-f", "mp4", str(partial)],
+                    "-map_metadata", "0", "-metadata", f"comment={text}", "-movflags", "+faststart", "-f", "mp4",
+                    str(partial)],
                    check=True, capture_output=True)
     partial.replace(path)
