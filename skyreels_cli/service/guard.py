@@ -16,6 +16,7 @@ import hmac
 import json
 
 PUBLIC = ("/", "/favicon.ico")
+LIVENESS = "/health"  # answered without the token, but then only "ok" (api.py)
 PUBLIC_PREFIX = "/page/"
 COOKIE = "skyreels_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -79,8 +80,12 @@ class Guard:
             return None
         given = headers.get("authorization", "")
         if given.lower().startswith("bearer ") and hmac.compare_digest(given[7:].strip().encode(), self.token.encode()):
+            scope["skyreels_authorized"] = True
             return None
         if scope["method"] in ("GET", "HEAD") and hmac.compare_digest(_cookie(headers).encode(), self.token.encode()):
+            scope["skyreels_authorized"] = True
+            return None
+        if path == LIVENESS and scope["method"] in ("GET", "HEAD"):
             return None
         return 401, "this service needs its token: send 'Authorization: Bearer TOKEN'", "Authorization"
 
