@@ -197,6 +197,8 @@ class Model:
                                        layout=parallel.layout.kind if parallel is not None else "one")
         if parallel is not None:  # after the kernel is set and the modulation installed
             enable_context_parallel(transformer, parallel.layout, device, per_frame=spec.forcing)
+            # each call counts as progress: a rank that reaches the next call is ahead of one stuck before it
+            transformer.register_forward_pre_hook(lambda *_: parallel.progress.transformer_call())
         self.compiled = options.compile
         if options.compile:
             compile_blocks(transformer, device)
@@ -321,12 +323,15 @@ class Model:
         try:
             with self._lock:
                 if self.parallel is not None:  # the other ranks run what rank 0 resolved: same seed, same state
+                    self.parallel.progress.start()
                     self.parallel.share((prepared.request, prepared.saved))
                 run = Run(self, prepared.request, prepared=prepared, cancel=cancel, on_event=on_event,
                           progress=self.progress if progress is None else progress, prompts=live[0], keep_last=live[1])
                 with nullcontext() if self.parallel is None else self.parallel.peers_lost_as_errors(self._kept):
                     return run.write(on_window)
         finally:
+            if self.parallel is not None:
+                self.parallel.progress.end()
             prepared.release()
 
     def follow(self) -> None:
@@ -336,9 +341,13 @@ class Model:
             return
         request, saved = shared
         run = Run(self, request, saved=saved, progress=False)
-        with self.parallel.peers_lost_as_errors(self._kept):
-            for _ in run.frames():
-                pass
+        self.parallel.progress.start()
+        try:
+            with self.parallel.peers_lost_as_errors(self._kept):
+                for _ in run.frames():
+                    pass
+        finally:
+            self.parallel.progress.end()
 
     @property
     def _kept(self) -> str:
