@@ -33,7 +33,7 @@ from ..run_options import BY_NAME, PLAN_FIELDS, RECORDED, LoadOptions
 from ..runtime.attention import apply_backend, checkpoint_needs_mask, pick_backend, planned_layout
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.launch import launched_by_torchrun
-from ..runtime.memory import MemoryPlan, apply_quantization
+from ..runtime.memory import MemoryPlan, apply_quantization, fp8_as_read
 from ..runtime.modulation import install_per_frame_modulation
 from ..runtime.parallel import (
     FOLLOWER_READS,
@@ -118,8 +118,10 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
             return apply_quantization(transformer, memory.quantize)
 
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
+        # fp8 without LoRAs (merged into the bf16 weights before their storage) is stored as each shard is read
+        as_read = fp8_as_read(torch_dtype) if memory.quantize == "fp8" and not loras else None
         components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None,
-                                     transformer_first=transformer_first)
+                                     transformer_first=transformer_first, stored_as_read=as_read)
     return Model(spec, folder, components, dev, _resolved(options, dev, torch_dtype, memory), memory=memory,
                  memory_reason=reason, memory_budget_gb=budget, loras=records, parallel=parallel, progress=progress,
                  load_seconds=round(time.perf_counter() - started, 3))
