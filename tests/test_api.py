@@ -40,6 +40,18 @@ def test_request_from_dict_names_an_unknown_field():
         sk.Request.from_dict({"prompt": "a cat", "colour": "red"})
 
 
+def test_check_refuses_a_null_prompt_and_a_shot_list_item_too_many_by_their_fields(hub_models):
+    """Once an AttributeError and a TypeError: a prompt of None is no prompt, a shot as a list has at most as many
+    items as a Shot has fields; each a UsageError naming its field, from the library as from the service."""
+    with pytest.raises(sk.UsageError, match="the prompt is empty") as err:
+        sk.check(sk.Job("t2v", sk.Request(prompt=None), model=ALIASES["df"], load=sk.LoadOptions(device="cpu")))
+    assert err.value.field == "prompt"
+    with pytest.raises(sk.UsageError, match="has 6 items") as err:
+        sk.Request(prompt="a", shots=[["a fox", 17, None, None, None, "more"]])
+    assert err.value.field == "shots"
+    assert sk.Request(prompt="a", shots=[["a fox", 17]]).shots[0].frames == 17, "a shorter list still is a shot"
+
+
 def test_resolve_fills_the_model_defaults(df_model):
     resolved = df_model.resolve(sk.Request(prompt="a cat", frames=45))
     assert (resolved.height, resolved.width, resolved.steps, resolved.guidance) == (544, 960, 30, 6.0)

@@ -119,6 +119,24 @@ def test_dead_rank_stops_the_others_and_resume_finishes(resume_on, extend_refere
     _assert_same_frames(read_png_frames(out), extend_reference)
 
 
+def test_stalled_rank_stops_the_run_naming_it_within_the_bound(hub_models, tmp_path):
+    """Rank 1 stalls alive after step 2 (blocked in native code: its watchdog still beats) while rank 0 waits for
+    it in step 3's collective, which would wait for its 30-minute timeout: the watchdog stops the run in seconds."""
+    out = tmp_path / "stalled"
+    env = {"SKYREELS_FAULT": "step_done:2:hang", "SKYREELS_FAULT_RANK": "1", P.STALL_ENV: "4"}
+    started = time.monotonic()
+    done = _torchrun([*EXTEND, "-o", f"{out}/"], env=env, timeout=150)
+    took = time.monotonic() - started
+    assert "fault: hanging at step_done" in done.stderr, done.stderr[-2000:]  # the stall happened where chosen
+    assert done.returncode != 0 and not out.exists(), done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all(e == errors[0] for e in errors), done.stderr[-2000:]
+    assert errors[0].startswith("error: rank 1 made no progress for ")
+    assert "(window 1: step 2 of 3 done) while rank 0 waited for it" in errors[0], errors[0]
+    assert "SKYREELS_STALL_S" in errors[0] and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert took < 120, f"the run took {took:.0f} s to stop"
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A start image, an end image, and another start image (to show that the image is used)."""

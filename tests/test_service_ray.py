@@ -255,3 +255,24 @@ def test_a_batch_run_again_after_a_crash_continues_its_queue_with_a_shared_dir(h
     assert (tmp_path / "fox.mp4").read_bytes() == library.path.read_bytes(), "continued to the same bytes"
     settings = (tmp_path / "fox.mp4.json").read_text()
     assert '"resumed": true' in settings and str(tmp_path / "fox.mp4") in settings
+
+
+def test_a_batch_delivers_a_png_folder_as_it_does_without_ray(hub_models, tmp_path):
+    """The same batch file runs anywhere: a PNG folder output too (the cluster's job makes its frames, the batch
+    puts them at the output with their settings)."""
+    import subprocess
+    import sys
+
+    import skyreels_cli as sk
+
+    (tmp_path / "jobs.toml").write_text('model = "tiny"\nsteps = 2\n[[job]]\ncommand = "t2v"\nprompt = "a red fox"\nseed = 3\n'
+                                        'output = "frames/"\n')
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", "batch", str(tmp_path / "jobs.toml"), "--ray",
+                           "local"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and "1 of 1 jobs done" in done.stderr, done.stderr[-2000:]
+    library = sk.run(sk.Job("t2v", sk.Request(prompt="a red fox", steps=2, seed=3), model="tiny",
+                            load=sk.LoadOptions(device="cpu"), output=str(tmp_path / "lib") + "/"), progress=False)
+    frames = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
+    assert len(frames) == 17 and frames == sorted(p.name for p in library.path.glob("*.png"))
+    assert all((tmp_path / "frames" / n).read_bytes() == (library.path / n).read_bytes() for n in frames)
+    assert str(tmp_path / "frames") in (tmp_path / "frames" / "settings.json").read_text()

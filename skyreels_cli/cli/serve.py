@@ -22,6 +22,8 @@ def serve(
     max_queued: Annotated[int, typer.Option("--max-queued", help="Jobs that may wait; a submission beyond is answered 429.")] = 100,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest request body (uploads) in MB; larger is answered 413.")] = 100.0,
     max_prompt_chars: Annotated[int, typer.Option("--max-prompt-chars", help="Longest prompt in characters; longer is answered 413.")] = 10_000,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="Longest job in frames; longer is answered 413.")] = 2880,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Longest job in seconds; longer is answered 413.")] = 120.0,
     cors: Annotated[Optional[list[str]], typer.Option("--cors", help="An origin whose pages may call the API (repeatable; none by default).")] = None,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run the workers on a Ray cluster, one per GPU: auto (the cluster `ray start` made), local (start one here), or HOST:PORT. Needs pip install \"skyreels-cli[ray]\".")] = None,
     keep_last: Annotated[Optional[float], typer.Option("--keep-last", help="A live job's HLS segments kept on disk: the last this many seconds, unless the job gives keep_last (default: all).")] = None,
@@ -51,7 +53,7 @@ def serve(
         config = ServiceConfig(host=host, port=port, state_dir=Path(state_dir) if state_dir else default_state_dir(),
                                token=token, gpus=gpus, cpu_workers=workers, models=tuple(model or ()),
                                loras=_loras(lora or []), max_queued=max_queued, max_upload_mb=max_upload_mb,
-                               max_prompt_chars=max_prompt_chars, cors=tuple(cors or ()), ray=ray,
+                               max_prompt_chars=max_prompt_chars, max_frames=max_frames, max_seconds=max_seconds, cors=tuple(cors or ()), ray=ray,
                                shared_dir=Path(shared_dir) if shared_dir else None, keep_last=keep_last)
         try:
             run_service(config)

@@ -32,7 +32,7 @@ from ..run_options import BY_NAME, PLAN_FIELDS, RECORDED, LoadOptions
 from ..runtime.attention import apply_backend, checkpoint_needs_mask, pick_backend, planned_layout
 from ..runtime.compile import check_compile, compile_blocks
 from ..runtime.launch import launched_by_torchrun
-from ..runtime.memory import MemoryPlan, apply_quantization
+from ..runtime.memory import MemoryPlan, apply_quantization, fp8_as_read
 from ..runtime.modulation import install_per_frame_modulation
 from ..runtime.parallel import (
     FOLLOWER_READS,
@@ -118,8 +118,10 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
             return apply_quantization(transformer, memory.quantize)
 
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
+        # fp8 without LoRAs (merged into the bf16 weights before their storage) is stored as each shard is read
+        as_read = fp8_as_read(torch_dtype) if memory.quantize == "fp8" and not loras else None
         components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None,
-                                     transformer_first=transformer_first)
+                                     transformer_first=transformer_first, stored_as_read=as_read)
     return Model(spec, folder, components, dev, _resolved(options, dev, torch_dtype, memory), memory=memory,
                  memory_reason=reason, memory_budget_gb=budget, loras=records, parallel=parallel, progress=progress,
                  load_seconds=round(time.perf_counter() - started, 3))
@@ -197,6 +199,8 @@ class Model:
                                        layout=parallel.layout.kind if parallel is not None else "one")
         if parallel is not None:  # after the kernel is set and the modulation installed
             enable_context_parallel(transformer, parallel.layout, device, per_frame=spec.forcing)
+            # each call counts as progress: a rank that reaches the next call is ahead of one stuck before it
+            transformer.register_forward_pre_hook(lambda *_: parallel.progress.transformer_call())
         self.compiled = options.compile
         if options.compile:
             compile_blocks(transformer, device)
@@ -321,12 +325,15 @@ class Model:
         try:
             with self._lock:
                 if self.parallel is not None:  # the other ranks run what rank 0 resolved: same seed, same state
+                    self.parallel.progress.start()
                     self.parallel.share((prepared.request, prepared.saved))
                 run = Run(self, prepared.request, prepared=prepared, cancel=cancel, on_event=on_event,
                           progress=self.progress if progress is None else progress, prompts=live[0], keep_last=live[1])
                 with nullcontext() if self.parallel is None else self.parallel.peers_lost_as_errors(self._kept):
                     return run.write(on_window)
         finally:
+            if self.parallel is not None:
+                self.parallel.progress.end()
             prepared.release()
 
     def follow(self) -> None:
@@ -336,9 +343,13 @@ class Model:
             return
         request, saved = shared
         run = Run(self, request, saved=saved, progress=False)
-        with self.parallel.peers_lost_as_errors(self._kept):
-            for _ in run.frames():
-                pass
+        self.parallel.progress.start()
+        try:
+            with self.parallel.peers_lost_as_errors(self._kept):
+                for _ in run.frames():
+                    pass
+        finally:
+            self.parallel.progress.end()
 
     @property
     def _kept(self) -> str:

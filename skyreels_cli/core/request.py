@@ -72,6 +72,8 @@ class Request:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
+        if self.prompt is None:  # unset, as every other field's None: no prompt (an i2v clip may go without)
+            object.__setattr__(self, "prompt", "")
         if self.sigmas is not None:  # "1.0,0.75" (a flag, a form), a list (JSON) or a tuple: a tuple of numbers
             object.__setattr__(self, "sigmas", _sigmas(self.sigmas))
         for f in fields(self):
@@ -167,6 +169,9 @@ def _shots(shots) -> tuple[Shot, ...]:
                                  field="shots")
             shot = Shot(**shot)
         elif isinstance(shot, (list, tuple)):
+            if not 1 <= len(shot) <= len(Shot._fields):
+                raise UsageError(f"shot {i + 1} as a list has {len(shot)} items; it takes 1 to {len(Shot._fields)}: "
+                                 f"{', '.join(Shot._fields)}", field="shots")
             shot = Shot(*shot)
         else:
             raise UsageError(f"shot {i + 1} must be a Shot(prompt, frames=...), got {shot!r}", field="shots")

@@ -43,6 +43,7 @@ MAX_SIDE = 16 * ROPE_POSITIONS
 MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_FRAMES = 24 * 60 * 60 * 24  # a day of video at 24 fps
 MAX_FPS = 240
+MIN_FPS = 1  # below, a second of video is not one frame (fps 1e-9 made `seconds` read 1.7e10)
 
 
 def draw_seed() -> int:
@@ -234,6 +235,9 @@ def validate(r: Request, spec: ModelSpec) -> None:
     if r.steps > MAX_STEPS:
         raise UsageError(f"{setting('steps', r.steps)} is more than the scheduler's {MAX_STEPS} timesteps; 30 to 50 "
                          "is usual", field="steps")
+    if r.fps < MIN_FPS:
+        raise UsageError(f"{setting('fps', r.fps)} is less than {MIN_FPS} frame a second; the models were trained at "
+                         "24 (or 16)", field="fps")
     if r.fps > MAX_FPS:
         raise UsageError(f"{setting('fps', r.fps)} is more than {MAX_FPS}; the models were trained at 24 (or 16)",
                          field="fps")

@@ -133,7 +133,11 @@ class Run:
         return None if self.live else self.clock.eta(window, fraction)
 
     def _step(self, window: int, step: int, steps: int) -> None:
+        if self.model.parallel is not None:  # the others' watchdogs see this rank move on (runtime/parallel.py)
+            where = f"window {window + 1}: " if self.model.spec.forcing else ""
+            self.model.parallel.progress.step(f"{where}step {step} of {steps} done")
         self.emit(StepDone(window, step, steps, self.clock.elapsed(), self._eta(window, step / steps)))
+        faults.point("step_done")
         self.check_cancel()
 
     def started(self) -> RunStarted:

@@ -32,13 +32,13 @@ def resolve_shots(r: Request, asked: int | None) -> Request:
     `r` has its diffusion forcing defaults filled in (window and overlap lengths, fps).
     """
     if not r.shots:
-        raise UsageError("the shot list is empty; give at least one shot with a prompt")
+        raise UsageError("the shot list is empty; give at least one shot with a prompt", field="shots")
     shots = tuple(_checked_shot(shot, i, r.fps) for i, shot in enumerate(r.shots))
     lengths = [shot.frames is None for shot in shots]
     if all(lengths):
         shots = _one_window_each(r, shots, asked)
     elif any(lengths):
-        raise UsageError(f"shot {lengths.index(True) + 1} has no length; give every shot frames or seconds")
+        raise UsageError(f"shot {lengths.index(True) + 1} has no length; give every shot frames or seconds", field="shots")
     total = sum(shot.frames for shot in shots)
     if asked is not None and asked != total:
         raise UsageError(f"{setting('frames', asked)} differs from the shots' total of {total} frames; leave "
@@ -49,18 +49,18 @@ def resolve_shots(r: Request, asked: int | None) -> Request:
 def _checked_shot(shot: Shot, i: int, fps: float) -> Shot:
     where = f"shot {i + 1}"
     if not shot.prompt.strip():
-        raise UsageError(f"{where} has no prompt")
+        raise UsageError(f"{where} has no prompt", field="shots")
     if shot.guidance is not None and not (math.isfinite(shot.guidance) and shot.guidance >= 0):
-        raise UsageError(f"{where}: guidance must be a finite number, 0 or more, got {shot.guidance}")
+        raise UsageError(f"{where}: guidance must be a finite number, 0 or more, got {shot.guidance}", field="shots")
     frames = shot.frames
     if frames is None and shot.seconds is not None:
         if not (math.isfinite(shot.seconds) and shot.seconds > 0):
-            raise UsageError(f"{where}: seconds must be a positive number, got {shot.seconds}")
+            raise UsageError(f"{where}: seconds must be a positive number, got {shot.seconds}", field="shots")
         if not math.isfinite(shot.seconds * fps):
-            raise UsageError(f"{where}: seconds {shot.seconds} is too long at {fps} fps")
+            raise UsageError(f"{where}: seconds {shot.seconds} is too long at {fps} fps", field="shots")
         frames = max(1, round(shot.seconds * fps))
     if frames is not None and frames <= 0:
-        raise UsageError(f"{where}: frames must be positive, got {frames}")
+        raise UsageError(f"{where}: frames must be positive, got {frames}", field="shots")
     return shot._replace(frames=frames)
 
 
@@ -132,7 +132,7 @@ def shot_layout(r: Request) -> ShotLayout:
         need = _frame_at(overlap, start, video)
         raise UsageError(f"shot 1 is {r.shots[0].frames} frames, shorter than the {need} frames "
                          f"({setting('overlap')}) the next window continues from; make it at least {need} frames "
-                         f"or lower {setting('overlap')}")
+                         f"or lower {setting('overlap')}", field="shots")
     window_shot, done = [], start
     for window in plan.windows:
         done += window.new

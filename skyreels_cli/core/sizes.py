@@ -30,7 +30,7 @@ def check_aspect(aspect: str) -> str:
     """`aspect` as a key of ASPECTS ("16x9" and spaces accepted); UsageError listing the choices otherwise."""
     key = aspect.strip().lower().replace("x", ":").replace("/", ":").replace(" ", "")
     if key not in ASPECTS:
-        raise UsageError(f"{setting('aspect', aspect, quoted=True)} is not one of {', '.join(ASPECTS)}")
+        raise UsageError(f"{setting('aspect', aspect, quoted=True)} is not one of {', '.join(ASPECTS)}", field="aspect")
     return key
 
 
@@ -38,7 +38,8 @@ def check_resolution(resolution: str) -> str:
     key = resolution.strip().lower()
     key = key if key.endswith("p") else key + "p"
     if key not in NATIVE:
-        raise UsageError(f"{setting('resolution', resolution, quoted=True)} is not one of {', '.join(NATIVE)}")
+        raise UsageError(f"{setting('resolution', resolution, quoted=True)} is not one of {', '.join(NATIVE)}",
+                         field="resolution")
     return key
 
 
@@ -104,9 +105,9 @@ def pick_size(height: int | None, width: int | None, *, aspect: str | None, reso
     resolution = None if resolution is None else check_resolution(resolution)
     if aspect is not None and height is not None and width is not None:
         raise UsageError(f"{setting('aspect')} with both {setting('height')} and {setting('width')}: give one side (the other follows the aspect), "
-                         f"or drop {setting('aspect')}")
+                         f"or drop {setting('aspect')}", field="aspect")
     if resolution is not None and (height is not None or width is not None):
-        raise UsageError(f"{setting('resolution')} sets both sides: give it without {setting('height')} and {setting('width')}, or drop it")
+        raise UsageError(f"{setting('resolution')} sets both sides: give it without {setting('height')} and {setting('width')}, or drop it", field="resolution")
     if height is not None and width is not None:
         return height, width
     if aspect is None and source is not None:

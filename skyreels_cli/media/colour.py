@@ -100,5 +100,5 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         from ..errors import UsageError, setting
 
-        raise UsageError(f"{setting('color_match')} must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UsageError(f"{setting('color_match')} must be one of {', '.join(MODES)}, got {mode!r}", field="color_match")
     return mode

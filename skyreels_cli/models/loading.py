@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,12 +60,16 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collection[str] | None = None,
-                    transformer_first: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict:
+                    transformer_first: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                    stored_as_read: Callable[[torch.nn.Module], None] | None = None) -> dict:
     """Every component of the checkpoint on the CPU: the VAE in fp32, the rest in `dtype`.
 
     `transformer_first`: the transformer is read alone first and given to it (LoRAs, fp8 storage) before the
     other components are read, so host memory holds the transformer as stored beside the text encoder, not
     as loaded (a 14B transformer in fp8 is 14 GB instead of 28).
+    `stored_as_read`: given the transformer before its weights are read (on the meta device), to give the
+    parameters it stores otherwise their storage dtype (fp8); each shard's weights then take that form as the
+    shard is read (`_shard_by_shard`), so the whole transformer is never held as loaded.
 
     `read`: the components whose weights are read (None: all). The others are not read at all: the VAE
     is built from its config on the meta device (the pipelines read its config, never its weights) and
@@ -76,7 +81,8 @@ def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collectio
     skipped = {} if read is None else {name: _empty(folder, name) for name in _component_names(folder)
                                        if name not in read}
     if transformer_first is not None and "transformer" not in skipped:
-        skipped["transformer"] = transformer_first(_checked(folder, lambda: _read_transformer(folder, dtype)))
+        skipped["transformer"] = transformer_first(_checked(folder, lambda: _read_transformer(folder, dtype,
+                                                                                             stored_as_read)))
     pipe = _checked(folder, lambda: pipeline_cls.from_pretrained(folder, dtype={"vae": torch.float32,
                                                                                 "default": dtype}, **skipped))
     return dict(pipe.components)
@@ -101,11 +107,65 @@ def _checked(folder: Path, read: Callable):
         raise ModelError(f"could not load the checkpoint in {folder}: {str(exc).splitlines()[0]}") from None
 
 
-def _read_transformer(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+def _read_transformer(folder: Path, dtype: torch.dtype,
+                      stored_as_read: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
     import diffusers
 
     _library, class_name = json.loads((Path(folder) / "model_index.json").read_text())["transformer"]
-    return getattr(diffusers, class_name).from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
+    with _shard_by_shard(stored_as_read):
+        return getattr(diffusers, class_name).from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
+
+
+@contextmanager
+def _shard_by_shard(prepare: Callable[[torch.nn.Module], None] | None) -> Iterator[None]:
+    """diffusers' loading with each shard's weights put into their stored form as the shard is assigned.
+
+    diffusers reads a checkpoint shard by shard into the model built on the meta device (`load_model_dict_into_meta`
+    per shard, its dtype and kept-fp32 rules applied), but the parameters are then views of the memory-mapped
+    files: every shard stays mapped, and a cast after loading reads them all (the whole bf16 transformer in the
+    process's memory, 32.8 GB for I2V-14B). Here `prepare` sees the meta model before the first shard (fp8 storage
+    gives the layers it stores in fp8 their dtype there); after each shard is assigned, each of its tensors is
+    cast to that dtype, or copied out of the mapping, so the shard is unmapped before the next is read. The
+    numbers are those of the cast after loading (the same `.to`), and diffusers' hooks stay in charge of compute.
+    """
+    if prepare is None:
+        yield
+        return
+    from diffusers.models import model_loading_utils as loader
+
+    original = loader.load_model_dict_into_meta
+    stored: dict[str, torch.dtype | None] = {}  # what `prepare` changed: that dtype; the rest as diffusers loads it
+
+    def load_and_store(model, state_dict, *args, **kwargs):
+        if not stored:
+            built = {name: t.dtype for name, t in model.state_dict(keep_vars=True).items()}
+            prepare(model)
+            stored.update((name, t.dtype if t.dtype != built[name] else None)
+                          for name, t in model.state_dict(keep_vars=True).items())
+        result = original(model, state_dict, *args, **kwargs)
+        for name in state_dict:
+            if name in stored:
+                _replace_tensor(model, name, stored[name])
+        return result
+
+    loader.load_model_dict_into_meta = load_and_store
+    try:
+        yield
+    finally:
+        loader.load_model_dict_into_meta = original
+
+
+def _replace_tensor(model: torch.nn.Module, name: str, dtype: torch.dtype | None) -> None:
+    """The parameter or buffer `name` as a tensor of its own: cast to `dtype` (fp8), or (None) copied out of the
+    file's mapping as it is."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    old = owner._parameters[leaf] if leaf in owner._parameters else owner._buffers[leaf]
+    new = old.detach().clone() if dtype is None or dtype == old.dtype else old.detach().to(dtype)
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = torch.nn.Parameter(new, requires_grad=old.requires_grad)
+    else:
+        owner._buffers[leaf] = new
 
 
 def is_empty(module) -> bool:

@@ -174,7 +174,9 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype | N
             return Picked(kernel, found[0])
     if name == "auto":  # even SDPA cannot: ring attention on the GPU in fp32
         raise UsageError(_layout_problem("sdpa", layout, dtype))
-    raise _why_not(name, device, dtype, layout, masked)
+    error = _why_not(name, device, dtype, layout, masked)
+    error.field = "attention"  # the setting at fault (a service answers it as the 4xx's param)
+    raise error
 
 
 def _why_not(name: str, device: torch.device, dtype: torch.dtype | None, layout: str, masked: bool) -> Exception:

@@ -73,13 +73,36 @@ def apply_quantization(transformer: torch.nn.Module, quantize: str) -> torch.nn.
     if getattr(transformer, STORED_AS, "none") == quantize:  # applied at load already (core/model.py)
         return transformer
     if quantize == "fp8":
-        compute = transformer.dtype
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+        compute = _casting_compute_dtype(transformer)  # set while it was read (`fp8_as_read`)
+        if compute is None:
+            compute = transformer.dtype
+            transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
         upcast_in_the_graph(transformer, compute)
     elif quantize == "int8":
         _int8_weight_only(transformer)
     setattr(transformer, STORED_AS, quantize)
     return transformer
+
+
+def fp8_as_read(compute: torch.dtype):
+    """For models/loading.py's `stored_as_read`: diffusers' layerwise casting set on the transformer built on the
+    meta device, before its weights are read, so the layers it stores in fp8 are cast shard by shard as they are
+    read (the host never holds the whole transformer in bf16); `apply_quantization` then finishes the storage."""
+
+    def prepare(transformer: torch.nn.Module) -> None:
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+
+    return prepare
+
+
+def _casting_compute_dtype(transformer: torch.nn.Module) -> torch.dtype | None:
+    """The compute dtype of the layerwise casting already on `transformer` (None: none is)."""
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is not None:
+            return hook.compute_dtype
+    return None
 
 
 def upcast_in_the_graph(transformer: torch.nn.Module, compute: torch.dtype) -> None:

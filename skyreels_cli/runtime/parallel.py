@@ -29,7 +29,8 @@ merged by their log-sum-exp). diffusers 0.42 has a plan for Wan's transformer bu
 
 Processes: `init_parallel` joins the group torchrun describes (NCCL on CUDA, gloo on the CPU), builds the
 ("ring", "ulysses") device mesh itself (diffusers builds it for an accelerator: on the CPU it divides by a
-device count of 0), and starts a watchdog so that when one rank dies the others stop within seconds.
+device count of 0), and starts a watchdog so that when one rank dies the others stop within seconds, and when
+every rank is stuck (one stalled, the others waiting for it in a collective) the run stops after `stall_after_s`.
 Rank 0 encodes the prompt and images, decodes and writes, and shares embeddings and latents; the others read
 only the transformer's weights (`FOLLOWER_READS`). Every rank draws the same noise from the request's seed.
 """
@@ -62,6 +63,13 @@ from .launch import check_gpus
 COLLECTIVE_TIMEOUT_S = 1800
 HEARTBEAT_S = 1.0
 DEAD_AFTER_S = 10.0
+# A rank alive but stuck (a kernel or a file system that never returns) keeps beating while the others wait in a
+# collective until its timeout. So each beat carries the rank's progress (its transformer calls and steps), and
+# when no rank's progress has moved for this long during a run, the run stops, naming the rank that is behind.
+# Generous: longer than any step or window decode a real GPU takes (a 14B step with offload, a 720p window's
+# decode on rank 0 while the others wait); $SKYREELS_STALL_S sets it (the tests set a few seconds).
+STALL_AFTER_S = 600.0
+STALL_ENV = "SKYREELS_STALL_S"
 # What a rank but the first reads from the checkpoint: rank 0 encodes the prompt and images and decodes,
 # and shares embeddings and latents, so the others never load the text encoder (UMT5-XXL, 11 GB in bf16),
 # the VAE or the image encoder (models/loading.py builds a weightless VAE for its config).
@@ -439,6 +447,7 @@ class Parallel:
     shared_job: bool = False  # rank 0 has told the others what to run (the CLI's bookkeeping)
     _watchdog: Watchdog | None = None
     _waits: int = 0  # calls of `main_first` so far
+    progress: Progress = field(default_factory=lambda: Progress())
 
     def startup_s(self) -> float:
         """Seconds since this process joined the group (start-up: loading, splitting, first collectives)."""
@@ -569,6 +578,7 @@ def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COL
 
     NCCL with one GPU per local rank on CUDA, gloo on the CPU. More local ranks than GPUs is refused.
     """
+    stall_after_s = stall_bound(os.environ.get(STALL_ENV))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -583,13 +593,90 @@ def init_parallel(device: str | torch.device = "auto", *, timeout_s: float = COL
                                 **({"device_id": want} if want.type == "cuda" else {}))
     parallel = Parallel(rank, world, local, want)
     if watchdog:
-        parallel._watchdog = Watchdog(rank, world)
+        parallel._watchdog = Watchdog(rank, world, parallel.progress, stall_after_s=stall_after_s)
     atexit.register(parallel.close)
     return parallel
 
 
+def stall_bound(value: str | None) -> float:
+    """$SKYREELS_STALL_S read: seconds without progress on any rank before a run is stopped."""
+    if value is None or value == "":
+        return STALL_AFTER_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise UsageError(f"{STALL_ENV}={value!r} is not a number of seconds above 0; set it to one (default "
+                         f"{STALL_AFTER_S:.0f}) or unset it")
+    return seconds
+
+
+class Progress:
+    """What this rank has done in the run under way, as its beats tell the others' watchdogs.
+
+    `count` moves at every transformer call and every finished step; `busy` is set from the start of a run to its
+    end, so a rank waiting for the next request (or rank 0 downloading, enhancing a prompt) is never stalled."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.busy = False
+        self.last = "starting the run"
+        self.inside = False  # in a transformer call after `last`
+
+    def start(self) -> None:
+        self.busy, self.last, self.inside = True, "starting the run", False
+        self.count += 1
+
+    def step(self, what: str) -> None:
+        self.last, self.inside = what, False
+        self.count += 1
+
+    def transformer_call(self) -> None:
+        self.inside = True
+        self.count += 1
+
+    def end(self) -> None:
+        self.busy = False
+        self.count += 1
+
+    def describe(self) -> str:
+        return f"{self.last}, then in the transformer" if self.inside else self.last
+
+    def beat(self) -> str:
+        """time|count|busy|what: the time makes every beat differ (liveness), the rest is progress."""
+        return f"{time.time()}|{self.count}|{int(self.busy)}|{self.describe()}"
+
+
+def read_beat(value: bytes) -> tuple[int, bool, str] | None:
+    """(count, busy, what) of a beat; None for no beat yet, LEFT, or another format."""
+    parts = value.decode(errors="replace").split("|", 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    return int(parts[1]), parts[2] == "1", parts[3]
+
+
+def stalled_ranks(beats: dict[int, tuple[int, bool, str]], still_for_s: float, bound_s: float) -> str | None:
+    """The one-line reason to stop a run whose ranks (`beats`: each rank's count, busy, what) have all been busy
+    with none moving for `still_for_s`, once that passes `bound_s`; None otherwise. The rank behind the others (the
+    fewest calls and steps) is the stalled one; the others wait for it in a collective. All level: all named."""
+    if len(beats) < 2 or still_for_s <= bound_s or not all(busy for _, busy, _ in beats.values()):
+        return None
+    least = min(count for count, _, _ in beats.values())
+    behind = sorted(rank for rank, (count, _, _) in beats.items() if count == least)
+    waiting = sorted(set(beats) - set(behind))
+    who = f"rank {behind[0]}" if len(behind) == 1 else "ranks " + ", ".join(map(str, behind))
+    doing = "; ".join(f"rank {r}: {beats[r][2]}" for r in behind) if len(behind) > 1 else beats[behind[0]][2]
+    others = f"while rank{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} waited for it" \
+        if waiting else "all in the same step"
+    return (f"{who} made no progress for {still_for_s:.0f} s ({doing}) {others}; raise ${STALL_ENV} (now "
+            f"{bound_s:g} s) if a step can take longer")
+
+
 class Watchdog:
-    """A thread that beats in the rendezvous store and ends this process when another rank stops beating.
+    """A thread that beats in the rendezvous store and ends this process when another rank stops beating, or
+    when every rank is busy in a run and none has made progress for `stall_after_s` (one stuck, the others
+    waiting for it in a collective: NCCL and gloo would wait for their 30-minute timeout).
 
     A collective blocked on a dead peer may wait for its timeout (NCCL never notices a peer vanish);
     this stops every survivor within seconds, so resources are freed and the last saved window stays.
@@ -599,8 +686,11 @@ class Watchdog:
 
     LEFT = b"left"
 
-    def __init__(self, rank: int, world: int, every_s: float = HEARTBEAT_S, dead_after_s: float = DEAD_AFTER_S):
+    def __init__(self, rank: int, world: int, progress: Progress | None = None, every_s: float = HEARTBEAT_S,
+                 dead_after_s: float = DEAD_AFTER_S, stall_after_s: float = STALL_AFTER_S):
         self.rank, self.world, self.every_s, self.dead_after_s = rank, world, every_s, dead_after_s
+        self.progress = progress or Progress()
+        self.stall_after_s = stall_after_s
         self.store = dist.distributed_c10d._get_default_store()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="skyreels-watchdog", daemon=True)
@@ -611,20 +701,32 @@ class Watchdog:
 
     def _run(self) -> None:
         seen: dict[int, tuple[bytes, float]] = {}
+        counts: tuple = ()
+        moved = time.monotonic()  # when any rank's progress last moved
         while not self._stop.is_set():
             try:
-                self.store.set(self._key(self.rank), str(time.time()))
+                mine = self.progress.beat()
+                self.store.set(self._key(self.rank), mine)
+                beats = {self.rank: read_beat(mine.encode())}
                 for other in range(self.world):
                     if other == self.rank:
                         continue
                     key = self._key(other)
                     value = self.store.get(key) if self.store.check([key]) else b""
+                    beats[other] = read_beat(value)
                     last = seen.get(other)
                     now = time.monotonic()
                     if last is None or last[0] != value:
                         seen[other] = (value, now)
                     elif now - last[1] > self.dead_after_s and value not in (b"", self.LEFT):
                         _die(f"rank {other} stopped responding")
+                now = time.monotonic()
+                if any(b is None for b in beats.values()):  # one has not beaten yet or has left: no stall
+                    counts, moved = (), now
+                elif (new := tuple(beats[r][:2] for r in sorted(beats))) != counts:
+                    counts, moved = new, now
+                elif why := stalled_ranks(beats, now - moved, self.stall_after_s):
+                    _die(why)
             except Exception as exc:  # noqa: BLE001  the store lives with torchrun's agent or rank 0: gone means they are
                 if self._stop.is_set():
                     return

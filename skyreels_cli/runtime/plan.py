@@ -46,6 +46,9 @@ MARGIN_BYTES = 1_500_000_000
 # Host memory no weight accounts for: Python, torch and the CUDA libraries (cuBLAS, cuDNN) once loaded, the
 # pipeline's tokenizer, and the allocator's slack.
 HOST_MARGIN_BYTES = 3_000_000_000
+# The most one shard of a released transformer holds (diffusers' default `max_shard_size`): fp8 storage is applied
+# shard by shard as the transformer is read (models/loading.py), so the load holds the fp8 model and one shard.
+SHARD_BYTES = 10_000_000_000
 GB = 1e9
 _WEIGHTS = {"none": "bf16", "fp8": "fp8", "int8": "int8"}
 _CFG_SPEED = ("batched", "separate")
@@ -293,8 +296,10 @@ def host_memory(plan: MemoryPlan, arch: Architecture, parts: _Parts, stored: int
     """Peak host memory per phase of `plan` (bytes, without `HOST_MARGIN_BYTES`); `stored`: the transformer's
     weights as the plan stores them.
 
-    load: the transformer is read alone in bf16 and given its storage before the other components are read
-    (core/model.py), so the host holds the larger of the transformer as loaded and everything as stored.
+    load: the transformer is read alone and given its storage before the other components are read
+    (core/model.py), so the host holds the larger of the transformer as loaded and everything as stored; fp8 is
+    stored shard by shard as it is read, so as loaded it is the fp8 model and one shard (`SHARD_BYTES`), never
+    the whole bf16 transformer (LoRAs, merged in bf16 first, are not counted).
     run: what is parked on the host between phases: the text encoder (it visits the GPU only to encode, or
     works on the CPU); under offload model/group/sequential also the transformer (as stored: group and
     sequential keep it pinned there, once: runtime/memory.py), the VAE and the image encoder.
@@ -302,6 +307,8 @@ def host_memory(plan: MemoryPlan, arch: Architecture, parts: _Parts, stored: int
     them, the resident components step out to the host while it encodes.
     """
     loaded = trace.trace_transformer_weights(arch.transformer, "bf16")
+    if plan.quantize == "fp8":
+        loaded = min(loaded, stored + SHARD_BYTES)
     text, vae = parts.text.weights, parts.decode[False].weights
     image = parts.image.weights if parts.image else 0
     parked = text + (stored + vae + image if plan.offload != "none" else 0)

@@ -20,14 +20,18 @@ from .store import NewJob
 
 
 def admit(job: Job, job_id: str, files_dir: Path, offer: Offer, capacity: dict[str, int],
-          uploads: dict[str, Path] | None = None, *, gpus: int = 1, priority: int = 0) -> NewJob:
+          uploads: dict[str, Path] | None = None, *, gpus: int = 1, priority: int = 0,
+          output_name: str = "video.mp4") -> NewJob:
     """`job` (its inputs already among the service's uploads) as the queue records it; a refusal is an
-    `HttpError` naming the field. `capacity`: workers per machine (`Fleet.capacity`)."""
+    `HttpError` naming the field. `capacity`: workers per machine (`Fleet.capacity`). `output_name`: what the job
+    makes in its folder (a batch's PNG folder output: "frames")."""
     from ..core.resolve import window_plan
 
     uploads = uploads or {}
     _check_gpus(gpus, capacity)
-    job = replace(job, output=str(Path(files_dir) / "videos" / job_id / "video.mp4"))
+    _check_bounds(job, offer)  # before the library lists a window plan of what may be millions of frames
+    folder = "/" if output_name.endswith("/") else ""  # "frames/": a folder of PNG frames
+    job = replace(job, output=str(Path(files_dir) / "videos" / job_id / output_name) + folder)
     # ulysses and ring mean something only over several processes: checked with them below
     alone = replace(job, load=replace(job.load, ulysses=None, ring=None))
     with http_spelling():
@@ -53,7 +57,9 @@ def _check(job: Job, offer: Offer):
 
     try:
         return check(job)
-    except DeviceError:
+    except DeviceError as err:
+        if err.field is not None:  # a setting this service's device cannot honour (attention): the setting's fault
+            raise
         spec = resolve_model(job.model, job.command)
         if not offer.gpus:
             raise HttpError(400, f"this service runs on the CPU, where {spec.alias} would take days; use a tiny "
@@ -65,9 +71,48 @@ def _check(job: Job, offer: Offer):
         return Checked(replace(job, request=prepared.request), spec, prepared, None, "", "", None)
 
 
+def _check_bounds(job: Job, offer: Offer) -> None:
+    """What one job may ask of this service: its length (`serve --max-frames/--max-seconds`), its frame size (16
+    times the model's own area: 4096x4096 is no size for a tiny model), and an enhancer only where one is here."""
+    from ..core.enhance import enhancer_folder, enhancer_name
+    from ..models.naming import resolve_model
+
+    r = job.request
+    with http_spelling():
+        try:
+            spec = resolve_model(job.model, job.command)
+        except SkyreelsError as err:
+            raise as_http(err) from None
+    fps = r.fps if r.fps is not None and r.fps > 0 else spec.fps
+    if r.seconds is not None and r.seconds > offer.max_seconds:
+        raise HttpError(413, f'"seconds": {r.seconds:g} is longer than this service makes in one job '
+                             f"({offer.max_seconds:g} s; serve --max-seconds)", "seconds")
+    shots = sum((s.frames or (s.seconds or 0) * fps) for s in r.shots or ())
+    frames = max(r.frames or 0, (r.seconds or 0) * fps, shots)
+    if frames > offer.max_frames:
+        name = "frames" if r.frames is not None else "seconds" if r.seconds is not None else "shots"
+        raise HttpError(413, f"{frames:.0f} frames is more than this service makes in one job ({offer.max_frames}; "
+                             "serve --max-frames)", name)
+    area = (r.width or spec.width) * (r.height or spec.height)
+    if area > 16 * spec.width * spec.height:
+        name = "width" if r.width is not None else "height"
+        raise HttpError(400, f"{r.width or spec.width}x{r.height or spec.height} is beyond what {spec.alias} makes "
+                             f"(at most 16 times its {spec.width}x{spec.height} in area)", name)
+    if job.enhance is not None:
+        try:
+            enhancer_folder(enhancer_name(job.enhance), download=False)
+        except SkyreelsError:
+            raise HttpError(400, "this service has no prompt enhancer on its disk (it fetches nothing for a job); "
+                                 "drop \"enhance\", or ask its operator to run `skyreels download` for one",
+                            "enhance") from None
+
+
 def _check_gpus(gpus: int, capacity: dict[str, int]) -> None:
     """A job's GPUs are workers of one machine: no more than the service has there."""
     most = max(capacity.values(), default=0)
+    if gpus > 1 and most == 0:  # no workers at all (--workers 0): "ask for 0 or fewer" would be no answer
+        raise HttpError(400, f'"gpus": {gpus}: this service runs no workers now, none on several GPUs; ask for "gpus": 1',
+                        "gpus")
     if gpus > max(most, 1):
         raise HttpError(400, f'"gpus": {gpus} is more than this service has on one machine ({most} worker'
                              f'{"s" if most != 1 else ""}, one GPU each); ask for {most} or fewer', "gpus")

@@ -117,7 +117,8 @@ def _submit(store: Store, job: Job, number: int, files: Path, offer: Offer, capa
     try:
         sent = _with_uploads(job, uploads)
         new = admit(sent, job_id, files, offer, capacity, {HTTP_FIELDS[n]: Path(getattr(sent.request, n))
-                                                           for n in HTTP_FIELDS if getattr(sent.request, n)})
+                                                           for n in HTTP_FIELDS if getattr(sent.request, n)},
+                    output_name=MADE[_target(job, 0).kind])
         _target(job, new.seed)  # refused now if it could not be written at the end
         store.add(new, job_id, idempotency_key=key)
     except BaseException:
@@ -147,11 +148,11 @@ def _with_uploads(job: Job, folder: Path) -> Job:
 def _target(job: Job, seed: int):
     from ..media.targets import resolve_output
 
-    target = resolve_output(job.output, prompt=job.request.prompt or "", seed=seed, overwrite=job.overwrite,
-                            folder=job.output_dir, create=False)
-    if target.kind != "mp4":
-        raise UsageError(f"{setting('output', job.output)}: the cluster's workers make MP4 files; give NAME.mp4")
-    return target
+    return resolve_output(job.output, prompt=job.request.prompt or "", seed=seed, overwrite=job.overwrite,
+                          folder=job.output_dir, create=False)
+
+
+MADE = {"mp4": "video.mp4", "png": "frames/"}  # what a job makes in its folder on the cluster, by output kind
 
 
 def _outcome(row: dict, number: int, job: Job, seconds: float, files: Path) -> Outcome:
@@ -160,22 +161,43 @@ def _outcome(row: dict, number: int, job: Job, seconds: float, files: Path) -> O
         why = row["error"] or row["status"]
         return Outcome(number, job, "failed", seconds, why)
     try:
-        folder = files / "videos" / row["id"]
-        made = str(folder / "video.mp4")
         target = _target(replace(job, overwrite=True), row["seed"])
-        if target.path.is_file() and target.path.read_bytes() == (folder / "video.mp4").read_bytes():
+        made = files / "videos" / row["id"] / MADE[target.kind]
+        if _same(made, target.path):
             # delivered by an earlier run of this batch (the same --state-dir) that stopped before it said so
             return Outcome(number, job, "done", seconds, result=Delivered(target.path, target.sidecar, row["worker"]))
         target = _target(job, row["seed"])
         target.path.parent.mkdir(parents=True, exist_ok=True)
-        sidecar = (folder / "video.mp4.json").read_text().replace(json.dumps(made)[1:-1],
-                                                                   json.dumps(str(target.path))[1:-1])
-        replace_atomically(target.path, lambda tmp: shutil.copyfile(folder / "video.mp4", tmp))
+        made_sidecar = made / "settings.json" if target.kind == "png" else made.with_name(made.name + ".json")
+        sidecar = made_sidecar.read_text().replace(json.dumps(str(made))[1:-1], json.dumps(str(target.path))[1:-1])
+        if target.kind == "png":  # the frames, then the settings that say they are whole
+            _deliver_folder(made, target.path)
+        else:
+            replace_atomically(target.path, lambda tmp: shutil.copyfile(made, tmp))
         replace_atomically(target.sidecar, lambda tmp: tmp.write_text(sidecar))
     except (OSError, SkyreelsError) as err:
         message = str(err) if isinstance(err, SkyreelsError) else f"cannot write {job.output}: {err}"
         return Outcome(number, job, "failed", seconds, message)
     return Outcome(number, job, "done", seconds, result=Delivered(target.path, target.sidecar, row["worker"]))
+
+
+def _same(made: Path, target: Path) -> bool:
+    """`target` already holds what the job made (a file's bytes; a folder's frames)."""
+    if made.is_file():
+        return target.is_file() and target.read_bytes() == made.read_bytes()
+    frames = sorted(p.name for p in made.glob("*.png")) if made.is_dir() else []
+    return bool(frames) and target.is_dir() and sorted(p.name for p in target.glob("*.png")) == frames and all(
+        (target / name).read_bytes() == (made / name).read_bytes() for name in frames)
+
+
+def _deliver_folder(made: Path, target: Path) -> None:
+    """A PNG folder's frames put at `target` (made beside it, then moved in: no half folder under its name)."""
+    incoming = target.with_name(f".{target.name}.incoming")
+    shutil.rmtree(incoming, ignore_errors=True)
+    shutil.copytree(made, incoming, ignore=shutil.ignore_patterns("settings.json"))
+    if target.is_dir():
+        shutil.rmtree(target)
+    incoming.rename(target)
 
 
 class _Page:

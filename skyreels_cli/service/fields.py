@@ -62,6 +62,8 @@ class Offer:
     gpus: int = 0                          # GPU workers (0: the service runs on the CPU)
     gpus_elsewhere: bool = False           # the workers' GPUs are on other machines (a Ray cluster)
     max_prompt_chars: int = 10_000
+    max_frames: int = 2880                 # a job's length (two minutes at 24 fps); more is answered 413
+    max_seconds: float = 120.0
     keep_last: float | None = None         # a live job's segments kept on disk, in seconds, unless it says (None: all)
 
     def model_names(self) -> list[str]:
@@ -87,6 +89,7 @@ class Submission:
     job: Job
     priority: int = 0
     gpus: int = 1
+    uploads: dict[str, Path] | None = None  # the files the job reads, by upload field, where not the request's own
 
 
 def known_fields() -> tuple[str, ...]:
@@ -109,6 +112,7 @@ def submission(given: dict, uploads: dict[str, Path], offer: Offer, *, form: boo
         given = {name: _from_text(name, value) for name, value in given.items()}
     for name in ("prompt", "negative_prompt"):
         _limit(name, given.get(name), offer)
+    _limit_shots(given.get("shots"), offer)
     command = given.pop("command", None) or ("i2v" if "input_reference" in uploads else "t2v")
     if command not in COMMANDS:
         raise HttpError(400, f'"command": {json.dumps(command)} is not one of {", ".join(COMMANDS)}', "command")
@@ -224,6 +228,18 @@ def _limit(name: str, text, offer: Offer) -> None:
     if isinstance(text, str) and len(text) > offer.max_prompt_chars:
         raise HttpError(413, f'"{name}" is {len(text)} characters long; this service takes at most '
                              f"{offer.max_prompt_chars}", name)
+
+
+def _limit_shots(shots, offer: Offer) -> None:
+    """A shot's prompt and negative prompt are prompts: the same limit (a shot is a dict or a list)."""
+    if not isinstance(shots, (list, tuple)):
+        return
+    for i, shot in enumerate(shots):
+        texts = shot.values() if isinstance(shot, dict) else shot if isinstance(shot, (list, tuple)) else ()
+        longest = max((len(t) for t in texts if isinstance(t, str)), default=0)
+        if longest > offer.max_prompt_chars:
+            raise HttpError(413, f"shot {i + 1} has a text {longest} characters long; this service takes at most "
+                                 f"{offer.max_prompt_chars} in a prompt", "shots")
 
 
 def _whole(value, name: str, low: int, high: int) -> int:

@@ -12,11 +12,16 @@ a run the service died before hearing the end of (the job is completed); a resum
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 from .live import STEERING
+
+UPLOAD_PATH = re.compile(r"\S*/uploads/video_[0-9a-f]{24}/(\w+)\S*")
 
 
 def job_folders(state_dir: Path, job_id: str) -> list[Path]:
@@ -49,3 +54,40 @@ def before_run(spec: dict) -> dict | None:
             continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     return replace(job, resume=False).to_dict()
+
+
+def public_text(text: str, files_dir: Path) -> str:
+    """A message as a client may read it: an upload's server path is its field, the service's folder unnamed."""
+    text = UPLOAD_PATH.sub(r"\1", text)
+    return text.replace(str(files_dir), "(the service's folder)")
+
+
+def public_video(path: Path) -> None:
+    """The finished MP4's settings tag without the server's paths: each input file is named by its upload field,
+    each LoRA's file left out (a copy of the streams, the frames untouched; the sidecar keeps the paths)."""
+    from ..errors import HTTP_FIELDS
+    from ..media.ffmpeg import ffmpeg
+    from ..media.videos import read_comment
+
+    comment = read_comment(path)
+    try:
+        data = json.loads(comment) if comment else None
+    except ValueError:
+        return
+    if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
+        return
+    for name, http in HTTP_FIELDS.items():
+        if data["request"].get(name):
+            data["request"][name] = http
+    for lora in data.get("model", {}).get("loras", []) if isinstance(data.get("model"), dict) else []:
+        if isinstance(lora, dict) and "path" in lora:
+            lora["path"] = Path(str(lora["path"])).name
+    text = json.dumps(data)
+    if text == comment:
+        return
+    partial = path.with_name(path.name + ".public.mp4")
+    subprocess.run([ffmpeg().get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(path), "-map", "0", "-c", "copy",
+                    "-map_metadata", "0", "-metadata", f"comment={text}", "-movflags", "+faststart", "-f", "mp4",
+                    str(partial)],
+                   check=True, capture_output=True)
+    partial.replace(path)

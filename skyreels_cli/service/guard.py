@@ -19,6 +19,7 @@ import re
 from urllib.parse import parse_qs
 
 PUBLIC = ("/", "/favicon.ico")
+LIVENESS = "/health"  # answered without the token, but then only "ok" (api.py)
 PUBLIC_PREFIX = "/page/"
 COOKIE = "skyreels_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -88,8 +89,12 @@ class Guard:
             return None
         given = headers.get("authorization", "")
         if given.lower().startswith("bearer ") and hmac.compare_digest(given[7:].strip().encode(), self.token.encode()):
+            scope["skyreels_authorized"] = True
             return None
         if scope["method"] in ("GET", "HEAD") and hmac.compare_digest(_cookie(headers).encode(), self.token.encode()):
+            scope["skyreels_authorized"] = True
+            return None
+        if path == LIVENESS and scope["method"] in ("GET", "HEAD"):
             return None
         if scope["method"] in ("GET", "HEAD") and LIVE_PATH.fullmatch(path) and \
                 hmac.compare_digest(_query_token(scope).encode(), self.token.encode()):

@@ -63,7 +63,8 @@ def form_schema(offer: Offer) -> dict:
     return {"commands": commands, "uploads": uploads, "fields": {n: field_info(n) for n in names},
             "run_options": list(CLIENT_LOAD_OPTIONS), "models": offer.model_names(),
             "defaults": {c: offer.default_model(c) for c in COMMANDS}, "loras": list(offer.loras),
-            "max_prompt_chars": offer.max_prompt_chars}
+            "max_prompt_chars": offer.max_prompt_chars, "max_frames": offer.max_frames,
+            "max_seconds": offer.max_seconds}
 
 
 def submit_properties() -> dict:

@@ -41,6 +41,8 @@ class ServiceConfig:
     max_queued: int = 100                  # waiting jobs; one more is answered 429
     max_upload_mb: float = 100.0           # a request's body; more is answered 413
     max_prompt_chars: int = 10_000         # a prompt (and each text field); more is answered 413
+    max_frames: int = 2880                 # a job's length in frames (two minutes at 24 fps); more: 413
+    max_seconds: float = 120.0             # a job's length in seconds; more: 413
     cors: tuple[str, ...] = ()             # origins allowed to call the API from a browser (none by default)
     ray: str | None = None                 # a Ray cluster's address ("auto", "local", HOST:PORT): workers are actors
     shared_dir: Path | None = None         # with ray: jobs' files here, a folder every node sees at this path
@@ -60,7 +62,8 @@ def check_config(config: ServiceConfig) -> None:
     if not 0 <= config.port <= 65535:
         raise UsageError(f"--port {config.port} is not a port; give 1 to 65535 (0: any free port)")
     for name, value in (("--max-queued", config.max_queued), ("--max-upload-mb", config.max_upload_mb),
-                        ("--max-prompt-chars", config.max_prompt_chars)):
+                        ("--max-prompt-chars", config.max_prompt_chars), ("--max-frames", config.max_frames),
+                        ("--max-seconds", config.max_seconds)):
         if not value > 0:
             raise UsageError(f"{name} {value} must be positive")
     if config.keep_last is not None and not 0 < config.keep_last < float("inf"):
@@ -157,7 +160,8 @@ def serve(config: ServiceConfig) -> None:
     store = Store(state / "queue.db")
     scheduler = Scheduler(store, files, fleet)
     offer = Offer(tuple(config.models), dict(config.loras), gpus=gpus, gpus_elsewhere=config.ray is not None,
-                  max_prompt_chars=config.max_prompt_chars, keep_last=config.keep_last)
+                  max_prompt_chars=config.max_prompt_chars, max_frames=config.max_frames,
+                  max_seconds=config.max_seconds, keep_last=config.keep_last)
     service = Service(store, scheduler, offer, files, config)
     app = create_app(service)
     scheduler.start()

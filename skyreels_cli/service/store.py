@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT UNIQUE NOT NULL,
     created_at INTEGER NOT NULL,
     idempotency_key TEXT UNIQUE,
+    fingerprint TEXT,                           -- a digest of the submission sent with the key
+    remixed_from TEXT,                          -- the job this one remixes or extends (OpenAI's remixed_from_video_id)
     priority INTEGER NOT NULL DEFAULT 0,
     gpus INTEGER NOT NULL DEFAULT 1,            -- workers (one GPU each) the job runs on at once
     status TEXT NOT NULL,
@@ -100,6 +102,9 @@ class Store:
             columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
             if "gpus" not in columns:  # a queue made before jobs could ask for several GPUs
                 db.execute("ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 1")
+            for name in ("fingerprint", "remixed_from"):  # a queue made before these were recorded
+                if name not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
 
     # ------------------------------------------------------------ connections
 
@@ -135,8 +140,8 @@ class Store:
 
     # ------------------------------------------------------------ submissions
 
-    def add(self, new: NewJob, job_id: str, *, idempotency_key: str | None = None,
-            max_queued: int | None = None) -> tuple[dict, bool]:
+    def add(self, new: NewJob, job_id: str, *, idempotency_key: str | None = None, fingerprint: str | None = None,
+            max_queued: int | None = None, remixed_from: str | None = None) -> tuple[dict, bool]:
         """Record a job (committed when this returns); (its row, True). With an `idempotency_key` already
         recorded: (that job's row, False). A full queue raises QueueFull."""
         with self._lock() as db:
@@ -150,9 +155,10 @@ class Store:
                     raise QueueFull(waiting)
             now = int(time.time())
             db.execute(
-                "INSERT INTO jobs (id, created_at, idempotency_key, priority, gpus, status, job, command, model, frames, "
-                "width, height, fps, seed, windows) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, idempotency_key, new.priority, new.gpus, json.dumps(new.job), new.command, new.model,
+                "INSERT INTO jobs (id, created_at, idempotency_key, fingerprint, remixed_from, priority, gpus, status, "
+                "job, command, model, frames, width, height, fps, seed, windows) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, now, idempotency_key, fingerprint, remixed_from, new.priority, new.gpus, json.dumps(new.job), new.command, new.model,
                  new.frames, new.width, new.height, new.fps, new.seed, new.windows))
             _event(db, job_id, "job", {"status": "queued"})
             return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
@@ -249,6 +255,17 @@ class Store:
                 _event(db, job_id, "job", {"status": "cancelled"})
             elif row["status"] == "in_progress":
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> dict | None:
+        """A cancelled or failed job back in the queue in its place (`POST .../resume`): its worker continues it
+        from the last window it kept."""
+        with self._lock() as db:
+            done = db.execute("UPDATE jobs SET status = 'queued', cancel_requested = 0, error = NULL, "
+                              "error_param = NULL, completed_at = NULL, worker = NULL "
+                              "WHERE id = ? AND deleted = 0 AND status IN ('cancelled', 'failed')", (job_id,)).rowcount
+            if done:
+                _event(db, job_id, "job", {"status": "queued", "reason": "resumed"})
         return self.get(job_id)
 
     def cancelling(self) -> list[dict]:
