@@ -340,3 +340,22 @@ def test_the_page_plays_the_live_stream_and_its_prompt_box_and_stop_button_work(
         page.locator("#videos .card").first.wait_for(timeout=30_000)
         assert errors == [], errors
         browser.close()
+
+
+def test_a_live_job_is_bounded_by_max_live_seconds_not_by_the_other_jobs_lengths(hub_models, tmp_path):
+    from skyreels_cli.service.admission import admit
+    from skyreels_cli.service.fields import HttpError
+
+    def admitted(fields, **limits):
+        offer = Offer(models=("tiny",), **limits)
+        return admit(submission(fields, {}, offer).job, "video_" + "0" * 24, tmp_path, offer, {"here": 1})
+
+    endless = {k: v for k, v in LIVE.items() if k != "frames"}
+    assert 4980 < admitted({**LIVE, "frames": 5000}, max_frames=2880).frames <= 5000, "its most: not bounded as others"
+    with pytest.raises(HttpError) as refused:
+        admitted({**TINY_EXTEND, "frames": 5000}, max_frames=2880)
+    assert refused.value.param == "frames", "a plain job still is bounded"
+    assert admitted(endless, max_live_seconds=10.0).frames <= 240, "none given: the bound is its most"
+    with pytest.raises(HttpError) as refused:
+        admitted({**LIVE, "frames": 5000}, max_live_seconds=10.0)
+    assert refused.value.status == 413 and refused.value.param == "frames"

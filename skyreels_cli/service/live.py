@@ -224,7 +224,32 @@ def add_routes(app, service) -> None:
         return FileResponse(path, media_type="video/mp2t")
 
 
-# ------------------------------------------------------------------ hooks of the scheduler
+# ------------------------------------------------------------------ hooks of admission and the scheduler
+
+def live_bounded(job, offer):
+    """A live job's most under `serve --max-live-seconds` (none: it runs until stopped): one that gives none gets
+    that bound, one that asks for more is refused (413). The limits of other jobs' lengths do not apply: a live
+    job is stopped by its client, and `keep_last` bounds its disk."""
+    from dataclasses import replace
+
+    from .fields import HttpError
+
+    r, bound = job.request, offer.max_live_seconds
+    if not r.live or bound is None:
+        return job
+    fps = r.fps or 24
+    most = r.frames / fps if r.frames is not None else r.seconds
+    if most is None:
+        return replace(job, request=replace(r, seconds=bound))
+    if most > bound:
+        name = "frames" if r.frames is not None else "seconds"
+        raise HttpError(413, f"{most:g} s is longer than this service lets a live video run ({bound:g} s; serve "
+                             "--max-live-seconds); ask for less, or leave the length out to run until stopped "
+                             "within it", name)
+    return job
+
+
+
 
 def record_made(store, files_dir: Path, job_id: str) -> None:
     """A live job that ended: its row's frames and windows become what it made (they were its most), from its
