@@ -7,6 +7,7 @@
     GET    /v1/videos/{id}/events      server-sent events: the library's progress events and the job's status
     POST   /v1/videos/{id}/cancel      (a live video: stops after its window, completed with all it made)
     POST   /v1/videos/{id}/prompt      a live video's prompt from its next window; live.m3u8 (service/live.py)
+    WS     /v1/realtime/video          a live video as vLLM-Omni's WebSocket streams it (service/realtime.py)
     DELETE /v1/videos/{id}             cancels if needed, then removes its files
     GET    /v1/models, /v1/options, /health
 
