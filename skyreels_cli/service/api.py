@@ -274,8 +274,8 @@ def create_app(service: Service) -> FastAPI:
     from .live import add_routes as add_live_routes
     from .realtime import add_route as add_realtime_route
 
-    add_live_routes(app, service)
-    add_realtime_route(app, service)
+    add_live_routes(app, service, _row, video_object)
+    add_realtime_route(app, service, _row)
 
     # ------------------------------------------------------------ the service
 

@@ -157,9 +157,8 @@ def segment(output: Path, name: str) -> Path | None:
 
 # ------------------------------------------------------------------ the routes
 
-def add_routes(app, service) -> None:
-    """The live job's endpoints on the API (`api.create_app`)."""
-    from .api import _row, video_object
+def add_routes(app, service, _row, video_object) -> None:
+    """The live job's endpoints on the API (`api.create_app`, which lends its `_row` and `video_object`)."""
     from .fields import HttpError, _limit
     from .store import FINISHED
 

@@ -44,11 +44,12 @@ RENAMED = {"num_frames": "frames", "guidance_scale": "guidance"}  # vLLM-Omni's 
 IGNORED = ("type", "format", "video_id", "from_window")
 
 
-def add_route(app, service) -> None:
+def add_route(app, service, row) -> None:
+    """The WebSocket on the API (`api.create_app`, which lends `row`: a job's row by id, or a 404)."""
     @app.websocket("/v1/realtime/video")
     async def realtime_video(socket: WebSocket) -> None:
         await socket.accept()
-        session = Session(socket, service)
+        session = Session(socket, service, row)
         try:
             await session.run()
         except WebSocketDisconnect:
@@ -58,8 +59,8 @@ def add_route(app, service) -> None:
 
 
 class Session:
-    def __init__(self, socket: WebSocket, service) -> None:
-        self.socket, self.service, self.store = socket, service, service.store
+    def __init__(self, socket: WebSocket, service, row) -> None:
+        self.socket, self.service, self.store, self.row = socket, service, service.store, row
         self.video_id: str | None = None
         self.own = False      # the session made the job: a disconnect stops it
         self.stopped = False
@@ -103,13 +104,11 @@ class Session:
 
     async def begin(self, start: dict) -> tuple[dict, int]:
         """Submit the session's live job (or join one); video.start. The window to stream from."""
-        from .api import _row
-
         if start.get("format", "m4s") != "m4s":
             raise HttpError(400, f'"format": {json.dumps(start["format"])}: this service streams "m4s" '
                                  "(fragmented MP4); HLS is at GET /v1/videos/{id}/live.m3u8", "format")
         if start.get("video_id") is not None:
-            row = await run_in_threadpool(_row, self.store, str(start["video_id"]))
+            row = await run_in_threadpool(self.row, self.store, str(start["video_id"]))
             if not json.loads(row["job"])["request"].get("live"):
                 raise HttpError(400, f"video {row['id']} is not live: there is nothing to stream", "video_id")
             window = start.get("from_window")
