@@ -49,11 +49,17 @@ class PromptEncoder:
                 head = text if len(text) <= 40 else text[:37].rstrip() + "..."
                 warn(f"the {name} {head!r} is {count} tokens long and the text encoder reads only the first "
                      f"{TEXT_TOKENS}: the last {count - TEXT_TOKENS} are cut off; shorten it")
-        with self.placement.encoding():
-            positive, negative_embeds = self.pipe.encode_prompt(
-                prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
-                max_sequence_length=TEXT_TOKENS, device=self.placement.text_encoder_device,
-            )
+        with self.placement.encoding() as text_encoder:
+            self.pipe.text_encoder = text_encoder  # the same one, unless read for this prompt ("disk")
+            del text_encoder
+            try:
+                positive, negative_embeds = self.pipe.encode_prompt(
+                    prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
+                    max_sequence_length=TEXT_TOKENS, device=self.placement.text_encoder_device,
+                )
+            finally:
+                if self.placement.read_text_encoder is not None:  # freed as the block ends: the pipeline keeps none
+                    self.pipe.text_encoder = None
         device = self.placement.device  # the text encoder may have run on the host (--text-encoder-device cpu)
         return positive.to(device), negative_embeds.to(device) if cfg else None
 
