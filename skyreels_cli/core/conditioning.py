@@ -50,7 +50,10 @@ class PromptEncoder:
                 warn(f"the {name} {head!r} is {count} tokens long and the text encoder reads only the first "
                      f"{TEXT_TOKENS}: the last {count - TEXT_TOKENS} are cut off; shorten it")
         with self.placement.encoding() as text_encoder:
-            self.pipe.text_encoder = text_encoder  # the same one, unless read for this prompt ("disk")
+            # read for this prompt ("disk"): the pipeline uses it, and keeps no reference once the block frees it
+            read = text_encoder is not getattr(self.pipe, "text_encoder", None)
+            if read:
+                self.pipe.text_encoder = text_encoder
             del text_encoder
             try:
                 positive, negative_embeds = self.pipe.encode_prompt(
@@ -58,7 +61,7 @@ class PromptEncoder:
                     max_sequence_length=TEXT_TOKENS, device=self.placement.text_encoder_device,
                 )
             finally:
-                if self.placement.read_text_encoder is not None:  # freed as the block ends: the pipeline keeps none
+                if read:
                     self.pipe.text_encoder = None
         device = self.placement.device  # the text encoder may have run on the host (--text-encoder-device cpu)
         return positive.to(device), negative_embeds.to(device) if cfg else None
