@@ -242,6 +242,10 @@ def test_admitting_a_day_of_video_counts_its_windows_without_listing_them(tmp_pa
     with pytest.raises(HttpError) as refused:
         admit(job, "video_" + "1" * 24, tmp_path, Offer(gpus=2, gpus_elsewhere=True), {"node": 2})
     assert refused.value.status == 413 and refused.value.param == "frames"
+    # `batch --ray` runs the operator's own file: as long a job as the same file runs without --ray
+    from skyreels_cli.service.batch import cluster_offer
+
+    assert admit(job, "video_" + "2" * 24, tmp_path, cluster_offer(2), {"node": 2}).windows == 25920
 
 
 def test_a_cluster_whose_gpus_are_elsewhere_admits_a_real_model_checked_as_far_as_this_machine_can(tmp_path):
