@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -299,6 +300,8 @@ class Model:
             else:
                 request, output_dir = job, None
             prepared = self.prepare(request, output, overwrite=overwrite, resume=resume, output_dir=output_dir)
+            if isinstance(job, Job) and job.tag_names:
+                prepared = replace(prepared, tag_names=job.tag_names)
         except BaseException:
             if self.parallel is not None:
                 self.parallel.share(None)  # the other ranks stop waiting
