@@ -3,7 +3,8 @@
 `SKYREELS_FAULT=NAME:N` ends the process with exit code 137 (as SIGKILL would) the N-th time
 the point NAME is reached; `NAME:N:hang` blocks there in native code instead, as one very long
 operation would (the process stays alive and its other threads run: a rank of a parallel run keeps beating
-while it stalls, so `step_done:2:hang` makes the stall the watchdog must catch). With `SKYREELS_FAULT_RANK=R` it fires only in rank R of a process group (the process whose
+while it stalls, so `step_done:2:hang` makes the stall the watchdog must catch); `NAME:N:raise` raises an
+OSError there instead, as a failing disk would (the run fails, the process lives on). With `SKYREELS_FAULT_RANK=R` it fires only in rank R of a process group (the process whose
 `RANK` is R), so a test can make one process of a context-parallel run die. Unset, every point is a no-op.
 """
 
@@ -32,4 +33,6 @@ def point(name: str) -> None:
 
             print(f"fault: hanging at {name}", file=sys.stderr, flush=True)
             ctypes.CDLL(None).sleep(3600)
+        if action == "raise":
+            raise OSError(f"fault injected at {name}")
         os._exit(137)

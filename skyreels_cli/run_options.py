@@ -23,7 +23,9 @@ AUTO = "auto"
 OFFLOADS = ("none", "model", "group", "sequential")  # fastest first (runtime/plan.py `speed_rank`)
 QUANTIZES = ("none", "fp8", "int8")
 CFGS = ("separate", "batched")
-TEXT_ENCODER_DEVICES = ("auto", "cpu")  # "auto": the run's device, only while it encodes
+# "auto": the run's device, only while it encodes (kept on the host between prompts); "disk": the same, but read
+# from the checkpoint folder for each prompt not yet encoded and freed after (for a host short of memory); "cpu"
+TEXT_ENCODER_DEVICES = ("auto", "disk", "cpu")
 KERNELS = ("sdpa", "flash", "flash3", "sage", "xformers")  # runtime/attention.py describes each
 DTYPES = ("bf16", "fp16", "fp32")
 OPTIONS_VERSION = 1
@@ -58,7 +60,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("tiled_decode", None, bool, "Decode in spatial tiles (default: only when the whole frame would not "
               "fit).", plan=True, recorded=True),
     RunOption("text_encoder_device", AUTO, str, "Where the text encoder runs: auto (the run's device, only while "
-              "it encodes) or cpu.", choices=TEXT_ENCODER_DEVICES, plan=True, recorded=True),
+              "it encodes), disk (the same, read from the checkpoint for each new prompt and freed after: less host "
+              "memory) or cpu.", choices=TEXT_ENCODER_DEVICES, plan=True, recorded=True),
     RunOption("vram_gb", None, float, "GPU memory in GB to plan for (default: the GPU's free memory)."),
     RunOption("attention", AUTO, str, "Attention kernel: auto (fastest installed), sdpa, flash, flash3, sage or "
               "xformers.", choices=(AUTO, *KERNELS), recorded=True),

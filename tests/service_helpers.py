@@ -122,7 +122,7 @@ class Server:
         payload = response.read()
         reply_headers = {k.lower(): v for k, v in response.getheaders()}
         conn.close()
-        if reply_headers.get("content-type", "").startswith("application/json"):
+        if reply_headers.get("content-type", "").startswith("application/json") and payload:  # HEAD: no body
             return response.status, json.loads(payload), reply_headers
         return response.status, payload, reply_headers
 

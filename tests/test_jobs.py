@@ -35,7 +35,7 @@ def full_job() -> sk.Job:
                           text_encoder_device="cpu", vram_gb=23.5, attention="sdpa", compile=True,
                           loras=("style.safetensors:0.5", "org/name"), ulysses=2, ring=1)
     return sk.Job("extend", request, model="df-1.3b-540p", load=load, output="fox.mp4", output_dir="films",
-                  overwrite=True, resume=False, enhance="qwen2.5-3b")
+                  overwrite=True, resume=False, enhance="qwen2.5-3b", tag_names={"/srv/start.png": "input_reference"})
 
 
 @pytest.mark.parametrize("job", [sk.Job("t2v", sk.Request(prompt="a cat")), full_job()], ids=["plain", "every field"])
@@ -45,6 +45,22 @@ def test_a_job_round_trips_exactly_through_json(job):
     back = sk.Job.from_dict(data)
     assert back == job and back.to_dict() == job.to_dict()
     assert sk.LoadOptions.from_dict(data["load"]) == job.load
+
+
+def test_the_tag_names_what_a_job_says_in_place_of_server_paths():
+    """`Job.tag_names` (a service's): the video's tag says each name where the path was, the longest path first
+    (an upload inside the state folder is its field, not "folder/uploads/..."); the sidecar's metadata is not
+    touched. A job whose names are not text is refused by name."""
+    from skyreels_cli.core.prepare import public_metadata
+
+    metadata = {"request": {"image": "/srv/s\\x/uploads/a.png", "prompt": "a fox"}, "live": {"hls": "/srv/s\\x/v"}}
+    names = {"/srv/s\\x": "(the service's folder)", "/srv/s\\x/uploads/a.png": "input_reference"}
+    tag = public_metadata(metadata, names)
+    assert tag == {"request": {"image": "input_reference", "prompt": "a fox"}, "live": {"hls": "(the service's folder)/v"}}
+    assert metadata["request"]["image"] == "/srv/s\\x/uploads/a.png" and public_metadata(metadata, {}) == metadata
+    with pytest.raises(sk.UsageError, match="tag_names") as err:
+        sk.Job("t2v", sk.Request(prompt="a"), tag_names={"/srv": 3})
+    assert err.value.field == "tag_names"
 
 
 @pytest.mark.parametrize("where, data, name", [

@@ -475,7 +475,7 @@ def test_plan_table_names_every_column_once(capsys):
     from skyreels_cli.runtime.memory import MemoryPlan
 
     phases = {"text": 2e9, "image": 1e9, "denoise": 5e9, "decode": 3e9}
-    row = SimpleNamespace(plan=MemoryPlan(), phases=phases, fits=True, chosen=True, note="", peak_gb=6.5)
+    row = SimpleNamespace(plan=MemoryPlan(), phases=phases, fits=True, chosen=True, note="", peak_gb=6.5, host_gb=12.0)
     _table("df-1.3b-540p", [row])
     head = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("offload"))
     names = head.split()

@@ -63,15 +63,18 @@ def test_the_planner_predicts_the_loaders_plans(df13):
     plans = [p.plan for p in df13]
     assert all(isinstance(p, memory.MemoryPlan) for p in plans)
     # every combination once (batched guidance: diffusion forcing only), fastest first
-    assert len({key(p) for p in plans}) == len(plans) == 4 * 3 * 2 * 2 * 2
+    assert len({key(p) for p in plans}) == len(plans) == 4 * 3 * 2 * 2 * 3
     assert plans == sorted(plans, key=plan.speed_rank) and key(plans[0]) == ("none", "none", "batched", False, "auto")
     assert key(plans[-1]) == ("sequential", "int8", "separate", True, "cpu")
-    assert len(plan.plans(forcing=False)) == 4 * 3 * 2 * 2 and all(p.cfg == "separate" for p in plan.plans(False))
+    assert len(plan.plans(forcing=False)) == 4 * 3 * 2 * 3 and all(p.cfg == "separate" for p in plan.plans(False))
     # the speed order: offload first, then quantization, guidance, decode, text encoder
     fast = memory.MemoryPlan(offload="model", quantize="int8", cfg="separate", tiled_decode=True,
                              text_encoder_device="cpu")
     assert plan.speed_rank(fast) < plan.speed_rank(memory.MemoryPlan(offload="group"))
     assert plan.speed_rank(memory.MemoryPlan(cfg="batched", tiled_decode=True)) < plan.speed_rank(memory.MemoryPlan())
+    # the text encoder read from disk per new prompt: slower than kept on the host, faster than the CPU
+    assert [plan.speed_rank(memory.MemoryPlan(text_encoder_device=d)) for d in ("auto", "disk", "cpu")] == \
+        sorted(plan.speed_rank(memory.MemoryPlan(text_encoder_device=d)) for d in ("auto", "disk", "cpu"))
 
 
 def test_text_encoder_beside_is_the_planners_verdict(df13):

@@ -211,7 +211,7 @@ REFUSED = [
     (["--quantize", "int4"], ["--quantize 'int4'", "none, fp8, int8"]),
     (["--offload", "disk"], ["--offload 'disk'", "auto, none, model, group, sequential"]),
     (["--cfg", "both"], ["--cfg 'both'", "auto, separate, batched"]),
-    (["--text-encoder-device", "gpu"], ["--text-encoder-device 'gpu'", "use one of auto, cpu"]),
+    (["--text-encoder-device", "gpu"], ["--text-encoder-device 'gpu'", "use one of auto, disk, cpu"]),
     (["--cache", "2"], ["--cache 2.0 must be between 0 (off) and 1"]),
     (["--cache", "nan"], ["--cache nan must be between 0 (off) and 1"]),
     ([*T2V, "--cache", "0.05"], ["applies to diffusion forcing models only", "tiny-t2v"]),

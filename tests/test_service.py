@@ -213,6 +213,41 @@ def test_without_ray_installed_ray_is_one_line_saying_how_to_install(monkeypatch
     assert not (tmp_path / "state").exists(), "nothing made"
 
 
+def test_admitting_a_day_of_video_counts_its_windows_without_listing_them(tmp_path, monkeypatch):
+    """2,073,600 frames (a day at 24 fps) admitted by a service whose --max-frames allows it: the window count is
+    right, and no window is built one by one on the way (each `Window` made is counted; listing the plan would
+    make 25,920 of them). The default cap refuses it, 413 naming frames."""
+    import math
+    from dataclasses import dataclass
+
+    from skyreels_cli.forcing import windows
+    from skyreels_cli.forcing.frames import latent_frames
+    from skyreels_cli.service.admission import admit
+    from skyreels_cli.service.fields import HttpError, Offer
+
+    made = []
+
+    @dataclass(frozen=True)
+    class Counted(windows.Window):
+        def __post_init__(self) -> None:
+            made.append(self.index)
+
+    monkeypatch.setattr(windows, "Window", Counted)
+    job = sk.Job("extend", sk.Request(prompt="a fox", frames=2_073_600, seed=1), model="df-1.3b-540p")
+    offer = Offer(gpus=2, gpus_elsewhere=True, max_frames=3_000_000, max_seconds=200_000)
+    new = admit(job, "video_" + "0" * 24, tmp_path, offer, {"node": 2})
+    total, base, overlap = latent_frames(2_073_600), latent_frames(97), latent_frames(17)
+    assert new.windows == 1 + math.ceil((total - base) / (base - overlap)) == 25920
+    assert 0 < len(made) < 100, f"{len(made)} windows built to admit it"
+    with pytest.raises(HttpError) as refused:
+        admit(job, "video_" + "1" * 24, tmp_path, Offer(gpus=2, gpus_elsewhere=True), {"node": 2})
+    assert refused.value.status == 413 and refused.value.param == "frames"
+    # `batch --ray` runs the operator's own file: as long a job as the same file runs without --ray
+    from skyreels_cli.service.batch import cluster_offer
+
+    assert admit(job, "video_" + "2" * 24, tmp_path, cluster_offer(2), {"node": 2}).windows == 25920
+
+
 def test_a_cluster_whose_gpus_are_elsewhere_admits_a_real_model_checked_as_far_as_this_machine_can(tmp_path):
     # `serve --ray` on a head without a GPU: the released model cannot be checked on a GPU here, but everything else is
     from skyreels_cli.service.admission import admit

@@ -111,6 +111,35 @@ def test_frames_beyond_the_service_bound_are_refused_without_listing_windows(que
     queue_only.call("DELETE", f"/v1/videos/{job['id']}")
 
 
+def test_list_paging_with_an_unknown_cursor_is_refused_naming_after(queue_only):
+    # Once the first page again (a client paging by last_id went round for ever); a huge limit names limit
+    status, error = refused(queue_only, path="/v1/videos?after=video_" + "0" * 24, method="GET")
+    assert status == 400 and error["param"] == "after", error
+    assert refused(queue_only, path="/v1/videos?after=" + "x" * 100_000, method="GET")[1]["param"] == "after"
+    assert refused(queue_only, path="/v1/videos?limit=" + "9" * 400, method="GET")[1]["param"] == "limit"
+    jobs = [queue_only.submit(TINY)["id"] for _ in range(3)]
+    status, page, _ = queue_only.call("GET", f"/v1/videos?limit=1&after={jobs[2]}")
+    assert status == 200 and page["data"][0]["id"] == jobs[1], "a known cursor pages on"
+    for job in jobs:
+        queue_only.call("DELETE", f"/v1/videos/{job}")
+
+
+def test_head_answers_as_get_without_a_body(queue_only):
+    # Once 405 on every path: a load balancer's or a downloader's probe
+    job = queue_only.submit(TINY)
+    queue_only.call("POST", f"/v1/videos/{job['id']}/cancel")  # ended: its events end too
+    for path in ("/health", "/v1/videos", f"/v1/videos/{job['id']}", "/v1/models", f"/v1/videos/{job['id']}/events",
+                 f"/v1/videos/{job['id']}/content"):
+        got, head = queue_only.call("GET", path), queue_only.call("HEAD", path)
+        assert head[0] == got[0] and head[1] == b"", (path, head)
+        assert head[2]["content-type"] == got[2]["content-type"], path
+    assert queue_only.call("HEAD", "/v1/videos")[2]["content-length"] == queue_only.call("GET", "/v1/videos")[2]["content-length"]
+    running = queue_only.submit(TINY)  # queued for ever here: a GET of its events would never end, a HEAD does
+    assert queue_only.call("HEAD", f"/v1/videos/{running['id']}/events")[:2] == (200, b"")
+    queue_only.call("DELETE", f"/v1/videos/{running['id']}")
+    queue_only.call("DELETE", f"/v1/videos/{job['id']}")
+
+
 def test_sizes_are_bounded_by_the_model(queue_only):
     status, error = refused(queue_only, {**TINY, "width": 4096, "height": 4096, "frames": 500})
     assert error["param"] in ("width", "height", "frames"), error

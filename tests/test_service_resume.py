@@ -39,6 +39,9 @@ def test_a_failed_extend_resumes_from_its_last_window_to_the_same_bytes(hub_mode
 
 
 def test_nothing_a_client_receives_names_a_server_path(hub_models, tmp_path):
+    """A job fails at run time with the output's server path in its exception (a disk error while its third
+    window is written), is resumed and completes: its error, warnings, events, preview (the tag written by the
+    library while it ran), finished video, thumbnail, spritesheet and settings name no path of the server."""
     import io
 
     from PIL import Image
@@ -46,19 +49,37 @@ def test_nothing_a_client_receives_names_a_server_path(hub_models, tmp_path):
     state = tmp_path / "state"
     image = io.BytesIO()
     Image.new("RGB", (8, 8), (10, 120, 200)).save(image, format="PNG")  # scaled up 6 times: warned about
-    with Server(state, "--model", "tiny") as server:
-        raw, kind = multipart({**TINY_EXTEND, "frames": 17}, {"input_reference": ("start.png", image.getvalue())})
+    received: list[str] = []
+
+    def tag(data: bytes) -> str:
+        (tmp_path / "got.mp4").write_bytes(data)
+        return read_comment(tmp_path / "got.mp4") or ""
+
+    with Server(state, "--model", "tiny", env={"SKYREELS_FAULT": "segment_write:3:raise"}) as server:
+        raw, kind = multipart(TINY_EXTEND, {"input_reference": ("start.png", image.getvalue())})
         status, job, _ = server.call("POST", "/v1/videos", raw=raw, headers={"Content-Type": kind})
         assert status == 200, job
+        failed = server.wait(job["id"], "failed")
+        error = failed["error"]["message"]
+        assert error.startswith(f"cannot write output /v1/videos/{job['id']}/content: fault injected at segment_write"), error
+        preview = tag(server.content(job["id"], "preview"))
+        assert json.loads(preview)["request"]["image"] == "input_reference", preview
+        received += [json.dumps(failed), json.dumps(server.events(job["id"])), preview]
+        assert server.call("POST", f"/v1/videos/{job['id']}/resume")[0] == 200
         done = server.wait(job["id"], "completed")
         events = server.events(job["id"])
-        video = server.content(job["id"])
-        (tmp_path / "got.mp4").write_bytes(video)
-        received = [json.dumps(done), json.dumps(events), json.dumps(server.call("GET", "/v1/videos")[1]),
-                    json.dumps(server.content(job["id"], "settings")), read_comment(tmp_path / "got.mp4") or ""]
+        warnings = [data["message"] for kind, data in events if kind == "warning"]
+        assert any("input_reference" in w for w in warnings), warnings  # the field, where the path was
+        finished = tag(server.content(job["id"]))
+        received += [json.dumps(done), json.dumps(events), json.dumps(server.call("GET", "/v1/videos")[1]),
+                     json.dumps(server.content(job["id"], "settings")), finished,
+                     server.content(job["id"], "thumbnail").decode("latin-1"),
+                     server.content(job["id"], "spritesheet").decode("latin-1")]
     for text in received:
         assert str(state) not in text and str(tmp_path) not in text and "/uploads/" not in text, text[:500]
-    assert json.loads(received[-1])["request"]["image"] == "input_reference"
+    assert json.loads(finished)["request"]["image"] == "input_reference"
+    sidecar = json.loads((state / "videos" / job["id"] / "video.mp4.json").read_text())
+    assert sidecar["request"]["image"].startswith(str(state)), "the server's own record keeps the path"
 
 
 def test_a_failure_names_the_upload_by_its_field():
@@ -67,3 +88,5 @@ def test_a_failure_names_the_upload_by_its_field():
     public = public_text(message, files)
     assert public == "image input_reference is 1x1; give a larger image"
     assert not re.search(r"/srv", public_text(f"cannot write {files}/videos/x", files))
+    output = f"cannot write output {files}/videos/video_{'b' * 24}/video.mp4: disk full"
+    assert public_text(output, files) == f"cannot write output /v1/videos/video_{'b' * 24}/content: disk full"

@@ -111,3 +111,23 @@ def test_cuts_end_windows_where_they_fall():
     with pytest.raises(TailError):  # a stretch between cuts that is no whole block
         plan_windows(40, base=9, overlap=3, causal_block=3, cuts=(10,))
     assert pixel_frames(latent_frames(97)) == 97
+
+
+def test_a_long_plan_counts_its_windows_in_runs_each_built_when_asked_for():
+    """A day of video at 24 fps in windows of 25 latent frames overlapping 5: 1 + ceil((L - B) / (B - O)) windows,
+    held as a few runs of the same window (a window shape each); by index as by iteration; a shot's cut and the
+    end image are windows of their own. The count moves with the length (the comparison can fail)."""
+    import math
+
+    total, base, overlap = latent_frames(2_073_600), 25, 5
+    plan = plan_windows(total, base=base, overlap=overlap, end_image=True)
+    assert len(plan.windows) == 1 + math.ceil((total - base) / (base - overlap)) == 25920
+    assert len(plan.windows.runs) <= 3 and len(plan_windows(total + 20, base=base, overlap=overlap).windows) == 25921
+    assert plan.windows[-1].end_image and not plan.windows[-2].end_image and plan.windows[-2].index == 25918
+    cut = plan_windows(total, base=base, overlap=overlap, cuts=(1000,))
+    assert len(cut.windows.runs) <= 6 and sum(w.new for w in cut.windows) == total
+    ends = list(itertools.accumulate(w.new for w in cut.windows))
+    assert 1000 in ends, "no window's new frames cross the cut"
+    small = plan_windows(41, base=9, overlap=3, cuts=(17,), end_image=True)
+    assert [small.windows[i] for i in range(len(small.windows))] == list(small.windows) == small.windows[:]
+    assert [w.index for w in small.windows] == list(range(len(small.windows)))

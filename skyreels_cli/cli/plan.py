@@ -116,13 +116,13 @@ def _table(alias: str, rows: list) -> None:
         " ".join(f"{name:>7}" for name in phases) + f" {'peak':>7} {'host':>6}  {'fits':<4} chosen"
     typer.echo(f"{alias}: predicted peak GPU memory in GB per phase ({', '.join(phases)}; without the "
                f"{MARGIN_BYTES / GB:.1f} GB margin), peak and host memory with their margins; encoder: where the "
-               "text encoder runs")
+               "text encoder runs (disk: the GPU, read from disk for each new prompt)")
     typer.echo(head)
     for p in rows:
         fits = "-" if p.fits is None else ("yes" if p.fits else "no")
         cells = " ".join(f"{p.phases[name] / GB:>7.1f}" if name in p.phases else f"{'-':>7}" for name in phases)
         plan = p.plan
-        decode, text = "tiled" if plan.tiled_decode else "untiled", "cpu" if plan.text_encoder_device == "cpu" else "gpu"
+        decode, text = "tiled" if plan.tiled_decode else "untiled", {"cpu": "cpu", "disk": "disk"}.get(plan.text_encoder_device, "gpu")
         line = f"{plan.offload:<10} {plan.quantize:<8} {plan.cfg:<8} {decode:<7} {text:<7} " \
                f"{cells} {p.peak_gb:>7.1f} {p.host_gb:>6.1f}  {fits:<4} {'*' if p.chosen else ''}"
         typer.echo(line + (f"  ({p.note})" if p.note else ""))

@@ -49,11 +49,20 @@ class PromptEncoder:
                 head = text if len(text) <= 40 else text[:37].rstrip() + "..."
                 warn(f"the {name} {head!r} is {count} tokens long and the text encoder reads only the first "
                      f"{TEXT_TOKENS}: the last {count - TEXT_TOKENS} are cut off; shorten it")
-        with self.placement.encoding():
-            positive, negative_embeds = self.pipe.encode_prompt(
-                prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
-                max_sequence_length=TEXT_TOKENS, device=self.placement.text_encoder_device,
-            )
+        with self.placement.encoding() as text_encoder:
+            # read for this prompt ("disk"): the pipeline uses it, and keeps no reference once the block frees it
+            read = text_encoder is not getattr(self.pipe, "text_encoder", None)
+            if read:
+                self.pipe.text_encoder = text_encoder
+            del text_encoder
+            try:
+                positive, negative_embeds = self.pipe.encode_prompt(
+                    prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=cfg,
+                    max_sequence_length=TEXT_TOKENS, device=self.placement.text_encoder_device,
+                )
+            finally:
+                if read:
+                    self.pipe.text_encoder = None
         device = self.placement.device  # the text encoder may have run on the host (--text-encoder-device cpu)
         return positive.to(device), negative_embeds.to(device) if cfg else None
 

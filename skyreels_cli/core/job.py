@@ -52,6 +52,9 @@ class Job:
     resume: bool = False            # continue the interrupted run writing to `output`
     enhance: str | None = None      # rewrite the prompt first with this enhancer ("default": the registry's)
     keep_last: float | None = None  # a live job's HLS segments kept on disk: the last this many seconds (None: all)
+    # What the video's tag says in place of text of this machine ({server path: name}): a service's uploads by
+    # their fields, its folder unnamed, so the MP4 (and its preview) a client downloads names no server path.
+    tag_names: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.command not in COMMANDS:
@@ -79,6 +82,9 @@ class Job:
             raise UsageError(f"{setting('keep_last')} bounds a live job's segments on disk; give {setting('live', True)} "
                              f"too, or leave {setting('keep_last')} out",
                              field="keep_last")
+        if self.tag_names is not None and not (isinstance(self.tag_names, dict) and all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in self.tag_names.items())):
+            raise UsageError(f"Job.tag_names must map text to text, got {self.tag_names!r}", field="tag_names")
         for name in ("overwrite", "resume"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"Job.{name} must be True or False, got {getattr(self, name)!r}", field=name)

@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from ..errors import Cancelled, ModelError, OutOfMemory, UsageError, kept_after_
 from ..forcing.engine import Conditioning
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
-from ..models.loading import check_device, dtype_name, load_components, loaded_bytes, pick_dtype
+from ..models.loading import check_device, dtype_name, load_components, loaded_bytes, pick_dtype, read_text_encoder
 from ..models.lora import apply_loras, remove_loras, resolve_lora
 from ..models.naming import check_kind, resolve_model
 from ..models.registry import ModelSpec
@@ -120,8 +122,10 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
         # A follower reads only the transformer's weights: rank 0 encodes, decodes and shares (FOLLOWER_READS).
         # fp8 without LoRAs (merged into the bf16 weights before their storage) is stored as each shard is read
         as_read = fp8_as_read(torch_dtype) if memory.quantize == "fp8" and not loras else None
+        # "disk": the text encoder is not read now, but for each prompt to encode (runtime/placement.py)
         components = load_components(folder, spec.kind, torch_dtype, read=FOLLOWER_READS if follower else None,
-                                     transformer_first=transformer_first, stored_as_read=as_read)
+                                     transformer_first=transformer_first, stored_as_read=as_read,
+                                     later=("text_encoder",) if memory.text_encoder_device == "disk" else ())
     return Model(spec, folder, components, dev, _resolved(options, dev, torch_dtype, memory), memory=memory,
                  memory_reason=reason, memory_budget_gb=budget, loras=records, parallel=parallel, progress=progress,
                  load_seconds=round(time.perf_counter() - started, 3))
@@ -190,7 +194,8 @@ class Model:
         if spec.forcing:
             # Before the plan's offload hooks, which wrap `forward`: those must wrap ours.
             install_per_frame_modulation(transformer)
-        self.placement = Placement(components, device, self.memory)
+        self.placement = Placement(components, device, self.memory,
+                                   read_text_encoder=partial(read_text_encoder, folder, self.dtype))
         self.parallel = parallel
         if parallel is not None:  # the kernel is chosen for the layout: diffusers splits only some of them
             parallel.layout = choose_layout(transformer.config.num_attention_heads, parallel.world, options.ulysses,
@@ -295,6 +300,8 @@ class Model:
             else:
                 request, output_dir = job, None
             prepared = self.prepare(request, output, overwrite=overwrite, resume=resume, output_dir=output_dir)
+            if isinstance(job, Job) and job.tag_names:
+                prepared = replace(prepared, tag_names=job.tag_names)
         except BaseException:
             if self.parallel is not None:
                 self.parallel.share(None)  # the other ranks stop waiting

@@ -6,6 +6,7 @@ same and writes nothing (no folder, no lock).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Prepared:
     target: OutputTarget
     saved: dict | None = None  # the resume state, when resuming
     lock: OutputLock | None = None  # held from prepare() until the run ends: one run per output (None: dry run)
+    tag_names: dict[str, str] | None = None  # the job's: what the video's tag says in place of server text
 
     def describe(self) -> str:
         """One line: what will be made, and where."""
@@ -38,6 +40,11 @@ class Prepared:
         how = f" ({made} made in {windows} window{'s' if windows > 1 else ''})" if made != r.frames or windows > 1 else ""
         return f"{self.spec.alias}, {r.width}x{r.height}, {r.frames} frames{how}, seed {r.seed} -> {self.target.path}"
 
+    def tag(self, metadata: dict) -> dict:
+        """The settings the video's tag carries: `metadata` with each of `tag_names`' texts replaced by its
+        name, the longest first (a path inside another is replaced before it); the sidecar keeps the paths."""
+        return public_metadata(metadata, self.tag_names or {})
+
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
@@ -45,6 +52,16 @@ class Prepared:
     @property
     def model_identity(self) -> dict:
         return model_identity(self.spec)
+
+
+def public_metadata(metadata: dict, names: dict[str, str]) -> dict:
+    """`metadata` with each text of `names` (as it is spelled in JSON) replaced by its name."""
+    if not names:
+        return metadata
+    text = json.dumps(metadata)
+    for server in sorted(names, key=len, reverse=True):
+        text = text.replace(json.dumps(server)[1:-1], json.dumps(names[server])[1:-1])
+    return json.loads(text)
 
 
 def model_identity(spec: ModelSpec) -> dict:

@@ -253,7 +253,7 @@ class Run:
                               **({"accelerator": m.spec.accelerator} if m.spec.accelerator else {})}}
         if request.shots:
             metadata["shots"] = shots_record(request)  # which frames and windows belong to which shot
-        sink = FrameSink(target, request.fps, metadata, resume_frames=saved["frames_written"] if saved else 0,
+        sink = FrameSink(target, request.fps, p.tag(metadata), resume_frames=saved["frames_written"] if saved else 0,
                          preview=not self.live)
         with sink, third_party_quiet(self.quiet):
             with timer("generate"), m.out_of_memory(request):
@@ -270,7 +270,7 @@ class Run:
             if cache is not None:
                 run["step_cache"] = cache
             run["colour"] = self.colour
-            path = sink.finish({**metadata, "run": run}, metadata if self.live else None)
+            path = sink.finish({**metadata, "run": run}, p.tag(metadata) if self.live else None)
         self.emit(RunFinished(self.made, round(time.perf_counter() - started, 3), path, sink.frames_written))
         return Result(path, target.sidecar, request, sink.frames_written, timer.marks, peak, bool(saved),
                       self.replayed, cache, m.runtime)

@@ -38,7 +38,7 @@ class WindowPlan:
     base: int
     overlap: int
     causal_block: int
-    windows: tuple[Window, ...]
+    windows: Sequence[Window]  # Windows (runs of the same window), or a live plan's LiveWindows
 
 
 def causal_blocks(prefix: int, new: int, causal_block: int) -> tuple[tuple[int, ...], int]:
@@ -79,12 +79,13 @@ def plan_windows(
     if start_prefix >= base:
         raise UsageError(f"the input video's overlap does not leave room for new frames; lower {setting('overlap')}")
     stops = sorted({cut for cut in cuts if start_prefix < cut < total} | {total})
-    windows: list[Window] = []
+    runs: list[tuple[Window, int]] = []  # each window shape and how many times it runs in a row
+    count = 0
     done = start_prefix
     prefix = start_prefix
-    while done < total or not windows:
+    while done < total or not count:
         stop = next(cut for cut in stops if cut > done) if done < total else total
-        if windows and long and base - prefix < c:  # then no length that needs a second window can work
+        if count and long and base - prefix < c:  # then no length that needs a second window can work
             raise UsageError(f"{setting('overlap', pixel_frames(overlap))} leaves no room for a causal block of {c} new frames in "
                              f"{setting('base_frames', pixel_frames(base))} windows; lower {setting('overlap')}")
         room = min(base - prefix, stop - done)
@@ -93,12 +94,67 @@ def plan_windows(
             raise TailError(tail_message(c))
         last = done + new >= total
         blocks, ready = causal_blocks(prefix, new, c)
-        windows.append(Window(len(windows), prefix, prefix + new, blocks, ready, end_image and last))
-        done += new
+        window = Window(count, prefix, prefix + new, blocks, ready, end_image and last)
+        # The windows after it that are the same (a later window's prefix, as many new frames, not the last
+        # with an end image): counted, not listed, so a plan of a day of video costs what one of three windows does
+        same = 0 if prefix != overlap or last else repeats(stop - done - new, new, end_image and stop == total)
+        runs.append((window, 1 + same))
+        count += 1 + same
+        done += new * (1 + same)
         prefix = overlap
     if done != total:
         raise TailError(tail_message(c))
-    return WindowPlan(total, start_prefix, base, overlap, c, tuple(windows))
+    return WindowPlan(total, start_prefix, base, overlap, c, Windows(tuple(runs)))
+
+
+def repeats(left: int, new: int, end_image: bool) -> int:
+    """How many more windows of `new` new frames fit in the `left` latent frames to the next cut; with an end
+    image at that cut, the window that ends there differs (it carries the image)."""
+    more = left // new
+    return more - 1 if end_image and more and left == more * new else more
+
+
+class Windows(Sequence):
+    """A plan's windows as runs of the same window (`runs`: (window, times in a row)); each built when asked for."""
+
+    def __init__(self, runs: tuple[tuple[Window, int], ...]) -> None:
+        self.runs = runs
+        self.count = sum(times for _, times in runs)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        for window, times in self.runs:
+            if index < window.index + times:
+                return window if index == window.index else replace(window, index=index)
+        raise IndexError(index)
+
+    def __iter__(self) -> Iterator[Window]:
+        for window, times in self.runs:
+            yield window
+            yield from (replace(window, index=window.index + i) for i in range(1, times))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Windows):
+            return self.runs == other.runs
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self.runs)
+
+    def __repr__(self) -> str:
+        return f"Windows({self.runs!r})"
+
+    def distinct(self) -> tuple[Window, ...]:
+        """One window of each run (the others repeat it)."""
+        return tuple(window for window, _ in self.runs)
 
 
 class TailError(UsageError):
@@ -185,7 +241,7 @@ class LiveWindows(Sequence):
 
 def distinct_windows(plan: WindowPlan) -> Sequence[Window]:
     """Every window of a plan whose shape may differ from the others': all of them, or a live plan's two."""
-    return plan.windows.distinct() if isinstance(plan.windows, LiveWindows) else plan.windows
+    return plan.windows.distinct() if isinstance(plan.windows, (LiveWindows, Windows)) else plan.windows
 
 
 def live_plan(max_frames: int, *, base_frames: int, overlap_frames: int, causal_block: int = 1,
@@ -225,6 +281,9 @@ def window_counts(plan: WindowPlan) -> Iterator[tuple[Window, int]]:
         yield windows.first, 1
         if windows.later is not None and windows.count > 1:
             yield windows.later, windows.count - 1
+        return
+    if isinstance(windows, Windows):
+        yield from windows.runs
         return
     for window in windows:
         yield window, 1

@@ -61,7 +61,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collection[str] | None = None,
                     transformer_first: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-                    stored_as_read: Callable[[torch.nn.Module], None] | None = None) -> dict:
+                    stored_as_read: Callable[[torch.nn.Module], None] | None = None,
+                    later: Collection[str] = ()) -> dict:
     """Every component of the checkpoint on the CPU: the VAE in fp32, the rest in `dtype`.
 
     `transformer_first`: the transformer is read alone first and given to it (LoRAs, fp8 storage) before the
@@ -74,18 +75,30 @@ def load_components(folder: Path, kind: str, dtype: torch.dtype, read: Collectio
     `read`: the components whose weights are read (None: all). The others are not read at all: the VAE
     is built from its config on the meta device (the pipelines read its config, never its weights) and
     the rest are None. A context-parallel rank but the first reads only the transformer this way.
+    `later`: components not read now (None), each read when needed (`read_text_encoder`).
     """
     import diffusers
 
     pipeline_cls = getattr(diffusers, KINDS[kind].pipeline)
     skipped = {} if read is None else {name: _empty(folder, name) for name in _component_names(folder)
                                        if name not in read}
+    skipped.update({name: None for name in later})
     if transformer_first is not None and "transformer" not in skipped:
         skipped["transformer"] = transformer_first(_checked(folder, lambda: _read_transformer(folder, dtype,
                                                                                              stored_as_read)))
     pipe = _checked(folder, lambda: pipeline_cls.from_pretrained(folder, dtype={"vae": torch.float32,
                                                                                 "default": dtype}, **skipped))
     return dict(pipe.components)
+
+
+def read_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's text encoder read straight onto `device` (transformers' `device_map`: shard by shard, so
+    the host holds about one shard's pages, never the whole encoder), in `dtype` as `load_components` reads it."""
+    import transformers
+
+    _library, class_name = json.loads((Path(folder) / "model_index.json").read_text())["text_encoder"]
+    return _checked(folder, lambda: getattr(transformers, class_name).from_pretrained(
+        folder, subfolder="text_encoder", dtype=dtype, device_map=str(device)))
 
 
 def loaded_bytes(components: dict) -> int:

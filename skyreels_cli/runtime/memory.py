@@ -36,7 +36,9 @@ class MemoryPlan:
 
     offload: str = "none"
     quantize: str = "none"
-    text_encoder_device: str = "auto"  # "auto": on the run's device while encoding; "cpu": never on the GPU
+    # "auto": on the run's device while encoding; "disk": the same, read for each new prompt and freed after;
+    # "cpu": never on the GPU
+    text_encoder_device: str = "auto"
     tiled_decode: bool = False
     cfg: str = "separate"
     text_encoder_beside: bool = True

@@ -13,15 +13,16 @@ host after:
 
 Offload "none" keeps transformer, VAE and image encoder on the device; the text encoder (UMT5-XXL, about
 11 GB in bf16) is needed once per prompt, so it waits on the host and visits only while it encodes (the
-resident ones step out first if the planner said it does not fit beside them). "model" keeps nothing
-resident. "group"/"sequential" are "model" with the transformer never moved by us: diffusers' hooks
+resident ones step out first if the planner said it does not fit beside them); under
+`--text-encoder-device disk` it is not kept on the host at all: read from the checkpoint straight onto the
+device for each prompt not yet encoded, and freed after. "model" keeps nothing resident. "group"/"sequential" are "model" with the transformer never moved by us: diffusers' hooks
 stream its weights in.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -34,13 +35,16 @@ TEXT = "text_encoder"
 
 
 class Placement:
-    """Applies `plan` to `components` (on the host, as loaded) for runs on `device`."""
+    """Applies `plan` to `components` (on the host, as loaded) for runs on `device`. `read_text_encoder(device)`:
+    the text encoder read from the checkpoint onto `device`, for a plan that frees it between prompts ("disk")."""
 
-    def __init__(self, components: dict, device: torch.device, plan: MemoryPlan | None = None) -> None:
+    def __init__(self, components: dict, device: torch.device, plan: MemoryPlan | None = None,
+                 read_text_encoder: Callable[[torch.device], torch.nn.Module] | None = None) -> None:
         # A stand-in with no weights (a follower rank's VAE, models/loading.py) is never placed.
         self.components = {name: c for name, c in components.items() if not is_empty(c)}
         self.device = torch.device(device)
         self.plan = plan or MemoryPlan()
+        self.read_text_encoder = read_text_encoder if self.plan.text_encoder_device == "disk" else None
         self._in_use: Counter[str] = Counter()
         # Where each component is now (as loaded: the host): moves to where it already is are skipped.
         self.location = {name: _device_of(c) for name, c in self.components.items()
@@ -70,12 +74,14 @@ class Placement:
     def using(self, *names: str) -> Iterator[None]:
         """The named components (those present) on the device for the calls inside; after, back to the host
         unless the plan keeps them resident. Nested phases share components without moving them twice."""
-        names = tuple(n for n in names if self.components.get(n) is not None)
+        names = tuple(n for n in names if self.components.get(n) is not None or self._reads(n))
         evicted = self._evictions(names)
         for name in evicted:
             self._move(name, HOST)
         for name in names:
-            if self._in_use[name] == 0:
+            if self._in_use[name] == 0 and self._reads(name):
+                self._read(name)
+            elif self._in_use[name] == 0:
                 self._move(name, self.text_encoder_device if name == TEXT else self.device)
             self._in_use[name] += 1
         try:
@@ -87,7 +93,7 @@ class Placement:
                 if self._in_use[name] == 0 and name not in self.plan.resident:
                     leaving.append(name)
             for name in leaving:
-                self._move(name, HOST)
+                self._free(name) if self._reads(name) else self._move(name, HOST)
             if leaving and self.device.type == "cuda":
                 torch.cuda.empty_cache()  # hand the freed blocks back before the next phase's large allocations
             for name in evicted:
@@ -130,6 +136,20 @@ class Placement:
         if TEXT not in names or self.plan.text_encoder_beside or self.text_encoder_device.type == "cpu":
             return ()
         return tuple(n for n in self.plan.resident if self.components.get(n) is not None and not self._in_use[n])
+
+    def _reads(self, name: str) -> bool:
+        """The text encoder under "disk": read when it is used, freed when it leaves the device."""
+        return name == TEXT and self.read_text_encoder is not None
+
+    def _read(self, name: str) -> None:
+        if self.components.get(name) is None:
+            self.components[name] = self.read_text_encoder(self.device)
+            self.location[name] = self.device
+
+    def _free(self, name: str) -> None:
+        """Drop our references (the pipeline's is dropped by its caller: core/conditioning.py)."""
+        self.components.pop(name, None)
+        self.location.pop(name, None)
 
     def _move(self, name: str, where: torch.device) -> None:
         module = self.components.get(name)

@@ -12,14 +12,16 @@ arriving); `sequential` streams leaf modules. Quantize: `none` (bf16), `fp8` (di
 casting), `int8` (torchao weight-only, when installed). cfg `batched` runs guidance as one batch-2
 forward (diffusion forcing models only: the T2V/I2V pipelines run two passes); `tiled_decode`
 decodes spatial tiles, each with its own causal cache (one on the GPU at a time). The text encoder
-runs on the GPU (`text_encoder_device` "auto") or on the CPU; on the GPU under offload `none` it
+runs on the GPU (`text_encoder_device` "auto"; "disk": read from the checkpoint for each prompt not yet
+encoded and freed after, so the host never keeps it) or on the CPU; on the GPU under offload `none` it
 either fits beside what is resident or they step out to the host while it encodes: that is the
 planner's verdict for a given memory, `text_encoder_beside` on the plan it returns.
 
 Speed order, fastest first (`speed_rank`, which every choice here follows): offload none > model >
 group > sequential (moving weights costs most); then quantize none > fp8 > int8 (dequantizing every
 layer costs time and a little quality); then cfg batched > separate; then untiled decode > tiled;
-then the text encoder on the GPU > on the CPU (about a minute per prompt for UMT5-XXL).
+then the text encoder on the GPU > on the GPU read from disk per new prompt (seconds) > on the CPU (about a
+minute per prompt for UMT5-XXL). So `disk` is chosen only where the host cannot keep the text encoder.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ HOST_MARGIN_BYTES = 3_000_000_000
 # The most one shard of a released transformer holds (diffusers' default `max_shard_size`): fp8 storage is applied
 # shard by shard as the transformer is read (models/loading.py), so the load holds the fp8 model and one shard.
 SHARD_BYTES = 10_000_000_000
+# The most one shard of a released text encoder holds: UMT5-XXL is stored in fp32 in 5 GB shards. Read for a prompt
+# under text_encoder_device "disk", it goes straight to the GPU shard by shard, so the host holds one at a time.
+TEXT_SHARD_BYTES = 5_000_000_000
 GB = 1e9
 _WEIGHTS = {"none": "bf16", "fp8": "fp8", "int8": "int8"}
 _CFG_SPEED = ("batched", "separate")
@@ -69,6 +74,8 @@ def speed_rank(plan: MemoryPlan) -> tuple[int, ...]:
 def describe(plan: MemoryPlan, device: str = "GPU") -> str:
     """One line naming every choice of `plan` (for a run on `device`)."""
     text = "on the CPU" if plan.text_encoder_device == "cpu" else f"on the {device}"
+    if plan.text_encoder_device == "disk":
+        text += ", read from disk for each new prompt"
     if plan.offload == "none" and plan.text_encoder_device != "cpu" and not plan.text_encoder_beside:
         text += " (the others step out while it encodes)"
     decode = "tiled" if plan.tiled_decode else "untiled"
@@ -301,21 +308,27 @@ def host_memory(plan: MemoryPlan, arch: Architecture, parts: _Parts, stored: int
     stored shard by shard as it is read, so as loaded it is the fp8 model and one shard (`SHARD_BYTES`), never
     the whole bf16 transformer (LoRAs, merged in bf16 first, are not counted).
     run: what is parked on the host between phases: the text encoder (it visits the GPU only to encode, or
-    works on the CPU); under offload model/group/sequential also the transformer (as stored: group and
-    sequential keep it pinned there, once: runtime/memory.py), the VAE and the image encoder.
+    works on the CPU; under "disk" it is not kept, nor read at load); under offload model/group/sequential also
+    the transformer (as stored: group and sequential keep it pinned there, once: runtime/memory.py), the VAE
+    and the image encoder.
     text: on the CPU the text encoder's activations too; under offload none, when it does not fit beside
-    them, the resident components step out to the host while it encodes.
+    them, the resident components step out to the host while it encodes; under "disk" also the text encoder's
+    shard being read onto the GPU (`TEXT_SHARD_BYTES`).
     """
     loaded = trace.trace_transformer_weights(arch.transformer, "bf16")
     if plan.quantize == "fp8":
         loaded = min(loaded, stored + SHARD_BYTES)
     text, vae = parts.text.weights, parts.decode[False].weights
     image = parts.image.weights if parts.image else 0
-    parked = text + (stored + vae + image if plan.offload != "none" else 0)
-    phases = {"load": max(loaded, stored + text + vae + image), "run": parked}
+    kept = 0 if plan.text_encoder_device == "disk" else text
+    others = stored + vae + image if plan.offload != "none" else 0
+    phases = {"load": max(loaded, stored + kept + vae + image), "run": kept + others}
+    stepped_out = plan.offload == "none" and not plan.text_encoder_beside
     if plan.text_encoder_device == "cpu":
-        phases["text"] = parked + parts.text.activations
-    elif plan.offload == "none" and not plan.text_encoder_beside:
+        phases["text"] = kept + others + parts.text.activations
+    elif plan.text_encoder_device == "disk":
+        phases["text"] = (stored + vae + image if stepped_out else others) + min(TEXT_SHARD_BYTES, 2 * text)
+    elif stepped_out:
         phases["text"] = stored + vae + image
     return phases
 

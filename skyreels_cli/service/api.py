@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from .admission import admit
 from .fields import UPLOADS, HttpError, Offer, Submission, submission
-from .guard import Guard
+from .guard import Guard, HeadAsGet
 from .live import live_fields
 from .store import FINISHED, ID_PATTERN, QueueFull, Store, new_id
 
@@ -65,6 +65,7 @@ def create_app(service: Service) -> FastAPI:
                               "Videos API. POST /v1/videos takes JSON or multipart (the start image as "
                               "input_reference); see /v1/options for every field.")
     app.state.service = service
+    app.add_middleware(HeadAsGet)  # innermost: the Guard sees HEAD (a read) and the routes a GET
     if config.cors:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -206,7 +207,11 @@ def create_app(service: Service) -> FastAPI:
     def list_videos(limit: int = 20, after: str | None = None) -> dict:
         if not 1 <= limit <= 100:
             raise HttpError(400, f"limit {limit} must be from 1 to 100", "limit")
-        rows, more = store.page(limit, after)
+        try:
+            rows, more = store.page(limit, after)
+        except KeyError:
+            raise HttpError(400, f"after {cut(after)!r} is no video of this service; give the last_id of the page "
+                                 "before, or leave after out for the first page", "after") from None
         data = [video_object(store, row) for row in rows]
         return {"object": "list", "data": data, "has_more": more,
                 "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -61,7 +63,7 @@ def run_on_cluster(jobs: list[Job], address: str, *, state_dir: Path | None = No
     files.mkdir(parents=True, exist_ok=True)
     store = Store(state / "queue.db")
     scheduler = Scheduler(store, files, fleet)
-    offer = Offer(gpus=int(fleet.gpus), gpus_elsewhere=True)
+    offer = cluster_offer(int(fleet.gpus))
     scheduler.start()
     page = _page(store, scheduler, offer, files, address)
     try:
@@ -100,6 +102,13 @@ def run_on_cluster(jobs: list[Job], address: str, *, state_dir: Path | None = No
         scheduler.stop()
         if not keep:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def cluster_offer(gpus: int) -> Offer:
+    """What a batch file's jobs may ask of the cluster: as much as the same file asks without --ray. The jobs are
+    the operator's own, so the service's bounds on what clients ask (`serve --max-frames/--max-seconds`) do not
+    apply; sizes and the enhancer are checked as for any job."""
+    return Offer(gpus=gpus, gpus_elsewhere=True, max_frames=sys.maxsize, max_seconds=math.inf)
 
 
 def _submit(store: Store, job: Job, number: int, files: Path, offer: Offer, capacity: dict[str, int]) -> str:

@@ -12,10 +12,8 @@ a run the service died before hearing the end of (the job is completed); a resum
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,37 +55,26 @@ def before_run(spec: dict) -> dict | None:
 
 
 def public_text(text: str, files_dir: Path) -> str:
-    """A message as a client may read it: an upload's server path is its field, the service's folder unnamed."""
+    """A message as a client may read it: an upload's server path is its field, a job's output its URL, the
+    service's folder unnamed."""
     text = UPLOAD_PATH.sub(r"\1", text)
+    text = re.sub(re.escape(str(files_dir)) + r"/videos/(video_[0-9a-f]{24})/[^\s:;,'\"]*", r"/v1/videos/\1/content", text)
     return text.replace(str(files_dir), "(the service's folder)")
 
 
-def public_video(path: Path) -> None:
-    """The finished MP4's settings tag without the server's paths: each input file is named by its upload field,
-    each LoRA's file left out (a copy of the streams, the frames untouched; the sidecar keeps the paths)."""
+def tag_names(job, files_dir: Path, loras: dict[str, str]) -> dict[str, str]:
+    """What a job's video tag says in place of the server's text (`Job.tag_names`): each upload its field, each
+    LoRA of the service its name (`loras`: name -> FILE[:SCALE]), the service's folder unnamed. The library writes
+    the tag so, the preview's as the finished video's: nothing is rewritten after it is made."""
     from ..errors import HTTP_FIELDS
-    from ..media.ffmpeg import ffmpeg
-    from ..media.videos import read_comment
 
-    comment = read_comment(path)
-    try:
-        data = json.loads(comment) if comment else None
-    except ValueError:
-        return
-    if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
-        return
+    uploads = Path(files_dir) / "uploads"
+    names = {str(Path(files_dir)): "(the service's folder)"}
     for name, http in HTTP_FIELDS.items():
-        if data["request"].get(name):
-            data["request"][name] = http
-    for lora in data.get("model", {}).get("loras", []) if isinstance(data.get("model"), dict) else []:
-        if isinstance(lora, dict) and "path" in lora:
-            lora["path"] = Path(str(lora["path"])).name
-    text = json.dumps(data)
-    if text == comment:
-        return
-    partial = path.with_name(path.name + ".public.mp4")
-    subprocess.run([ffmpeg().get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(path), "-map", "0", "-c", "copy",
-                    "-map_metadata", "0", "-metadata", f"comment={text}", "-movflags", "+faststart", "-f", "mp4",
-                    str(partial)],
-                   check=True, capture_output=True)
-    partial.replace(path)
+        value = getattr(job.request, name)
+        if value and Path(value).is_relative_to(uploads):
+            names[str(value)] = http
+    for name, spec in loras.items():
+        file = spec.rsplit(":", 1)[0] if ":" in Path(spec).name else spec
+        names[str(Path(file).expanduser().resolve())] = name
+    return names

@@ -123,3 +123,26 @@ async def _answer(send, status: int, message: str, param: str | None) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class HeadAsGet:
+    """HEAD answered as GET would be, without the body: the same status and headers (a load balancer's or a
+    downloader's probe). The response ends with its headers, so even a stream of events returns at once."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        ended = False
+
+        async def headers_only(message) -> None:
+            nonlocal ended
+            if ended or message["type"] != "http.response.start":
+                return
+            ended = True
+            await send(message)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

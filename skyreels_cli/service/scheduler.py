@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from .. import faults
-from .folders import before_run, job_folders, public_text, public_video
+from .folders import before_run, job_folders, public_text
 from .groups import GroupJob
 from .live import public_preview, record_made
 from .store import Store
@@ -201,7 +200,6 @@ class Scheduler:
         job = before_run(json.loads(row["job"]))
         if job is None:  # its video is whole: made by a run the service was killed before it heard the end of
             if self.store.start(row["id"], members[0].name):
-                self._public_video(row["id"])  # its tag may not have been cleared before the service died
                 self.store.finish(row["id"], "completed")
             return
         name = "+".join(w.name for w in members)
@@ -280,22 +278,12 @@ class Scheduler:
         kind = report["type"]
         if kind == "done":
             record_made(self.store, self.state_dir, job_id)
-            self._public_video(job_id)
             self.store.finish(job_id, "completed")
         elif kind == "cancelled":
             self.store.finish(job_id, "cancelled")
         else:
             self.store.finish(job_id, "failed", error=public_text(report["message"], self.state_dir),
                               param=report.get("field"))
-
-    def _public_video(self, job_id: str) -> None:
-        """The video's settings tag without the server's paths, before anyone can download it."""
-        video = self.state_dir / "videos" / job_id / "video.mp4"
-        try:
-            if video.is_file():
-                public_video(video)
-        except (OSError, ValueError, subprocess.CalledProcessError) as err:  # the video stays, tag and all
-            print(f"skyreels serve: could not clear the paths from {video}'s tag: {err}", file=sys.stderr)
 
     def health(self) -> list[dict]:
         return [{"name": w.name, "device": w.device, "node": w.node, "pid": getattr(w, "pid", None),

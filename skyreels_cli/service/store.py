@@ -175,12 +175,15 @@ class Store:
         return dict(row) if row is not None else None
 
     def page(self, limit: int, after: str | None = None) -> tuple[list[dict], bool]:
-        """Jobs newest first, `limit` of them, after the job `after` (a cursor); and whether more follow."""
+        """Jobs newest first, `limit` of them, after the job `after` (a cursor; KeyError when there is no such
+        job: answering the first page again would have a client paging round for ever); and whether more follow."""
         db = self._db()
         below = None
         if after is not None:
             cursor = db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
-            below = cursor["seq"] if cursor is not None else None
+            if cursor is None:
+                raise KeyError(after)
+            below = cursor["seq"]
         rows = db.execute("SELECT * FROM jobs WHERE deleted = 0 AND seq < ? ORDER BY seq DESC LIMIT ?",
                           (below if below is not None else 1 << 62, limit + 1)).fetchall()
         return [dict(r) for r in rows[:limit]], len(rows) > limit
