@@ -9,6 +9,7 @@ comes from $SKYREELS_TOKEN (or `skyreels jobs --token`).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Optional
 
@@ -41,11 +42,12 @@ def run_remote(job, server: str, *, quiet: bool, dry_run: bool = False, gpus: in
         typer.echo(f"submitted to {client.url}: {video['id']}{where}", err=True)
     display = None if quiet else ProgressDisplay()
     try:
-        for event in client.follow(video["id"]):
-            if isinstance(event, Warned):
-                warn(event.message)
-            elif display is not None:
-                display(event)
+        with _steered(client, video, quiet):
+            for event in client.follow(video["id"]):
+                if isinstance(event, Warned):
+                    warn(event.message)
+                elif display is not None:
+                    display(event)
     except KeyboardInterrupt:
         raise StoppedFollowing(f"stopped following; job {video['id']} goes on at the service (`skyreels jobs cancel "
                                f"{video['id']} --server {client.url}` cancels it)") from None
@@ -53,6 +55,40 @@ def run_remote(job, server: str, *, quiet: bool, dry_run: bool = False, gpus: in
     client.download(video["id"], target.path)
     client.download(video["id"], target.sidecar, "settings")
     typer.echo(str(target.path))
+
+
+@contextmanager
+def _steered(client, video: dict, quiet: bool):
+    """A live job's steering from here: each line of standard input is a prompt change posted to the service (the
+    window it lands at said on stderr); the first Ctrl-C stops the job there, which then completes with everything
+    it made (a second one stops following)."""
+    if not video.get("live"):
+        yield
+        return
+    import sys
+    import threading
+
+    from .interrupt import ctrl_c_stops
+
+    if not quiet:
+        typer.echo(f"live: watch {client.url}{video['live']['playlist']}; each line typed steers it, Ctrl-C stops it",
+                   err=True)
+
+    def read() -> None:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                change = client.call("POST", f"/v1/videos/{video['id']}/prompt", {"prompt": line.strip()})
+            except SkyreelsError as err:  # it has ended meanwhile, say: told, and the video still comes
+                warn(str(err))
+                return
+            if not quiet:
+                typer.echo(f"prompt from window {change['window'] + 1}: {line.strip()}", err=True)
+
+    threading.Thread(target=read, name="live-prompts", daemon=True).start()
+    with ctrl_c_stops(lambda: client.cancel(video["id"])):
+        yield
 
 
 def _target(job, seed: int | None):

@@ -26,6 +26,8 @@ def serve(
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Longest job in seconds; longer is answered 413.")] = 120.0,
     cors: Annotated[Optional[list[str]], typer.Option("--cors", help="An origin whose pages may call the API (repeatable; none by default).")] = None,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run the workers on a Ray cluster, one per GPU: auto (the cluster `ray start` made), local (start one here), or HOST:PORT. Needs pip install \"skyreels-cli[ray]\".")] = None,
+    max_live_seconds: Annotated[Optional[float], typer.Option("--max-live-seconds", help="Longest live job in seconds of video (default: until its client stops it); --max-frames and --max-seconds bound other jobs.")] = None,
+    keep_last: Annotated[Optional[float], typer.Option("--keep-last", help="A live job's HLS segments kept on disk: the last this many seconds, unless the job gives keep_last (default: all).")] = None,
     shared_dir: Annotated[Optional[str], typer.Option("--shared-dir", help="With --ray: keep uploads and videos in this folder, which every node mounts at the same path; the workers write there directly instead of sending each window back.")] = None,
 ) -> None:
     """A local video service: a job queue that survives restarts, one worker per GPU, an HTTP API in the shape of
@@ -53,7 +55,8 @@ def serve(
                                token=token, gpus=gpus, cpu_workers=workers, models=tuple(model or ()),
                                loras=_loras(lora or []), max_queued=max_queued, max_upload_mb=max_upload_mb,
                                max_prompt_chars=max_prompt_chars, max_frames=max_frames, max_seconds=max_seconds, cors=tuple(cors or ()), ray=ray,
-                               shared_dir=Path(shared_dir) if shared_dir else None)
+                               shared_dir=Path(shared_dir) if shared_dir else None, keep_last=keep_last,
+                               max_live_seconds=max_live_seconds)
         try:
             run_service(config)
         except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from ..core.job import Job
 from ..errors import DeviceError, SkyreelsError, http_spelling
 from .fields import HttpError, Offer, as_http
 from .folders import tag_names
+from .live import live_bounded
 from .store import NewJob
 
 
@@ -30,6 +31,7 @@ def admit(job: Job, job_id: str, files_dir: Path, offer: Offer, capacity: dict[s
 
     uploads = uploads or {}
     _check_gpus(gpus, capacity)
+    job = live_bounded(job, offer)  # a live job's length is its most: bounded by --max-live-seconds, not below
     _check_bounds(job, offer)  # before the library lists a window plan of what may be millions of frames
     folder = "/" if output_name.endswith("/") else ""  # "frames/": a folder of PNG frames
     job = replace(job, output=str(Path(files_dir) / "videos" / job_id / output_name) + folder)
@@ -86,12 +88,14 @@ def _check_bounds(job: Job, offer: Offer) -> None:
         except SkyreelsError as err:
             raise as_http(err) from None
     fps = r.fps if r.fps is not None and r.fps > 0 else spec.fps
-    if r.seconds is not None and r.seconds > offer.max_seconds:
+    if r.live:  # it runs until stopped: its length is at most, bounded by live_bounded
+        pass
+    elif r.seconds is not None and r.seconds > offer.max_seconds:
         raise HttpError(413, f'"seconds": {r.seconds:g} is longer than this service makes in one job '
                              f"({offer.max_seconds:g} s; serve --max-seconds)", "seconds")
     shots = sum((s.frames or (s.seconds or 0) * fps) for s in r.shots or ())
     frames = max(r.frames or 0, (r.seconds or 0) * fps, shots)
-    if frames > offer.max_frames:
+    if frames > offer.max_frames and not r.live:
         name = "frames" if r.frames is not None else "seconds" if r.seconds is not None else "shots"
         raise HttpError(413, f"{frames:.0f} frames is more than this service makes in one job ({offer.max_frames}; "
                              "serve --max-frames)", name)

@@ -5,7 +5,9 @@
     GET    /v1/videos/{id}             the job object
     GET    /v1/videos/{id}/content     the MP4; ?variant=preview (what is finished so far), ?variant=settings
     GET    /v1/videos/{id}/events      server-sent events: the library's progress events and the job's status
-    POST   /v1/videos/{id}/cancel
+    POST   /v1/videos/{id}/cancel      (a live video: stops after its window, completed with all it made)
+    POST   /v1/videos/{id}/prompt      a live video's prompt from its next window; live.m3u8 (service/live.py)
+    WS     /v1/realtime/video          a live video as vLLM-Omni's WebSocket streams it (service/realtime.py)
     DELETE /v1/videos/{id}             cancels if needed, then removes its files
     GET    /v1/models, /v1/options, /health
 
@@ -36,6 +38,7 @@ from .. import __version__
 from .admission import admit
 from .fields import UPLOADS, HttpError, Offer, Submission, submission
 from .guard import Guard, HeadAsGet
+from .live import live_fields
 from .store import FINISHED, ID_PATTERN, QueueFull, Store, new_id
 
 PAGE = Path(__file__).parent / "page"
@@ -273,6 +276,12 @@ def create_app(service: Service) -> FastAPI:
         service.scheduler.notify()
         return {"id": video_id, "object": "video.deleted", "deleted": True}
 
+    from .live import add_routes as add_live_routes
+    from .realtime import add_route as add_realtime_route
+
+    add_live_routes(app, service, _row, video_object)
+    add_realtime_route(app, service, _row)
+
     # ------------------------------------------------------------ the service
 
     @app.get("/v1/models", summary="The models offered, what is cached, what each worker holds")
@@ -324,6 +333,7 @@ def video_object(store: Store, row: dict) -> dict:
         "worker": row["worker"], "attempts": row["attempts"],
         "expires_at": None,  # kept until deleted
         "remixed_from_video_id": row.get("remixed_from"),
+        **live_fields(job, Path(job["output"]), row["id"]),
     }
 
 
@@ -549,6 +559,8 @@ def _public_settings(sidecar: Path, state_dir: Path, video_id: str, offer: Offer
     settings = json.loads(text.replace(json.dumps(str(state_dir))[1:-1] + "/", ""))
     names = {str(Path(path.rsplit(":", 1)[0] if ":" in Path(path).name else path).expanduser().resolve()): name
              for name, path in offer.loras.items()}
+    if isinstance(settings.get("live"), dict) and settings["live"].get("hls"):  # a live job's stream: its URL
+        settings["live"]["hls"] = f"/v1/videos/{video_id}/live.m3u8"
     for lora in settings.get("model", {}).get("loras", []):
         lora["path"] = names.get(lora.get("path"), "(a LoRA of the service)")
     return settings

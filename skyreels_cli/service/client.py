@@ -250,6 +250,8 @@ def job_fields(job, gpus: int | None = None) -> tuple[dict, dict[str, Path]]:
         out["enhance"] = True if job.enhance == "default" else job.enhance
     if gpus is not None:
         out["gpus"] = gpus
+    if job.keep_last is not None:
+        out["keep_last"] = job.keep_last
     return out, files
 
 

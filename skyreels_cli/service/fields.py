@@ -26,7 +26,7 @@ from ..run_options import BY_NAME
 
 UPLOADS = {http: name for name, http in HTTP_FIELDS.items()}  # input_reference -> image, ...
 OPENAI_FIELDS = ("model", "prompt", "seconds", "size")
-SERVICE_FIELDS = ("command", "priority", "gpus", "script", "enhance")
+SERVICE_FIELDS = ("command", "priority", "gpus", "script", "enhance", "keep_last")
 OWNED = {  # fields the service decides: why a client cannot give them
     "device": "each worker runs on its own device",
     "vram_gb": "each worker plans for its own GPU's memory",
@@ -64,6 +64,8 @@ class Offer:
     max_prompt_chars: int = 10_000
     max_frames: int = 2880                 # a job's length (two minutes at 24 fps); more is answered 413
     max_seconds: float = 120.0
+    keep_last: float | None = None         # a live job's segments kept on disk, in seconds, unless it says (None: all)
+    max_live_seconds: float | None = None  # a live job's most (None: until it is stopped)
 
     def model_names(self) -> list[str]:
         from ..models.registry import load_registry
@@ -136,6 +138,11 @@ def submission(given: dict, uploads: dict[str, Path], offer: Offer, *, form: boo
         settings["loras"] = _loras(settings["loras"], offer)
     if "enhance" in settings:
         settings["enhance"] = _enhance(settings["enhance"])
+    if settings.get("live") and gpus > 1:
+        raise HttpError(400, '"gpus": a live job runs on one worker, which reads its prompt changes; leave "gpus" '
+                             "out", "gpus")
+    if settings.get("live") and "keep_last" not in settings and offer.keep_last is not None:
+        settings["keep_last"] = offer.keep_last  # the service's default (serve --keep-last)
     with http_spelling():
         try:
             job = Job.from_settings(command, settings)
@@ -180,7 +187,7 @@ def _kind(name: str) -> type:
         return FIELD_TYPES[name]
     if name in BY_NAME:
         return tuple if BY_NAME[name].repeatable else BY_NAME[name].type
-    return {"priority": int, "gpus": int, "seconds": float}.get(name, str)
+    return {"priority": int, "gpus": int, "seconds": float, "keep_last": float}.get(name, str)
 
 
 def _from_text(name: str, value):

@@ -17,6 +17,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from .live import STEERING
+
 UPLOAD_PATH = re.compile(r"\S*/uploads/video_[0-9a-f]{24}/(\w+)\S*")
 
 
@@ -46,6 +48,8 @@ def before_run(spec: dict) -> dict | None:
         return None
     folder = out.path.parent
     for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.name.startswith(STEERING):  # a live job's prompt changes: they outlive its runs
+            continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     return replace(job, resume=False).to_dict()
 

@@ -3,7 +3,8 @@
 - With a token, every request but the page's own files (`/`, `/page/...`: code, no data) needs
   `Authorization: Bearer TOKEN`, else 401. The page keeps the token in a same-site cookie, which is taken for
   reads only (GET and HEAD: a `<video>` cannot send a header); anything that changes the queue needs the header,
-  which another site's page cannot send.
+  which another site's page cannot send. A live stream's playlist and segments also take `?token=TOKEN` (GET
+  only): players (ffplay, VLC, hls.js) fetch them by URL alone.
 - A body larger than the limit is refused with 413, by its Content-Length before it is read, or as soon as a body
   sent without one outgrows it.
 - Without a token the service is for this machine: a request whose Host is not a loopback name is refused (400),
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
+from urllib.parse import parse_qs
 
 PUBLIC = ("/", "/favicon.ico")
 LIVENESS = "/health"  # answered without the token, but then only "ok" (api.py)
 PUBLIC_PREFIX = "/page/"
 COOKIE = "skyreels_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+LIVE_PATH = re.compile(r"/v1/videos/video_[0-9a-f]{24}/live(\.m3u8|/w\d{6}\.ts)|/v1/realtime/video")
 
 
 class BodyTooLarge(Exception):
@@ -31,9 +35,14 @@ class Guard:
         self.app, self.token, self.max_body, self.loopback_only = app, token, max_body, loopback_only
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["type"] == "websocket":  # a browser's WebSocket sends no header of ours: the cookie or ?token=
+            refused = self._refused({**scope, "method": "GET"}, headers)
+            if refused is not None:
+                return await send({"type": "websocket.close", "code": 1008, "reason": refused[1][:120]})
+            return await self.app(scope, receive, send)
         refused = self._refused(scope, headers)
         if refused is not None:
             return await _answer(send, *refused)
@@ -87,7 +96,15 @@ class Guard:
             return None
         if path == LIVENESS and scope["method"] in ("GET", "HEAD"):
             return None
+        if scope["method"] in ("GET", "HEAD") and LIVE_PATH.fullmatch(path) and \
+                hmac.compare_digest(_query_token(scope).encode(), self.token.encode()):
+            return None  # a player fetching a live stream cannot send a header (service/live.py)
         return 401, "this service needs its token: send 'Authorization: Bearer TOKEN'", "Authorization"
+
+
+def _query_token(scope) -> str:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+    return values[0] if len(values) == 1 else ""
 
 
 def _cookie(headers: dict) -> str:

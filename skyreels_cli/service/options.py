@@ -31,6 +31,8 @@ SERVICE = {
     "script": {"type": "string", "help": "A shot list's TOML text ([[shot]] tables with a prompt and frames or "
                "seconds): one continuous extend video."},
     "enhance": {"type": "boolean", "help": "Rewrite the prompt with the registry's local LLM first."},
+    "keep_last": {"type": "number", "help": "A live job's HLS segments kept on disk: the last this many seconds "
+                  "(default: the service's --keep-last, else all). The video and its timeline keep everything."},
 }
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from .. import faults
 from .folders import before_run, job_folders, public_text
 from .groups import GroupJob
+from .live import public_preview, record_made
 from .store import Store
 from .workers import Fleet, Worker
 
@@ -276,6 +277,7 @@ class Scheduler:
         self._windows.pop(job_id, None)
         kind = report["type"]
         if kind == "done":
+            record_made(self.store, self.state_dir, job_id)
             self.store.finish(job_id, "completed")
         elif kind == "cancelled":
             self.store.finish(job_id, "cancelled")
@@ -295,7 +297,8 @@ def public_event(job_id: str, event: dict) -> dict:
     if event.get("description"):  # "what is made -> where": the where is the server's
         event["description"] = event["description"].split(" -> ")[0]
     if event.get("preview"):
-        event["preview"] = f"/v1/videos/{job_id}/content?variant=preview"
+        event["preview"] = public_preview(job_id, str(event["preview"])) or \
+            f"/v1/videos/{job_id}/content?variant=preview"
     if event.get("path"):
         event["path"] = f"/v1/videos/{job_id}/content"
     return event

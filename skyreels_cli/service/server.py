@@ -46,6 +46,8 @@ class ServiceConfig:
     cors: tuple[str, ...] = ()             # origins allowed to call the API from a browser (none by default)
     ray: str | None = None                 # a Ray cluster's address ("auto", "local", HOST:PORT): workers are actors
     shared_dir: Path | None = None         # with ray: jobs' files here, a folder every node sees at this path
+    keep_last: float | None = None         # a live job's segments kept on disk (seconds) unless it says (None: all)
+    max_live_seconds: float | None = None  # a live job's most (None: it runs until stopped)
 
 
 def check_config(config: ServiceConfig) -> None:
@@ -65,6 +67,9 @@ def check_config(config: ServiceConfig) -> None:
                         ("--max-seconds", config.max_seconds)):
         if not value > 0:
             raise UsageError(f"{name} {value} must be positive")
+    for name, value in (("--keep-last", config.keep_last), ("--max-live-seconds", config.max_live_seconds)):
+        if value is not None and not 0 < value < float("inf"):
+            raise UsageError(f"{name} {value} must be a positive number of seconds")
     if config.cpu_workers < 0:
         raise UsageError(f"--workers {config.cpu_workers} must be 0 or more (0: keep jobs queued, run none)")
     if config.shared_dir is not None and config.ray is None:
@@ -158,7 +163,8 @@ def serve(config: ServiceConfig) -> None:
     scheduler = Scheduler(store, files, fleet)
     offer = Offer(tuple(config.models), dict(config.loras), gpus=gpus, gpus_elsewhere=config.ray is not None,
                   max_prompt_chars=config.max_prompt_chars, max_frames=config.max_frames,
-                  max_seconds=config.max_seconds)
+                  max_seconds=config.max_seconds, keep_last=config.keep_last,
+                  max_live_seconds=config.max_live_seconds)
     service = Service(store, scheduler, offer, files, config)
     app = create_app(service)
     scheduler.start()

@@ -283,8 +283,10 @@ def run_job(job_id: str, spec: dict, device: str, pool, cancel, send, group: dic
         warnings.simplefilter("always", SkyreelsWarning)
         warnings.showwarning = on_warning
         if group is None:
-            return _report(job_id, lambda: run(_job(spec, device), pool=pool, cancel=cancel, on_event=on_event,
-                                               progress=False))
+            job = _job(spec, device)
+            prompts = _live_prompts(job)
+            return _report(job_id, lambda: run(job, pool=pool, cancel=cancel, on_event=on_event, progress=False,
+                                               prompts=prompts))
         try:
             return _run_in_group(job_id, _job(spec, device), group, pool, cancel if main else None,
                                  on_event if main else None)
@@ -300,6 +302,15 @@ def _job(spec: dict, device: str):
 
     job = Job.from_dict(spec)
     return replace(job, load=replace(job.load, device=device))
+
+
+def _live_prompts(job):
+    """A live job's prompts: the changes the API records beside its video (service/live.py); None otherwise."""
+    if not job.request.live:
+        return None
+    from .live import StorePrompts, steering_path
+
+    return StorePrompts(steering_path(job.output))
 
 
 def _run_in_group(job_id: str, job, group: dict, pool, cancel, on_event) -> dict:

@@ -223,6 +223,12 @@ function updateItem(li, job) {
   $(".progress", li).textContent = `${job.progress}%`;
   $(".windows", li).textContent = `window ${Math.min(job.windows_done + 1, job.windows)}/${job.windows}`;
   $(".eta", li).textContent = job.status === "queued" ? `${job.frames} frames` : timeLeft(job.eta_s);
+  if (job.live) {  // a live job: the stream as it is made, a prompt box and a stop button instead of a preview
+    $(".windows", li).textContent = `window ${job.windows_done + 1}, live`;
+    $(".eta", li).textContent = job.status === "queued" ? "until stopped" : "until stopped (or its most)";
+    if (!li.live) li.live = liveView(li, job);
+    return;
+  }
   if (job.windows > 1 && job.windows_done > 0 && li.dataset.previewed !== String(job.windows_done)) {
     let video = $("video.preview", li);
     if (!video) {
@@ -233,6 +239,83 @@ function updateItem(li, job) {
     li.dataset.previewed = String(job.windows_done);  // a new window: the preview has grown
     video.src = `/v1/videos/${job.id}/content?variant=preview&windows=${job.windows_done}`;
   }
+}
+
+// ------------------------------------------------------------------ a live job: watched and steered
+
+// The stream comes over WS /v1/realtime/video (joined by the job's id) as fragmented MP4 chunks, one per window,
+// appended to Media Source Extensions; the player keeps to the newest window. The prompt box posts
+// /v1/videos/{id}/prompt, which answers the window the change lands at; Stop cancels: the job completes with
+// everything it made.
+function liveView(li, job) {
+  const box = document.createElement("div");
+  box.className = "live";
+  box.innerHTML = `<video class="live-video" muted autoplay playsinline></video>
+    <form class="steer"><input class="live-prompt" placeholder="what the video shows next" aria-label="new prompt">
+    <button type="submit">Steer</button></form><div class="meta live-note" aria-live="polite"></div>`;
+  li.append(box);
+  $(".actions", li).prepend(button("Stop", () => api("POST", `/v1/videos/${job.id}/cancel`).then(refresh)));
+  $(".steer", box).addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const prompt = $(".live-prompt", box).value.trim();
+    try {
+      const change = await api("POST", `/v1/videos/${job.id}/prompt`, { prompt });
+      $(".live-note", box).textContent = `from window ${change.window + 1}: ${change.prompt}`;
+      $(".live-prompt", box).value = "";
+    } catch (error) {
+      $(".live-note", box).textContent = error.message;
+    }
+  });
+  return play(job.id, $("video", box), $(".live-note", box));
+}
+
+function play(id, video, note) {
+  const media = new MediaSource();
+  const chunks = [];
+  let buffer = null;
+  video.src = URL.createObjectURL(media);
+  const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/realtime/video`);
+  socket.binaryType = "arraybuffer";
+  socket.onopen = () => socket.send(JSON.stringify({ type: "session.start", video_id: id }));
+  socket.onmessage = (event) => {
+    if (typeof event.data === "string") {
+      const message = JSON.parse(event.data);
+      if (message.type === "error") note.textContent = message.message;
+      return;
+    }
+    chunks.push(new Uint8Array(event.data));
+    feed();
+  };
+  function feed() {
+    if (media.readyState !== "open" || !chunks.length || (buffer && buffer.updating)) return;
+    if (!buffer) {
+      buffer = media.addSourceBuffer(`video/mp4; codecs="${codec(chunks[0])}"`);
+      buffer.addEventListener("updateend", () => { follow(video); feed(); });
+    }
+    buffer.appendBuffer(chunks.shift());
+  }
+  media.addEventListener("sourceopen", feed);
+  return socket;
+}
+
+// The H.264 profile and level of the stream, from its avcC box: what MediaSource needs to be told.
+function codec(init) {
+  for (let i = 0; i + 8 < init.length; i++) {
+    if (init[i] === 0x61 && init[i + 1] === 0x76 && init[i + 2] === 0x63 && init[i + 3] === 0x43) {  // "avcC"
+      const hex = (b) => b.toString(16).padStart(2, "0");
+      return `avc1.${hex(init[i + 5])}${hex(init[i + 6])}${hex(init[i + 7])}`;
+    }
+  }
+  return "avc1.64001f";
+}
+
+// Keep to the newest window: a player that fell behind (or joined mid-stream) jumps to the start of the last one.
+function follow(video) {
+  const ranges = video.buffered;
+  if (!ranges.length) return;
+  const start = ranges.start(ranges.length - 1), end = ranges.end(ranges.length - 1);
+  if (video.currentTime < start || end - video.currentTime > 6) video.currentTime = Math.max(start, end - 3);
+  if (video.paused) video.play().catch(() => {});
 }
 
 function card(job) {
