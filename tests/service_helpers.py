@@ -26,7 +26,7 @@ import pytest
 
 START_S = 120
 TINY_EXTEND = {"command": "extend", "model": "tiny", "prompt": "a red fox", "height": 48, "width": 48, "steps": 2,
-               "frames": 57, "base_frames": 17, "overlap": 5, "seed": 5}  # four windows of a few steps
+               "frames": 57, "base_frames": 17, "overlap": 5, "seed": 5}  # five windows of a few steps
 
 
 class Server:
