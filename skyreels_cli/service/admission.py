@@ -35,7 +35,8 @@ def admit(job: Job, job_id: str, files_dir: Path, offer: Offer, capacity: dict[s
     _check_bounds(job, offer)  # before the library lists a window plan of what may be millions of frames
     folder = "/" if output_name.endswith("/") else ""  # "frames/": a folder of PNG frames
     job = replace(job, output=str(Path(files_dir) / "videos" / job_id / output_name) + folder)
-    job = replace(job, tag_names=tag_names(job, files_dir, offer.loras))
+    if offer.for_clients:  # a batch file's own outputs (batch --ray) keep the tag the library writes
+        job = replace(job, tag_names=tag_names(job, files_dir, offer.loras))
     # ulysses and ring mean something only over several processes: checked with them below
     alone = replace(job, load=replace(job.load, ulysses=None, ring=None))
     with http_spelling():

@@ -108,7 +108,7 @@ def cluster_offer(gpus: int) -> Offer:
     """What a batch file's jobs may ask of the cluster: as much as the same file asks without --ray. The jobs are
     the operator's own, so the service's bounds on what clients ask (`serve --max-frames/--max-seconds`) do not
     apply; sizes and the enhancer are checked as for any job."""
-    return Offer(gpus=gpus, gpus_elsewhere=True, max_frames=sys.maxsize, max_seconds=math.inf)
+    return Offer(gpus=gpus, gpus_elsewhere=True, max_frames=sys.maxsize, max_seconds=math.inf, for_clients=False)
 
 
 def _submit(store: Store, job: Job, number: int, files: Path, offer: Offer, capacity: dict[str, int]) -> str:

@@ -64,6 +64,7 @@ class Offer:
     max_prompt_chars: int = 10_000
     max_frames: int = 2880                 # a job's length (two minutes at 24 fps); more is answered 413
     max_seconds: float = 120.0
+    for_clients: bool = True               # outputs go to HTTP clients: their tags name no server path
     keep_last: float | None = None         # a live job's segments kept on disk, in seconds, unless it says (None: all)
     max_live_seconds: float | None = None  # a live job's most (None: until it is stopped)
 
