@@ -38,7 +38,7 @@ class WindowPlan:
     base: int
     overlap: int
     causal_block: int
-    windows: Sequence[Window]  # Windows (runs of the same window), or a live plan's LiveWindows
+    windows: Sequence[Window]  # Windows: runs of the same window (a live plan's: the first, then one later window repeated)
 
 
 def causal_blocks(prefix: int, new: int, causal_block: int) -> tuple[tuple[int, ...], int]:
@@ -210,38 +210,9 @@ def new_latents_for_video(new_frames: int) -> int:
     return new_frames // TEMPORAL
 
 
-class LiveWindows(Sequence):
-    """The windows of a live run, made on demand: the first, then the same later window again and again.
-
-    Up to `count` windows (the live run's maximum), none of them built until asked for, so a plan for a day
-    of video costs what one for two windows does."""
-
-    def __init__(self, first: Window, later: Window | None, count: int) -> None:
-        self.first, self.later, self.count = first, later, count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.first if index == 0 else replace(self.later, index=index)
-
-    def __iter__(self) -> Iterator[Window]:
-        return (self[i] for i in range(self.count))
-
-    def distinct(self) -> tuple[Window, ...]:
-        """The windows whose shapes differ (the first and a later one)."""
-        return (self.first,) if self.later is None else (self.first, self.later)
-
-
 def distinct_windows(plan: WindowPlan) -> Sequence[Window]:
     """Every window of a plan whose shape may differ from the others': all of them, or a live plan's two."""
-    return plan.windows.distinct() if isinstance(plan.windows, (LiveWindows, Windows)) else plan.windows
+    return plan.windows.distinct() if isinstance(plan.windows, Windows) else plan.windows
 
 
 def live_plan(max_frames: int, *, base_frames: int, overlap_frames: int, causal_block: int = 1,
@@ -261,7 +232,8 @@ def live_plan(max_frames: int, *, base_frames: int, overlap_frames: int, causal_
     first, later = two.windows[0], two.windows[1]
     made_first = live_frames_made(1, first.new, later.new, start, video)
     count = 1 + max(0, (max_frames - made_first) // (TEMPORAL * later.new))
-    windows = LiveWindows(first, later, count)
+    # none built until asked for: a plan for a day of video costs what one for two windows does
+    windows = Windows(((first, 1),) + (((later, count - 1),) if count > 1 else ()))
     total = start + first.new + later.new * (count - 1)
     return live_frames_made(count, first.new, later.new, start, video), \
         WindowPlan(total, start, base, overlap, causal_block, windows)  # type: ignore[arg-type]
@@ -275,13 +247,8 @@ def live_frames_made(windows: int, first_new: int, later_new: int, start: int, v
 
 
 def window_counts(plan: WindowPlan) -> Iterator[tuple[Window, int]]:
-    """Each distinct window and how many times it runs (a live plan's later window, count - 1 times)."""
+    """Each distinct window and how many times it runs."""
     windows = plan.windows
-    if isinstance(windows, LiveWindows):
-        yield windows.first, 1
-        if windows.later is not None and windows.count > 1:
-            yield windows.later, windows.count - 1
-        return
     if isinstance(windows, Windows):
         yield from windows.runs
         return
