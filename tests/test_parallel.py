@@ -134,6 +134,7 @@ def test_stalled_rank_stops_the_run_naming_it_within_the_bound(hub_models, tmp_p
     assert errors[0].startswith("error: rank 1 made no progress for ")
     assert "(window 1: step 2 of 3 done) while rank 0 waited for it" in errors[0], errors[0]
     assert "SKYREELS_STALL_S" in errors[0] and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert errors[0].endswith("(the finished windows are kept: run the same command with --resume to continue)")
     assert took < 120, f"the run took {took:.0f} s to stop"
 
 

@@ -47,3 +47,36 @@ def test_the_bound_from_the_environment():
     for bad in ("0", "-3", "soon", "nan"):
         with pytest.raises(UsageError, match=r"^SKYREELS_STALL_S='.*' is not a number of seconds above 0; set it"):
             P.stall_bound(bad)
+
+
+def test_a_rank_whose_peer_stopped_the_run_repeats_its_reason(tmp_path):
+    """The first watchdog to stop a run posts why in the rendezvous store; a rank whose collective then fails on the
+    closed connection says the same line rather than its own guess (one cause, one line on every rank)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        parallel = P.Parallel(0, 1, 0, P.torch.device("cpu"))
+        closed = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                              "[127.0.0.1]:41371. This is typically caused by a crash")
+        with pytest.raises(P.PeerLost, match=r"^another process of this run stopped \(Connection closed by peer "
+                                             r"\[127.0.0.1\]:41371\); nothing was written$"):
+            with parallel.peers_lost_as_errors("nothing was written"):
+                raise closed
+        assert P.stop_reason() is None
+        dist.distributed_c10d._get_default_store().set(P.STOPPED_KEY, "rank 1 made no progress for 4 s (x)")
+        with pytest.raises(P.PeerLost, match=r"^rank 1 made no progress for 4 s \(x\); stopping this rank \(nothing "):
+            with parallel.peers_lost_as_errors("nothing was written"):
+                raise closed
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_run_says_what_it_leaves_if_stopped_in_its_callers_spelling():
+    from skyreels_cli.errors import command_line_spelling, kept_after_stop
+
+    progress = P.Progress()
+    assert progress.kept == "nothing was written"
+    with command_line_spelling():
+        progress.start(kept_after_stop(True))
+    assert progress.kept == "the finished windows are kept: run the same command with --resume to continue"

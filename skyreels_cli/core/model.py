@@ -332,7 +332,7 @@ class Model:
         try:
             with self._lock:
                 if self.parallel is not None:  # the other ranks run what rank 0 resolved: same seed, same state
-                    self.parallel.progress.start()
+                    self.parallel.progress.start(self._kept)
                     self.parallel.share((prepared.request, prepared.saved))
                 run = Run(self, prepared.request, prepared=prepared, cancel=cancel, on_event=on_event,
                           progress=self.progress if progress is None else progress, prompts=live[0], keep_last=live[1])
@@ -350,7 +350,7 @@ class Model:
             return
         request, saved = shared
         run = Run(self, request, saved=saved, progress=False)
-        self.parallel.progress.start()
+        self.parallel.progress.start(self._kept)
         try:
             with self.parallel.peers_lost_as_errors(self._kept):
                 for _ in run.frames():

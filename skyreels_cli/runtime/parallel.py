@@ -38,6 +38,7 @@ only the transformer's weights (`FOLLOWER_READS`). Every rank draws the same noi
 from __future__ import annotations
 
 import atexit
+import contextvars
 import math
 import os
 import sys
@@ -70,6 +71,8 @@ DEAD_AFTER_S = 10.0
 # decode on rank 0 while the others wait); $SKYREELS_STALL_S sets it (the tests set a few seconds).
 STALL_AFTER_S = 600.0
 STALL_ENV = "SKYREELS_STALL_S"
+# The rendezvous store's key where the first watchdog to stop the run posts why, for the others to repeat.
+STOPPED_KEY = "skyreels/stopped"
 # What a rank but the first reads from the checkpoint: rank 0 encodes the prompt and images and decodes,
 # and shares embeddings and latents, so the others never load the text encoder (UMT5-XXL, 11 GB in bf16),
 # the VAE or the image encoder (models/loading.py builds a weightless VAE for its config).
@@ -494,6 +497,8 @@ class Parallel:
         except RuntimeError as exc:
             if not (isinstance(exc, dist.DistError) or "/gloo/" in str(exc)):
                 raise
+            if why := stop_reason():  # the process that stopped first said why: every rank says the same
+                raise PeerLost(f"{why}; stopping this rank ({kept})") from None
             raise PeerLost(f"another process of this run stopped ({_first_sentence(exc)}); {kept}") from None
 
     def gather(self, value: Any) -> list[Any]:
@@ -623,9 +628,11 @@ class Progress:
         self.busy = False
         self.last = "starting the run"
         self.inside = False  # in a transformer call after `last`
+        self.kept = kept_after_stop(False)  # what the run under way leaves if stopped, in its caller's spelling
 
-    def start(self) -> None:
+    def start(self, kept: str | None = None) -> None:
         self.busy, self.last, self.inside = True, "starting the run", False
+        self.kept = kept_after_stop(False) if kept is None else kept
         self.count += 1
 
     def step(self, what: str) -> None:
@@ -693,7 +700,9 @@ class Watchdog:
         self.stall_after_s = stall_after_s
         self.store = dist.distributed_c10d._get_default_store()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="skyreels-watchdog", daemon=True)
+        # in the caller's context: its lines name settings the way its caller spells them (--resume on the CLI)
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="skyreels-watchdog", daemon=True)
         self._thread.start()
 
     def _key(self, rank: int) -> str:
@@ -719,18 +728,18 @@ class Watchdog:
                     if last is None or last[0] != value:
                         seen[other] = (value, now)
                     elif now - last[1] > self.dead_after_s and value not in (b"", self.LEFT):
-                        _die(f"rank {other} stopped responding")
+                        self._die(f"rank {other} stopped responding")
                 now = time.monotonic()
                 if any(b is None for b in beats.values()):  # one has not beaten yet or has left: no stall
                     counts, moved = (), now
                 elif (new := tuple(beats[r][:2] for r in sorted(beats))) != counts:
                     counts, moved = new, now
                 elif why := stalled_ranks(beats, now - moved, self.stall_after_s):
-                    _die(why)
+                    self._die(why)
             except Exception as exc:  # noqa: BLE001  the store lives with torchrun's agent or rank 0: gone means they are
                 if self._stop.is_set():
                     return
-                _die(f"lost the process group ({type(exc).__name__})")
+                self._die(f"lost the process group ({type(exc).__name__})")
             self._stop.wait(self.every_s)
 
     def stop(self) -> None:
@@ -743,9 +752,24 @@ class Watchdog:
             pass
 
 
-def _die(why: str) -> None:
-    print(f"error: {why}; stopping this rank ({kept_after_stop(True)})", file=sys.stderr, flush=True)
-    os._exit(1)
+    def _die(self, why: str) -> None:
+        """End this process (its main thread may be blocked in native code) with one line: the reason the first
+        rank to stop gave, so every rank of the run says the same thing."""
+        try:
+            why = self.store.compare_set(STOPPED_KEY, "", why).decode(errors="replace")
+        except Exception:  # noqa: BLE001  the store is gone with its host: this rank's own reason
+            pass
+        print(f"error: {why}; stopping this rank ({self.progress.kept})", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def stop_reason() -> str | None:
+    """Why another rank's watchdog stopped the run, if one did (the first reason posted; None if none was)."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        return store.get(STOPPED_KEY).decode(errors="replace") if store.check([STOPPED_KEY]) else None
+    except Exception:  # noqa: BLE001  the store went with the process that hosted it
+        return None
 
 
 # ------------------------------------------------------------------ launching
