@@ -126,8 +126,11 @@ def test_a_job_from_the_page_shows_progress_and_plays(hub_models, browser, tmp_p
         assert shot.stat().st_size > 10_000
 
         # "again with changes": the form filled from the video's recorded settings
+        for name in ("#prompt", "#length", "#seed"):
+            page.fill(name, "")  # so that what follows shows the recorded values, not those typed above
         page.click(f"#videos .card[data-id='{job_id}'] button.again-with-changes")
-        page.wait_for_function("document.querySelector('#prompt').value.length > 0")
+        # the note `again` writes once it has filled the form (a value typed before then would be overwritten)
+        page.wait_for_function(f"document.querySelector('#note').textContent === 'settings of {job_id}'")
         assert page.input_value("#prompt") == "a red fox running through snow"
         assert page.input_value("#command") == "extend" and page.input_value("#seed") == "7"
         assert page.input_value("#advanced-fields [name=base_frames]") == "17"

@@ -182,9 +182,10 @@ def create_app(service: Service) -> FastAPI:
                     shutil.rmtree(uploads_dir, ignore_errors=True)
                     return JSONResponse(video_object(store, _same_key(row, fingerprint)))
             sub = await run_in_threadpool(build, given, uploads, form, uploads_dir)
-            new = await run_in_threadpool(admit, sub.job, job_id, service.state_dir, service.offer,
-                                          service.scheduler.fleet.capacity(), sub.uploads or uploads, gpus=sub.gpus,
-                                          priority=sub.priority)
+            # in the pool, capacity too: a Ray fleet asks its cluster, which must not hold up the event loop
+            new = await run_in_threadpool(lambda: admit(sub.job, job_id, service.state_dir, service.offer,
+                                                        service.scheduler.fleet.capacity(), sub.uploads or uploads,
+                                                        gpus=sub.gpus, priority=sub.priority))
             row, created = await run_in_threadpool(
                 lambda: store.add(new, job_id, idempotency_key=key, fingerprint=fingerprint,
                                   max_queued=config.max_queued, remixed_from=remixed_from))

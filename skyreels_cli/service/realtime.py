@@ -142,8 +142,9 @@ class Session:
         service = self.service
         sub = submission(given, {}, service.offer)
         job_id = new_id()
-        new = await run_in_threadpool(admit, sub.job, job_id, service.state_dir, service.offer,
-                                      service.scheduler.fleet.capacity(), {}, gpus=sub.gpus, priority=sub.priority)
+        new = await run_in_threadpool(lambda: admit(sub.job, job_id, service.state_dir, service.offer,
+                                                    service.scheduler.fleet.capacity(), {}, gpus=sub.gpus,
+                                                    priority=sub.priority))
         try:
             row, _ = await run_in_threadpool(lambda: self.store.add(new, job_id, max_queued=service.config.max_queued))
         except QueueFull:
