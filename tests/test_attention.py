@@ -22,6 +22,8 @@ from skyreels_cli.forcing.causal_attention import (
 )
 from skyreels_cli.runtime import attention as kernels
 
+from .simulated_gpu import patches
+
 
 @contextmanager
 def backend_on(transformer, name: str) -> Iterator[str]:
@@ -230,26 +232,10 @@ def test_layout_rejects_a_mismatched_sequence():
 # ---- choosing the kernel -------------------------------------------------------------------------
 
 
-PACKAGED = {"flash", "flash_hub", "_flash_3", "_flash_3_hub", "sage", "sage_hub", "xformers"}
-
-
 def fake_gpu(monkeypatch, capability=(9, 0), installed=()):
-    """Pretend to be on a CUDA GPU of `capability` with only the diffusers backends in `installed` present
-    (diffusers' own requirement check simulated, so `set_attention_backend` agrees; Hub kernels taken as fetched)."""
-    from diffusers.models import attention_dispatch as ad
-
-    real = ad._check_attention_backend_requirements
-
-    def requirements(backend):
-        if backend.value in PACKAGED and backend.value not in installed:
-            raise RuntimeError(f"{backend.value} is not installed (simulated)")
-        if backend.value not in PACKAGED:
-            real(backend)
-
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
-    monkeypatch.setattr(ad, "_check_attention_backend_requirements", requirements)
-    monkeypatch.setattr(ad, "_maybe_download_kernel_for_backend", lambda backend: None)
+    """Pretend to be on a CUDA GPU of `capability` with only the diffusers backends in `installed` present."""
+    for owner, name, value in patches(capability[0] * 10 + capability[1], installed):
+        monkeypatch.setattr(owner, name, value)
     return torch.device("cuda")
 
 

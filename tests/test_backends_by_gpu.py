@@ -25,6 +25,8 @@ import torch
 
 from skyreels_cli.runtime import attention as kernels
 
+from .simulated_gpu import HUB, PACKAGED, Simulated
+
 # The generations a release may meet: A100, RTX 30, L40/RTX 40, H100, B200, RTX 50.
 SMS = (80, 86, 89, 90, 100, 120)
 # What each kernel runs on, from the kernels' own documentation (not from our table).
@@ -35,7 +37,6 @@ RUNS_ON = {
     "xformers": lambda sm: True,
     "sdpa": lambda sm: True,
 }
-HUB = ("flash_hub", "_flash_3_hub", "sage_hub")
 INSTALLED = {
     "bare": (),
     "fa2": ("flash",),
@@ -46,7 +47,6 @@ INSTALLED = {
     "kernels": HUB,
     "all": ("flash", "_flash_3", "sage", "xformers", *HUB),
 }
-PACKAGED = {"flash", "_flash_3", "sage", "xformers", *HUB}  # backends that need something installed
 LAYOUTS = {"one": None, "ulysses": (2, 1), "ring": (1, 2)}  # (ulysses, ring) on two processes
 NAMES = kernels.NAMES
 CASES = [(sm, kit, layout, name) for sm in SMS for kit in INSTALLED for layout in LAYOUTS for name in NAMES]
@@ -57,38 +57,6 @@ def _key(sm, kit, layout, name) -> str:
 
 
 # ------------------------------------------------------------------ what each rank runs
-
-
-class Simulated:
-    """A CUDA GPU of generation `sm` with the backends in `installed` present (patched in; undone on exit)."""
-
-    def __init__(self, sm: int, installed: tuple[str, ...]):
-        self.sm, self.installed = sm, set(installed)
-
-    def __enter__(self):
-        from diffusers.models import attention_dispatch as ad
-
-        real = ad._check_attention_backend_requirements
-        installed = self.installed
-
-        def requirements(backend):
-            if backend.value in PACKAGED and backend.value not in installed:
-                raise RuntimeError(f"{backend.value} is not installed (simulated)")
-            if backend.value not in PACKAGED:
-                real(backend)
-
-        self.saved = [(torch.cuda, "get_device_capability"), (torch.cuda, "get_device_name"),
-                      (ad, "_check_attention_backend_requirements"), (ad, "_maybe_download_kernel_for_backend")]
-        self.saved = [(owner, name, getattr(owner, name)) for owner, name in self.saved]
-        torch.cuda.get_device_capability = lambda device=None: divmod(self.sm, 10)
-        torch.cuda.get_device_name = lambda device=None: f"GPU sm{self.sm}"
-        ad._check_attention_backend_requirements = requirements
-        ad._maybe_download_kernel_for_backend = lambda backend: None
-        return self
-
-    def __exit__(self, *exc):
-        for owner, name, value in self.saved:
-            setattr(owner, name, value)
 
 
 def _validate(transformer, backend: str | None, layout, parallel, meshes) -> str | None:

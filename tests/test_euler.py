@@ -12,8 +12,9 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from skyreels_cli.forcing.euler import PerFrameEuler, VectorisedEuler
+from skyreels_cli.forcing.euler import VectorisedEuler
 from skyreels_cli.forcing.schedule import make_scheduler, step_matrix
+from skyreels_cli.forcing.solver import PerFrame
 from skyreels_cli.media.images import fit_image, load_image
 
 from .conftest import ALIASES
@@ -124,7 +125,7 @@ def test_vectorised_euler_equals_per_frame_copies(sigmas, ar_step, dtype):
     latents = torch.randn(1, 4, frames, 3, 3, generator=gen)
     ours, ref = latents.clone(), latents.clone()
     vectorised = VectorisedEuler(scheduler, steps, frames, torch.device("cpu"))
-    per_frame = PerFrameEuler(scheduler, steps, frames, torch.device("cpu"))
+    per_frame = PerFrame(scheduler, steps, frames, torch.device("cpu"))
     template = torch.cat([torch.tensor([999.0]), vectorised.timesteps, torch.tensor([0.0])])
     for row in range(index.shape[0]):
         v = torch.randn(1, 4, frames, 3, 3, generator=gen).to(dtype)

@@ -10,7 +10,7 @@ from diffusers import SkyReelsV2DiffusionForcingPipeline, UniPCMultistepSchedule
 from skyreels_cli import DEFAULT_NEGATIVE_PROMPT
 from skyreels_cli.forcing.engine import Conditioning, DiffusionForcingEngine, Sampling
 from skyreels_cli.forcing.schedule import make_scheduler, step_matrix, timestep_rows
-from skyreels_cli.forcing.solver import PerFrameUniPC, VectorisedUniPC, make_solver, supports
+from skyreels_cli.forcing.solver import PerFrame, VectorisedUniPC, make_solver, supports
 from skyreels_cli.forcing.windows import plan_for_length
 from skyreels_cli.models.architectures import TEXT_TOKENS
 from skyreels_cli.models.tiny import build_components
@@ -26,7 +26,7 @@ def config(**changes) -> dict:
 LAYOUTS = [((1, 2, 2, 2), 1), ((2, 2, 2, 2), 1), ((3, 3, 3), 0), ((1, 1, 1, 1, 1, 1), 2)]
 
 
-def assert_same_state(vec: VectorisedUniPC, ref: PerFrameUniPC, frames: int) -> None:
+def assert_same_state(vec: VectorisedUniPC, ref: PerFrame, frames: int) -> None:
     for f in range(frames):
         ours, theirs = vec.frame_state(f), ref.frame_state(f)
         for key in ("step_index", "lower_order_nums", "this_order"):
@@ -40,7 +40,7 @@ def assert_same_state(vec: VectorisedUniPC, ref: PerFrameUniPC, frames: int) -> 
 def drive(scheduler, steps: int, rows: torch.Tensor, update: torch.Tensor, frames: int,
           dtype=torch.float32, seed: int = 0) -> dict:
     """Run both solvers over the same rows of random velocities, checking latents and state after every row."""
-    ref = PerFrameUniPC(scheduler, steps, frames, "cpu")
+    ref = PerFrame(scheduler, steps, frames, "cpu")
     vec = VectorisedUniPC(scheduler, steps, frames, "cpu")
     gen = torch.Generator().manual_seed(seed)
     ours = torch.randn(1, 4, frames, 3, 5, generator=gen)
@@ -134,8 +134,8 @@ class OverriddenStep(UniPCMultistepScheduler):
 ])
 def test_unsupported_configurations_fall_back_to_per_frame_copies(scheduler, vectorised):
     solver = make_solver(scheduler, 4, 3, "cpu")
-    assert isinstance(solver, VectorisedUniPC if vectorised else PerFrameUniPC)
-    assert isinstance(make_solver(scheduler, 4, 3, "cpu", "per-frame"), PerFrameUniPC)
+    assert isinstance(solver, VectorisedUniPC if vectorised else PerFrame)
+    assert isinstance(make_solver(scheduler, 4, 3, "cpu", "per-frame"), PerFrame)
     with pytest.raises(ValueError):
         make_solver(scheduler, 4, 3, "cpu", "fast")
 
@@ -232,7 +232,7 @@ def test_vectorised_solver_on_cuda_equals_per_frame_schedulers():
     index, update = step_matrix(blocks, steps, 5, 1)
     rows = timestep_rows(index, VectorisedUniPC(scheduler, steps, 1, "cpu").timesteps)
     frames = sum(blocks)
-    ref = PerFrameUniPC(scheduler, steps, frames, torch.device("cuda"))
+    ref = PerFrame(scheduler, steps, frames, torch.device("cuda"))
     vec = VectorisedUniPC(scheduler, steps, frames, torch.device("cuda"))
     gen = torch.Generator("cuda").manual_seed(0)
     ours = torch.randn(1, 16, frames, 8, 8, generator=gen, device="cuda")

@@ -1,7 +1,7 @@
 """The flow-matching Euler step for every latent frame of a diffusion forcing window, one step-matrix row at a time.
 
 Euler keeps no history: a frame at step i moves from sigma[i] to sigma[i+1] along the predicted velocity,
-`x' = x + (sigma[i+1] - sigma[i]) * v`. `PerFrameEuler` is the reference (one diffusers scheduler per frame,
+`x' = x + (sigma[i+1] - sigma[i]) * v`. `solver.PerFrame` is the reference (one diffusers scheduler per frame,
 stepped frame by frame); `VectorisedEuler` gathers each updated frame's step size and updates them all in one
 operation, with diffusers' rounding: the sample in fp32, the step size in the velocity's dtype (a 0-dim
 tensor takes the other operand's), the result cast back to it.
@@ -14,7 +14,7 @@ import copy
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from .solver import SOLVERS, _put, _selector, _take, make_solver
+from .solver import SOLVERS, PerFrame, _put, _selector, _take, make_solver
 
 
 def make_sampler(scheduler, steps: int, frames: int, device: torch.device, kind: str = "vectorised"):
@@ -24,25 +24,7 @@ def make_sampler(scheduler, steps: int, frames: int, device: torch.device, kind:
         return make_solver(scheduler, steps, frames, device, kind)
     if kind not in SOLVERS:
         raise ValueError(f"unknown solver {kind!r}; expected one of {SOLVERS}")
-    return (VectorisedEuler if kind == "vectorised" else PerFrameEuler)(scheduler, steps, frames, device)
-
-
-class PerFrameEuler:
-    """The reference: one copy of the Euler scheduler per frame, stepped frame by frame."""
-
-    def __init__(self, scheduler, steps: int, frames: int, device: torch.device) -> None:
-        template = copy.deepcopy(scheduler)
-        template.set_timesteps(steps, device=device)
-        self.timesteps = template.timesteps
-        self.schedulers = [copy.deepcopy(template) for _ in range(frames)]
-
-    def step(self, velocity: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor,
-             update: torch.Tensor) -> torch.Tensor:
-        """Advance the frames marked in `update` (bool [frames]) in place; `timesteps` is the row's ([frames])."""
-        for f in torch.nonzero(update).flatten().tolist():
-            latents[:, :, f] = self.schedulers[f].step(velocity[:, :, f], timesteps[f], latents[:, :, f],
-                                                       return_dict=False)[0]
-        return latents
+    return (VectorisedEuler if kind == "vectorised" else PerFrame)(scheduler, steps, frames, device)
 
 
 class VectorisedEuler:

@@ -2,7 +2,7 @@
 
 Each frame has its own solver history (as in the official code) and frames sit at different steps of one timestep
 grid. The reference keeps one diffusers `UniPCMultistepScheduler` copy per frame and steps them frame by
-frame (`PerFrameUniPC`): about 40 small operations per frame per row, each a kernel launch on a GPU.
+frame (`PerFrame`): about 40 small operations per frame per row, each a kernel launch on a GPU.
 `VectorisedUniPC` holds the same state as tensors indexed by frame and does a row in about twenty
 operations over all its frames, in place in preallocated buffers: the per-frame scalars (sigma ratios, exponential factors, the corrector's rho) depend only on a frame's step
 index and order, so they are tabulated once per window with diffusers' own scalar arithmetic and gathered
@@ -28,8 +28,9 @@ _MIRRORED = ("step", "convert_model_output", "multistep_uni_p_bh_update", "multi
              "_sigma_to_alpha_sigma_t", "index_for_timestep", "_init_step_index")
 
 
-class PerFrameUniPC:
-    """The reference: one deep copy of the scheduler per frame, stepped frame by frame."""
+class PerFrame:
+    """The reference for any diffusers scheduler (UniPC here, Euler in euler.py): one deep copy per frame, stepped
+    frame by frame."""
 
     def __init__(self, scheduler: UniPCMultistepScheduler, steps: int, frames: int, device: torch.device) -> None:
         template = copy.deepcopy(scheduler)
@@ -46,7 +47,7 @@ class PerFrameUniPC:
         return latents
 
     def frame_state(self, frame: int) -> dict:
-        """One frame's solver state, in the vectorised solver's terms (for comparing the two)."""
+        """One frame's UniPC state, in the vectorised solver's terms (for comparing the two)."""
         s = self.schedulers[frame]
         return {"step_index": s.step_index, "lower_order_nums": s.lower_order_nums,
                 "this_order": getattr(s, "this_order", 0), "model_outputs": list(s.model_outputs),
@@ -74,7 +75,7 @@ def make_solver(scheduler, steps: int, frames: int, device: torch.device, kind: 
         raise ValueError(f"unknown solver {kind!r}; expected one of {SOLVERS}")
     if kind == "vectorised" and supports(scheduler):
         return VectorisedUniPC(scheduler, steps, frames, device)
-    return PerFrameUniPC(scheduler, steps, frames, device)
+    return PerFrame(scheduler, steps, frames, device)
 
 
 # Columns of the coefficient tables. Predictor: x' = ratio*x - a_h*m0 - a_b*(rho*(m1 - m0)/rk).
@@ -90,7 +91,7 @@ class VectorisedUniPC:
     def __init__(self, scheduler: UniPCMultistepScheduler, steps: int, frames: int, device: torch.device) -> None:
         if not supports(scheduler):
             raise ValueError("VectorisedUniPC supports flow-prediction bh2 UniPC of order 1 or 2 only; "
-                             "use PerFrameUniPC")
+                             "use PerFrame")
         self.template = copy.deepcopy(scheduler)
         self.template.set_timesteps(steps)
         self.timesteps = self.template.timesteps
