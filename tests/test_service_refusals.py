@@ -120,6 +120,14 @@ def test_list_paging_with_an_unknown_cursor_is_refused_naming_after(queue_only):
     jobs = [queue_only.submit(TINY)["id"] for _ in range(3)]
     status, page, _ = queue_only.call("GET", f"/v1/videos?limit=1&after={jobs[2]}")
     assert status == 200 and page["data"][0]["id"] == jobs[1], "a known cursor pages on"
+    # order=asc (the OpenAI SDK's list(order=...)): oldest first, the cursor paging on towards the newest
+    status, page, _ = queue_only.call("GET", f"/v1/videos?limit=1&order=asc&after={jobs[0]}")
+    assert status == 200 and page["data"][0]["id"] == jobs[1] and page["has_more"], page
+    oldest = queue_only.call("GET", "/v1/videos?limit=100&order=asc")[1]["data"]
+    newest = queue_only.call("GET", "/v1/videos?limit=100")[1]["data"]
+    assert [v["id"] for v in oldest] == [v["id"] for v in reversed(newest)] and oldest[-1]["id"] == jobs[2]
+    status, error = refused(queue_only, path="/v1/videos?order=newest", method="GET")
+    assert status == 400 and error["param"] == "order" and "asc or desc" in error["message"], error
     for job in jobs:
         queue_only.call("DELETE", f"/v1/videos/{job}")
 

@@ -204,12 +204,15 @@ def create_app(service: Service) -> FastAPI:
 
     # ------------------------------------------------------------ reading
 
-    @app.get("/v1/videos", summary="List videos, newest first")
-    def list_videos(limit: int = 20, after: str | None = None) -> dict:
+    @app.get("/v1/videos", summary="List videos, newest first (order=asc: oldest first)")
+    def list_videos(limit: int = 20, after: str | None = None, order: str = "desc") -> dict:
         if not 1 <= limit <= 100:
             raise HttpError(400, f"limit {limit} must be from 1 to 100", "limit")
+        if order not in ("asc", "desc"):
+            raise HttpError(400, f"order {cut(order)!r} is not asc or desc; give order=asc for the oldest first, "
+                                 "desc (the default) for the newest", "order")
         try:
-            rows, more = store.page(limit, after)
+            rows, more = store.page(limit, after, order)
         except KeyError:
             raise HttpError(400, f"after {cut(after)!r} is no video of this service; give the last_id of the page "
                                  "before, or leave after out for the first page", "after") from None

@@ -174,18 +174,21 @@ class Store:
         row = self._db().execute("SELECT * FROM jobs WHERE idempotency_key = ? AND deleted = 0", (key,)).fetchone()
         return dict(row) if row is not None else None
 
-    def page(self, limit: int, after: str | None = None) -> tuple[list[dict], bool]:
-        """Jobs newest first, `limit` of them, after the job `after` (a cursor; KeyError when there is no such
-        job: answering the first page again would have a client paging round for ever); and whether more follow."""
+    def page(self, limit: int, after: str | None = None, order: str = "desc") -> tuple[list[dict], bool]:
+        """Jobs newest first (`order` "asc": oldest first), `limit` of them, after the job `after` (a cursor;
+        KeyError when there is no such job: answering the first page again would have a client paging round for
+        ever); and whether more follow."""
         db = self._db()
-        below = None
+        newest_first = order == "desc"
+        bound = 1 << 62 if newest_first else -1
         if after is not None:
             cursor = db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
             if cursor is None:
                 raise KeyError(after)
-            below = cursor["seq"]
-        rows = db.execute("SELECT * FROM jobs WHERE deleted = 0 AND seq < ? ORDER BY seq DESC LIMIT ?",
-                          (below if below is not None else 1 << 62, limit + 1)).fetchall()
+            bound = cursor["seq"]
+        beyond, direction = ("<", "DESC") if newest_first else (">", "ASC")
+        rows = db.execute(f"SELECT * FROM jobs WHERE deleted = 0 AND seq {beyond} ? ORDER BY seq {direction} "
+                          "LIMIT ?", (bound, limit + 1)).fetchall()
         return [dict(r) for r in rows[:limit]], len(rows) > limit
 
     def waiting(self) -> list[dict]:
