@@ -189,3 +189,59 @@ def test_resume_with_other_loras_is_refused(base, lora_file):
         _check_resumable(job, model)
     finally:
         model.loras = []
+
+
+def _two_layouts(path, rank: int = 4, dim: int = 32):
+    """A LoRA file in PEFT's and Kohya's key layouts at once, with an alpha and a whole-tensor delta beside."""
+    save_file({
+        "transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(rank, dim),
+        "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(dim, rank),
+        "diffusion_model.blocks.1.self_attn.q.lora_down.weight": torch.zeros(2 * rank, dim),
+        "diffusion_model.blocks.1.self_attn.q.lora_up.weight": torch.zeros(dim, 2 * rank),
+        "diffusion_model.blocks.1.self_attn.q.alpha": torch.tensor(8.0),
+        "diffusion_model.blocks.1.norm3.diff": torch.zeros(dim),  # added to the weight: nothing kept beside it
+    }, path)
+    return L.ResolvedLora(L.LoraSpec(str(path)), path, "")
+
+
+def test_a_loras_low_rank_layers_are_counted_from_its_header(tmp_path):
+    lora = _two_layouts(tmp_path / "mixed.safetensors")
+    assert L.adapter_bytes([lora], 2) == (4 * 32 * 2 + 8 * 32 * 2) * 2
+    assert L.adapter_bytes([lora, lora], 4) == 2 * (4 * 32 * 2 + 8 * 32 * 2) * 4
+    assert L.adapter_bytes([], 2) == 0
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="broken.safetensors is not a readable .safetensors file"):
+        L.adapter_bytes([L.ResolvedLora(L.LoraSpec("b"), tmp_path / "broken.safetensors", "")], 2)
+
+
+def test_load_plans_for_the_loras_it_is_given(hub_models, lora_file, monkeypatch):
+    """The memory plan is chosen for the LoRA's layers beside the weights (a --lora was planned as if absent)."""
+    import skyreels_cli.core.model as M
+
+    shapes, real = [], M.choose_plan
+    monkeypatch.setattr(M, "choose_plan", lambda spec, dev, shape, *rest: shapes.append(shape) or
+                        real(spec, dev, shape, *rest))
+    model = sk.load(ALIASES["df"], device="cpu", progress=False, loras=[str(lora_file)])
+    expected = L.adapter_bytes([L.resolve_lora(str(lora_file))], 4)  # fp32 on the CPU
+    assert expected > 0
+    assert shapes[-1].adapter_bytes == expected == model.adapter_bytes
+    sk.load(ALIASES["df"], device="cpu", progress=False)
+    assert shapes[-1].adapter_bytes == 0
+
+
+@pytest.mark.slow
+def test_the_planner_and_plan_command_count_a_given_lora(tmp_path):
+    from skyreels_cli.core.resolve import planned_shape
+    from skyreels_cli.models.registry import load_registry
+    from skyreels_cli.runtime.plan import predict
+
+    spec = load_registry().models["df-1.3b-540p"]
+    request = sk.Request(frames=97)
+    plain = {p.plan: p.peak for p in predict(spec, planned_shape(spec, request), offload="none", quantize="none")}
+    for p in predict(spec, planned_shape(spec, request, 3 << 20), offload="none", quantize="none"):
+        assert p.peak - plain[p.plan] == 3 << 20, "the layers sit on the GPU beside weights kept there"
+    _two_layouts(tmp_path / "style.safetensors", rank=64, dim=1536)
+    result = CliRunner().invoke(app, ["plan", "df-1.3b-540p", "--vram", "24", "--lora",
+                                      str(tmp_path / "style.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "with 1 LoRA: 1.1 MB of low-rank layers beside the transformer's weights" in result.output, result.output

@@ -21,6 +21,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print every plan as JSON.")]
 All = Annotated[bool, typer.Option("--all", help="List every variant, not only the best of each offload and quantization.")]
 Accelerator = Annotated[str | None, typer.Option("--accelerator", help="Plan for a few-step accelerator's settings: "
                                                  "guidance 1 (one pass, no guidance batch) and its LoRA's memory.")]
+Lora = Annotated[list[str] | None, typer.Option("--lora", help="A LoRA you will load with --lora (repeatable): "
+                                                "its low-rank layers are counted beside the transformer's weights.")]
 
 
 @app.command()
@@ -28,7 +30,7 @@ def plan(
     model: Annotated[str, typer.Argument(help="Registry alias or Hub repo id of a released architecture.")],
     height: Height = None, width: Width = None, frames: Frames = None, quantize: Quantize = None,
     vram: Vram = None, host_ram: HostRam = None, as_json: Json = False, show_all: All = False,
-    accelerator: Accelerator = None,
+    accelerator: Accelerator = None, lora: Lora = None,
 ) -> None:
     """Predict peak GPU memory per phase and peak host memory for each memory plan (traced on fake tensors: no
     GPU, no download), and say which plan `--offload auto` picks.
@@ -38,9 +40,11 @@ def plan(
         skyreels plan df-14b-540p --vram 24 --host-ram 32
         skyreels plan df-1.3b-540p --frames 257 --json
         skyreels plan df-14b-540p --vram 24 --accelerator lightx2v
+        skyreels plan df-1.3b-540p --vram 12 --lora style.safetensors
     """
     from ..core.request import Request
-    from ..core.resolve import accelerated, run_shape
+    from ..core.resolve import accelerated, planned_shape
+    from ..models.lora import adapter_bytes, resolve_lora
     from ..models.naming import resolve_model
     from ..run_options import QUANTIZES
     from ..runtime.plan import available_host_gb, choose, describe, flags, free_vram_gb, judge, predict
@@ -56,7 +60,10 @@ def plan(
         memory = vram if vram is not None else free_vram_gb()
         # This machine's host memory when planning for its GPU; a card given with --vram may sit in any host.
         host = host_ram if host_ram is not None or vram is not None else available_host_gb()
-        shape = None if spec.is_tiny else run_shape(spec, Request(height=height, width=width, frames=frames))
+        # a GPU run holds a LoRA's layers in bf16 beside the weights (PEFT keeps them unquantized)
+        given = adapter_bytes([resolve_lora(text) for text in lora or ()], 2)
+        shape = None if spec.is_tiny else planned_shape(spec, Request(height=height, width=width, frames=frames),
+                                                         given)
         predictions = predict(spec, shape, vram_gb=memory, **({"quantize": quantize} if quantize else {}))
         if memory is not None:
             predictions = judge(predictions, memory, host)
@@ -68,7 +75,10 @@ def plan(
             if spec.accelerator and shape is not None:
                 typer.echo(f"with {spec.accelerator}: guidance {spec.guidance:g} ("
                            f"{'two passes' if shape.guided else 'one pass, no guidance batch'}), its LoRA "
-                           f"{shape.adapter_bytes / 2**30:.2f} GB beside the transformer's weights")
+                           f"{(shape.adapter_bytes - given) / 2**30:.2f} GB beside the transformer's weights")
+            if given and shape is not None:
+                typer.echo(f"with {len(lora)} LoRA{'s' * (len(lora) > 1)}: {given / 2**20:.1f} MB of low-rank "
+                           "layers beside the transformer's weights")
         if memory is None:
             if not as_json:
                 typer.echo("no GPU is visible: give --vram GB to see which plan fits")

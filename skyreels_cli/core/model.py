@@ -26,7 +26,7 @@ from ..forcing.engine import Conditioning
 from ..models.hub import ensure_model
 from ..models.kinds import KINDS
 from ..models.loading import check_device, dtype_name, load_components, loaded_bytes, pick_dtype, read_text_encoder
-from ..models.lora import apply_loras, remove_loras, resolve_lora
+from ..models.lora import adapter_bytes, apply_loras, remove_loras, resolve_lora
 from ..models.naming import check_kind, resolve_model
 from ..models.registry import ModelSpec
 from ..quiet import third_party_quiet
@@ -54,7 +54,7 @@ from .job import Job
 from .live import LivePrompts
 from .prepare import Prepared, prepare
 from .request import Request
-from .resolve import accelerated, resolve, run_shape
+from .resolve import accelerated, planned_shape, resolve
 from .results import Result, WindowFrames
 from .run import Cancel, Run
 
@@ -89,15 +89,16 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
     check_layout_options(options.ulysses, options.ring, parallel)
     dev = parallel.device if parallel is not None else check_device(options.device, spec)
     torch_dtype = pick_dtype(options.dtype, dev)
-    shape = None if plan_for is None else run_shape(spec, plan_for)
-    memory, reason, budget = choose_plan(spec, dev, shape, options, parallel)
     # a kernel that cannot run (here, or split over these processes) is refused before a long load
     layout = planned_layout(parallel.world if parallel else 1, options.ring)
     pick_backend(options.attention, dev, torch_dtype, layout=layout)
     if options.compile:
         check_compile(dev)
-    # found before loading; an accelerator's LoRA goes after those given
+    # found before planning (their low-rank layers sit on the GPU beside the weights) and before a long load; an
+    # accelerator's LoRA goes after those given (the shape counts its layers already)
     loras = [resolve_lora(text) for text in (*options.loras, *filter(None, [accelerator_lora]))]
+    given_bytes = adapter_bytes(loras[:len(options.loras)], torch_dtype.itemsize)
+    memory, reason, budget = choose_plan(spec, dev, planned_shape(spec, plan_for, given_bytes), options, parallel)
     started = time.perf_counter()
     follower = parallel is not None and not parallel.is_main
     with third_party_quiet(not progress):  # a download shows its bars: the one long wait with no display of ours
@@ -128,7 +129,7 @@ def load(model: str | ModelSpec | None = None, *, options: LoadOptions | None = 
                                      later=("text_encoder",) if memory.text_encoder_device == "disk" else ())
     return Model(spec, folder, components, dev, _resolved(options, dev, torch_dtype, memory), memory=memory,
                  memory_reason=reason, memory_budget_gb=budget, loras=records, parallel=parallel, progress=progress,
-                 load_seconds=round(time.perf_counter() - started, 3))
+                 load_seconds=round(time.perf_counter() - started, 3), adapter_bytes=given_bytes)
 
 
 def choose_plan(spec: ModelSpec, device: torch.device, shape, options: LoadOptions,
@@ -174,7 +175,7 @@ def _resolved(options: LoadOptions, device: torch.device, dtype: torch.dtype, me
 class Model:
     def __init__(self, spec: ModelSpec, folder: Path, components: dict, device: torch.device, options: LoadOptions,
                  *, memory: MemoryPlan | None = None, memory_reason: str = "", memory_budget_gb: float | None = None,
-                 loras: list[dict] | None = None,
+                 loras: list[dict] | None = None, adapter_bytes: int = 0,
                  parallel: Parallel | None = None, progress: bool = True, load_seconds: float = 0.0) -> None:
         import diffusers
 
@@ -190,6 +191,7 @@ class Model:
         self.memory_reason = memory_reason
         self.memory_budget_gb = memory_budget_gb  # the GB the plan was chosen for (None: nothing was planned)
         self.loras = list(loras or [])  # sidecar records of the LoRAs applied at load
+        self.adapter_bytes = adapter_bytes  # GPU bytes of their low-rank layers (the plans count them)
         transformer = components["transformer"]
         if spec.forcing:
             # Before the plan's offload hooks, which wrap `forward`: those must wrap ours.
@@ -411,7 +413,8 @@ class Model:
         except torch.OutOfMemoryError:
             # The budget the plan was chosen for, not the free memory now: the failed run's model and tensors
             # are still resident, so that would be near zero.
-            better = smaller_plan(self.spec, self.device, self.memory, run_shape(self.spec, request),
+            better = smaller_plan(self.spec, self.device, self.memory,
+                                  planned_shape(self.spec, request, self.adapter_bytes),
                                   vram_gb=self.memory_budget_gb or total_vram_gb(self.device))
             m = self.memory
             if better is None:

@@ -20,7 +20,7 @@ from ..media.images import load_image, oriented_size
 from ..models.accelerators import accelerate, check_steps, lora_bytes
 from ..models.architectures import ROPE_POSITIONS
 from ..models.registry import ModelSpec
-from ..runtime.plan import Shape
+from ..runtime.plan import Shape, native_shape
 from .request import Request
 from .shot_plan import resolve_shots, shot_plan
 from .sizes import pick_size
@@ -343,6 +343,13 @@ def check_split(r: Request, spec: ModelSpec, processes: int) -> None:
                      f"frames, which do not split evenly over {processes} processes: "
                      + (f"use {counts} processes, or " if counts else "use ")
                      + f"a size whose (width/16) x (height/16) divides by {processes}")
+
+
+def planned_shape(spec: ModelSpec, request: Request | None, adapter_bytes: int = 0) -> Shape:
+    """What a load plans for: `run_shape` of `request` (None: the checkpoint's native shape), with `adapter_bytes`
+    of the caller's own LoRAs beside the accelerator's (which the shape counts already)."""
+    shape = native_shape(spec) if request is None else run_shape(spec, request)
+    return replace(shape, adapter_bytes=shape.adapter_bytes + adapter_bytes)
 
 
 def run_shape(spec: ModelSpec, request: Request) -> Shape:

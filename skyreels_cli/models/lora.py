@@ -194,6 +194,30 @@ def read_lora(lora: ResolvedLora) -> dict[str, torch.Tensor]:
     return read_lora_file(lora).state
 
 
+# The low-rank halves of an adapted layer in every published layout (PEFT's lora_A/lora_B, Kohya's and ComfyUI's
+# lora_down/lora_up): what PEFT keeps beside the weights. `.diff` deltas are added to the weights and cost nothing.
+LOW_RANK = re.compile(r"\.lora_(A|B|down|up)\.weight$")
+
+
+def adapter_bytes(loras: list[ResolvedLora], element_size: int) -> int:
+    """GPU bytes of the low-rank layers `loras` add beside the transformer's weights, at the model's element size
+    (PEFT keeps them unquantized in its dtype): counted from the files' headers, nothing read. An upper bound
+    where a file carries layers the transformer has not (a text encoder's)."""
+    from math import prod
+
+    from safetensors import SafetensorError, safe_open
+
+    total = 0
+    for lora in loras:
+        try:
+            with safe_open(lora.path, "pt") as handle:
+                total += sum(prod(handle.get_slice(key).get_shape()) for key in handle.keys() if LOW_RANK.search(key))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"{setting('loras', lora.spec.source)}: {lora.path} is not a readable .safetensors "
+                             f"file ({exc})") from None
+    return total * element_size
+
+
 def read_lora_file(lora: ResolvedLora) -> LoraFile:
     """The file of `lora` read and converted to what diffusers loads, nothing dropped: see `LoraFile`."""
     from safetensors import SafetensorError, safe_open
