@@ -305,3 +305,21 @@ def test_a_batch_delivers_a_png_folder_as_it_does_without_ray(hub_models, tmp_pa
     assert len(frames) == 17 and frames == sorted(p.name for p in library.path.glob("*.png"))
     assert all((tmp_path / "frames" / n).read_bytes() == (library.path / n).read_bytes() for n in frames)
     assert str(tmp_path / "frames") in (tmp_path / "frames" / "settings.json").read_text()
+
+
+def test_a_live_job_on_a_worker_with_its_own_copy_is_steered_at_the_promised_window(hub_models, tmp_path):
+    """Without --shared-dir a worker runs a job in its own copy of the job's folder, which the service sees only as
+    each window is sent back: a prompt change is promised by that worker (it alone knows the window it has
+    started), kept by the service too, and lands at the window promised."""
+    live = {**TINY_EXTEND, "live": True, "frames": 2000}
+    with Server(tmp_path / "state", "--model", "tiny", "--ray", "local") as server:
+        job = server.submit(live)
+        server.wait(job["id"], until=lambda j: j["windows_done"] >= 1)
+        status, change, _ = server.call("POST", f"/v1/videos/{job['id']}/prompt", {"prompt": "a blue bird"})
+        assert status == 200, change
+        promised = change["window"]
+        server.wait(job["id"], until=lambda j: j["windows_done"] > promised + 1)
+        assert server.call("POST", f"/v1/videos/{job['id']}/cancel")[0] == 200
+        done = server.wait(job["id"], "completed")
+        assert done["live"]["timeline"] == [{"window": 0, "prompt": "a red fox", "negative_prompt": None},
+                                            {"window": promised, "prompt": "a blue bird", "negative_prompt": None}]

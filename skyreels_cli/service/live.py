@@ -79,6 +79,30 @@ def promise(path: Path, prompt: str, negative_prompt: str | None) -> int:
         db.close()
 
 
+def record(path: Path, window: int, prompt: str, negative_prompt: str | None) -> None:
+    """Keep a change another process promised (for `window`) here too: it survives a restart of the service."""
+    db = _open(path)
+    try:
+        db.execute("INSERT INTO prompts (window, prompt, negative_prompt, at) VALUES (?, ?, ?, ?)",
+                   (window, prompt, negative_prompt, time.time()))
+    finally:
+        db.close()
+
+
+def steer(scheduler, job_id: str, output: Path, prompt: str, negative_prompt: str | None) -> int:
+    """A prompt change for a live job, and the window it lands at. Where the job runs on a worker that keeps its
+    own copy of the job's folder (a Ray node without --shared-dir), that worker promises it (it alone knows the
+    window it has started) and the change is kept here too; otherwise it is promised here, where the worker
+    reads it (or, queued, where the job's files are sent from)."""
+    path = steering_path(output)
+    worker = scheduler.remote_runner(job_id)
+    window = worker.promise(job_id, prompt, negative_prompt) if worker is not None else None
+    if window is None:
+        return promise(path, prompt, negative_prompt)
+    record(path, window, prompt, negative_prompt)
+    return window
+
+
 def progress(path: Path) -> tuple[int, list[dict]]:
     """(the last window started, -1 before the first; the timeline applied so far)."""
     if not path.is_file():
@@ -193,7 +217,8 @@ def add_routes(app, service, _row, video_object) -> None:
         if row["status"] in FINISHED or row["cancel_requested"]:
             state = row["status"] if row["status"] in FINISHED else "stopping"
             raise HttpError(409, f"video {video_id} is {state}: it takes no more prompts", "id")
-        window = await run_in_threadpool(promise, steering_path(output(video_id)), prompt.strip(), negative)
+        window = await run_in_threadpool(steer, service.scheduler, video_id, output(video_id), prompt.strip(),
+                                         negative)
         return {"id": video_id, "object": "video.prompt", "window": window, "prompt": prompt.strip(),
                 "negative_prompt": negative, "video": video_object(store, store.get(video_id))}
 

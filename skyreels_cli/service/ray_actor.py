@@ -60,6 +60,16 @@ class WorkerActor:
         if job_id in self._cancels:
             self._cancels[job_id].set()
 
+    def promise(self, job_id: str, prompt: str, negative_prompt: str | None) -> int | None:
+        """A prompt change for the live job running here, recorded in this node's copy of its folder, which its
+        run reads before each window (service/live.py): the window it lands at; None when the job is not here."""
+        from .live import STEERING, promise
+
+        folder = self.scratch / "videos" / job_id
+        if job_id not in self._cancels or not folder.is_dir():
+            return None
+        return promise(folder / STEERING, prompt, negative_prompt)
+
     def poll(self, timeout: float = 1.0) -> list[dict]:
         """The reports since the last call, waiting up to `timeout` seconds for the first."""
         out = []

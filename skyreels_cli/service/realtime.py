@@ -35,7 +35,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 
 from .fields import HttpError
-from .live import promise, steering_path
+from .live import steer
 from .store import FINISHED
 
 START_TIMEOUT_S = 10.0
@@ -182,8 +182,8 @@ class Session:
             await self.error(f"video {self.video_id} takes no more prompts: it has ended or is stopping", "ended",
                              "id")
             return
-        path = steering_path(json.loads(row["job"])["output"])
-        window = await run_in_threadpool(promise, path, prompt.strip(), negative)
+        window = await run_in_threadpool(steer, self.service.scheduler, self.video_id,
+                                         Path(json.loads(row["job"])["output"]), prompt.strip(), negative)
         await self.send({"type": "session.interaction.queued", "event_id": interaction.get("event_id"),
                          "window": window})
 

@@ -55,6 +55,14 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.started = threading.Event()
 
+    def remote_runner(self, job_id: str):
+        """The worker running `job_id` (rank 0 of a group) when it keeps its own copy of the job's folder, which
+        promises prompt changes itself; None otherwise (a local worker, a shared folder, or not running)."""
+        for worker in list(self.workers):
+            if worker.job == job_id and getattr(worker, "keeps_own_copy", False):
+                return worker
+        return None
+
     # ------------------------------------------------------------ life
 
     def start(self) -> None:
