@@ -71,19 +71,34 @@ def test_a_cache_that_cannot_be_written_is_a_clear_error(tmp_path):
                    "cannot build the tiny model", "HF_HOME")
 
 
+@pytest.fixture(scope="module")
+def straight(hub_models, tmp_path_factory):
+    """LONG run without interruption, as an MP4 (".mp4") or PNG frames ("/"): made once for the module's tests that
+    compare an interrupted and resumed run with it."""
+    folder, made = tmp_path_factory.mktemp("straight"), {}
+
+    def output(suffix: str) -> Path:
+        if suffix not in made:
+            given = f"{folder / 'straight'}{suffix}"  # "DIR/": PNG frames (a Path would drop the slash)
+            assert run([*LONG, "-o", given]).returncode == 0
+            made[suffix] = Path(given)
+        return made[suffix]
+
+    return output
+
+
 @pytest.mark.parametrize("suffix", [".mp4", "/"])
-def test_a_full_disk_ends_with_one_line_and_resume_finishes_the_video(hub_models, tmp_path, suffix):
+def test_a_full_disk_ends_with_one_line_and_resume_finishes_the_video(straight, tmp_path, suffix):
     out = f"{tmp_path / 'full'}{suffix}"
     done = run([*LONG, "-o", out], limit=80_000)  # no file may grow past 80 kB: the state or the preview outgrows it
     one_line_error(done, "cannot", "disk space")
     state = tmp_path / ".full.skyreels" if suffix == "/" else tmp_path / ".full.mp4.skyreels"
     assert (state / "state.pt").is_file() and not list(state.glob("*.tmp"))
     assert run([*LONG, "-o", out, "--resume"]).returncode == 0
-    assert run([*LONG, "-o", f"{tmp_path / 'straight'}{suffix}"]).returncode == 0
     if suffix == "/":
-        assert np.array_equal(read_png_frames(tmp_path / "full"), read_png_frames(tmp_path / "straight"))
+        assert np.array_equal(read_png_frames(tmp_path / "full"), read_png_frames(straight(suffix)))
     else:
-        assert (tmp_path / "full.mp4").read_bytes() == (tmp_path / "straight.mp4").read_bytes()
+        assert (tmp_path / "full.mp4").read_bytes() == straight(suffix).read_bytes()
 
 
 # Where each run of the soak dies: in a denoising row, in a decode, in the middle of saving the
@@ -95,7 +110,7 @@ KILLS = [("denoise_row", 5), ("decode_frame", 9), ("state_saving", 2), ("segment
          ("window_saved", 2), ("denoise_row", 3)]
 
 
-def test_soak_killed_many_times_at_chosen_points_resumes_to_the_same_video(hub_models, tmp_path):
+def test_soak_killed_many_times_at_chosen_points_resumes_to_the_same_video(straight, tmp_path):
     extra = int(os.environ.get("SKYREELS_SOAK_KILLS", "0"))  # a longer soak: more rounds of the same points
     kills = KILLS + KILLS * (extra // len(KILLS)) + KILLS[: extra % len(KILLS)]
     out = tmp_path / "soak.mp4"
@@ -114,14 +129,13 @@ def test_soak_killed_many_times_at_chosen_points_resumes_to_the_same_video(hub_m
     else:
         assert run([*LONG, "-o", out, "--resume"]).returncode == 0
     assert survived >= len(KILLS) - 2, f"only {survived} kills landed before the video was done"
-    assert run([*LONG, "-o", tmp_path / "straight.mp4"]).returncode == 0
-    assert out.read_bytes() == (tmp_path / "straight.mp4").read_bytes()
+    assert out.read_bytes() == straight(".mp4").read_bytes()
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert sidecar["run"]["resumed"] is True
     print(f"soak: {survived} kills survived, final video equal to an uninterrupted run")
 
 
-def test_ctrl_c_stops_even_inside_one_long_native_operation(hub_models, tmp_path):
+def test_ctrl_c_stops_even_inside_one_long_native_operation(straight, tmp_path):
     """The run blocks in native code (as the attention of a huge frame would): the first Ctrl-C
     says it stops at the next step, the second ends it at once, and --resume then finishes it."""
     out = tmp_path / "long.mp4"
@@ -139,8 +153,7 @@ def test_ctrl_c_stops_even_inside_one_long_native_operation(hub_models, tmp_path
     assert proc.wait(timeout=60) == 130
     deadline.cancel()
     assert run([*LONG, "-o", out, "--resume"]).returncode == 0
-    assert run([*LONG, "-o", tmp_path / "straight.mp4"]).returncode == 0
-    assert out.read_bytes() == (tmp_path / "straight.mp4").read_bytes()
+    assert out.read_bytes() == straight(".mp4").read_bytes()
 
 
 def test_download_compares_sizes_and_hashes_with_the_hub(hub_models, monkeypatch):

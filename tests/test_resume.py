@@ -24,9 +24,9 @@ ARGS = ["extend", "a red fox", "-m", ALIASES["df"], "--device", "cpu", "--height
         "--steps", str(STEPS), "--frames", "197", "--base-frames", "17", "--overlap", "5", "--seed", "11", "-q"]
 
 
-def killed_run(output: str, fault: str) -> None:
+def killed_run(output: str, fault: str, *more: str) -> None:
     env = {**os.environ, "SKYREELS_FAULT": fault}
-    done = subprocess.run([sys.executable, "-m", "skyreels_cli", *ARGS, "-o", output], env=env,
+    done = subprocess.run([sys.executable, "-m", "skyreels_cli", *ARGS, "-o", output, *more], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 137, f"the run was not killed at {fault}: {done.stderr}"
 
@@ -78,11 +78,13 @@ def test_killed_mp4_run_plays_midway_and_resumes_identically(hub_models, tmp_pat
 
 @pytest.mark.slow
 def test_resume_state_stays_small_as_the_video_grows(hub_models, tmp_path):
-    sizes = {}
+    # One run stopped after window 2, resumed and stopped after window 11, then after 14 (a fault counts the
+    # windows its own process saves): the state as each stop leaves it.
+    sizes, out, done = {}, f"{tmp_path / 'run'}/", 0
     for window in (2, 11, 14):
-        out = tmp_path / f"w{window}"
-        killed_run(f"{out}/", f"window_saved:{window}")
-        state_file = tmp_path / f".w{window}.skyreels" / "state.pt"
+        killed_run(out, f"window_saved:{window - done}", *(["--resume"] if done else []))
+        done = window
+        state_file = tmp_path / ".run.skyreels" / "state.pt"
         state = torch.load(state_file, weights_only=True)
         history = state["engine"]["decoder"]["history"]
         sizes[window] = state_file.stat().st_size, history.shape[2]
