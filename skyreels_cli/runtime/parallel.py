@@ -38,7 +38,6 @@ only the transformer's weights (`FOLLOWER_READS`). Every rank draws the same noi
 from __future__ import annotations
 
 import atexit
-import contextvars
 import math
 import os
 import sys
@@ -700,9 +699,7 @@ class Watchdog:
         self.stall_after_s = stall_after_s
         self.store = dist.distributed_c10d._get_default_store()
         self._stop = threading.Event()
-        # in the caller's context: its lines name settings the way its caller spells them (--resume on the CLI)
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._run,), name="skyreels-watchdog", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="skyreels-watchdog", daemon=True)
         self._thread.start()
 
     def _key(self, rank: int) -> str:
