@@ -85,7 +85,8 @@ def test_out_of_memory_advice_plans_for_the_budget_not_the_memory_the_failed_run
     # After the failure the model and the forward's tensors are still on the card: almost nothing is free.
     monkeypatch.setattr(P, "free_vram_gb", lambda device=None: 0.4)
     monkeypatch.setattr("skyreels_cli.core.model.total_vram_gb", lambda device=None: 80.0)
-    failed = types.SimpleNamespace(spec=spec, device=cuda, memory=chosen, memory_budget_gb=24.0, _kept="kept")
+    failed = types.SimpleNamespace(spec=spec, device=cuda, memory=chosen, memory_budget_gb=24.0, _kept="kept",
+                                   adapter_bytes=0)
 
     def advice(model) -> str:
         with pytest.raises(OutOfMemory) as caught, Model.out_of_memory(model, Request(prompt="a fox")):
