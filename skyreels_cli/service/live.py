@@ -273,8 +273,6 @@ def live_bounded(job, offer):
     return job
 
 
-
-
 def record_made(store, files_dir: Path, job_id: str) -> None:
     """A live job that ended: its row's frames and windows become what it made (they were its most), from its
     sidecar."""

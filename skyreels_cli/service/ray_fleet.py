@@ -77,7 +77,7 @@ class RayWorker:
         self._reports: queue.Queue = queue.Queue()
         self._dead: str | None = None
         self._stopping = threading.Event()
-        self._ships = False  # the job it runs is in this node's copy of its folder (see keeps_own_copy)
+        self.keeps_own_copy = False  # the job it runs is in this node's copy of its folder (rank 0, no --shared-dir)
         self._wake_r, self._wake_w = socket.socketpair()  # objects, not bare descriptors: safe to close
         self._wake_r.setblocking(False)
 
@@ -147,21 +147,23 @@ class RayWorker:
         except OSError:
             pass
 
-    @property
-    def keeps_own_copy(self) -> bool:
-        """Whether the job it runs reads its files from this node's copy (rank 0 without --shared-dir)."""
-        return self._ships
-
     def promise(self, job_id: str, prompt: str, negative_prompt: str | None) -> int | None:
         """A live job's prompt change, promised by the actor from its copy of the job's folder: the window it lands
-        at; None when the job is not there (it has just ended on the node)."""
-        return self.fleet.ray.get(self._actor.promise.remote(job_id, prompt, negative_prompt), timeout=PROMISE_S)
+        at; None when the job is not there (it has just ended on the node) or the actor cannot answer (its node
+        went: the job starts again from what the service holds, where the change is then promised)."""
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        try:
+            return self.fleet.ray.get(self._actor.promise.remote(job_id, prompt, negative_prompt),
+                                      timeout=PROMISE_S)
+        except (GetTimeoutError, RayActorError):
+            return None
 
     def run(self, job_id: str, job: dict, group: dict | None = None) -> None:
         self.job = job_id
         main = group is None or group["rank"] == 0
         ship = main and not self.fleet.shared
-        self._ships = ship
+        self.keeps_own_copy = ship
         files = read(self.fleet.state_dir, [f"videos/{job_id}", f"uploads/{job_id}"]) if ship else {}
         self._actor.run.remote(job_id, job, group, files)
 

@@ -59,7 +59,7 @@ class Scheduler:
         """The worker running `job_id` (rank 0 of a group) when it keeps its own copy of the job's folder, which
         promises prompt changes itself; None otherwise (a local worker, a shared folder, or not running)."""
         for worker in list(self.workers):
-            if worker.job == job_id and getattr(worker, "keeps_own_copy", False):
+            if worker.job == job_id and worker.keeps_own_copy:
                 return worker
         return None
 

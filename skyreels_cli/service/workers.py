@@ -41,6 +41,7 @@ class Worker(Protocol):
     held: list[str]           # model aliases it has loaded
     loads: int                # times it has loaded a model (each one once, unless memory made it free one)
     lost: bool                # it died with its machine (not of its job): the job goes back to the queue
+    keeps_own_copy: bool      # its job reads the job's files from its own copy (a Ray node without a shared folder)
 
     def start(self) -> None: ...
 
@@ -57,6 +58,9 @@ class Worker(Protocol):
         """What `multiprocessing.connection.wait` can wait on for news of this worker."""
 
     def alive(self) -> bool: ...
+
+    def promise(self, job_id: str, prompt: str, negative_prompt: str | None) -> int | None:
+        """With `keeps_own_copy`: a live job's prompt change promised in that copy (service/live.py `steer`)."""
 
     def exit_reason(self) -> str: ...
 
@@ -105,6 +109,7 @@ class ProcessWorker:
         self.held: list[str] = []
         self.loads = 0
         self.lost = False  # a process of this machine dies of its job (or by hand), never of another machine
+        self.keeps_own_copy = False  # it reads the service's own folder
         self.pid: int | None = None
         self._process = None
         self._conn: Connection | None = None
