@@ -49,14 +49,16 @@ def test_create_retrieve_list_and_download(client, made, server):
     again = client.videos.retrieve(made.id)
     assert again.id == made.id and again.status == "completed" and again.model_extra["seed"] == 3
     assert made.id in [v.id for v in client.videos.list(limit=10)]
-    listed = [v.id for v in client.videos.list(limit=100, order="asc")]
-    assert listed == [v.id for v in client.videos.list(limit=100, order="desc")][::-1] and made.id in listed
     video = client.videos.download_content(made.id).read()
     assert video == server.content(made.id), "the same bytes as the API's own download"
     assert read_video_bytes(video, server).shape[:3] == (9, 48, 80)
 
     queued = client.videos.create(prompt="a cat", model="tiny", size="80x48", extra_body=SMALL)
     assert queued.status in ("queued", "in_progress", "completed") and queued.id != made.id
+    # two videos at least now, so the order shows: oldest first with order="asc"
+    listed = [v.id for v in client.videos.list(limit=100, order="asc")]
+    assert listed == [v.id for v in client.videos.list(limit=100, order="desc")][::-1] and made.id in listed
+    assert listed.index(made.id) < listed.index(queued.id)
 
 
 def test_thumbnail_and_spritesheet(client, made, server):
